@@ -1,0 +1,31 @@
+//! Segments, process-shared primitives and lock-free protocols behind [shmbus].
+//!
+//! This crate holds every line of `unsafe` code in shmbus. It is layered, each layer using only
+//! the ones below it:
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`segment`] | named shared-memory segments: create, open, unlink, list; header; lifecycle |
+//! | [`liveness`] | kernel-backed liveness of participants (open-file-description locks) |
+//! | [`futex`], [`sync`] | futex wait/wake, robust mutex, semaphore, event living inside segments |
+//! | [`ring`] | the topic protocol: slot pool, publication ring, subscriber table |
+//!
+//! Most users want the typed API of the `shmbus` crate instead.
+//!
+//! [shmbus]: https://docs.rs/shmbus
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![deny(missing_docs, missing_debug_implementations)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("shmbus supports Linux only: it relies on futexes, tmpfs and open-file-description locks");
+
+pub mod futex;
+pub mod layout;
+pub mod liveness;
+pub mod name;
+mod primitive;
+pub mod ring;
+pub mod segment;
+pub mod sync;
+pub mod time;
