@@ -29,3 +29,4 @@ pub mod ring;
 pub mod segment;
 pub mod sync;
 pub mod time;
+pub mod topic;

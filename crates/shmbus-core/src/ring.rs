@@ -904,6 +904,13 @@ impl Ring {
         }
     }
 
+    /// Wakes every sleeping subscriber, for them to re-check the topic.
+    pub fn notify_all<N: Notifier>(&self, notifier: &N) {
+        let h = self.header();
+        h.notify_word.fetch_add(1, Ordering::SeqCst);
+        notifier.wake_all(&h.notify_word);
+    }
+
     /// What tools show of subscriber row `k`: `(active, pid, cursor, lagged)`.
     pub fn subscriber_info(&self, k: u32) -> (bool, u32, u64, u64) {
         let e = self.subscriber(k);

@@ -595,10 +595,8 @@ mod tests {
         // SAFETY: locked on this thread above; deliberately not made consistent.
         unsafe { m.unlock() };
         assert!(matches!(m.lock(None), Err(LockError::NotRecoverable)));
-        let r = m.lock(Some(Duration::from_millis(1)));
-        eprintln!("DEBUG {r:?} {:?} {:?}", m.try_lock(), m.lock(None));
         assert!(matches!(
-            r,
+            m.lock(Some(Duration::from_millis(1))),
             Err(LockError::NotRecoverable)
         ));
         assert!(matches!(m.try_lock(), Err(TryLockError::NotRecoverable)));

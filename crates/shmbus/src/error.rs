@@ -1,0 +1,97 @@
+//! Every error the typed API returns.
+
+use shmbus_core::name::NameError;
+use shmbus_core::topic::{LoanError as RawLoanError, TopicError};
+
+/// Why a publisher or subscriber could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The name is not valid.
+    #[error("invalid name: {0}")]
+    Name(#[from] NameError),
+    /// The topic could not be opened, created or joined (this includes a wrong type, a QoS the
+    /// topic cannot honour, too many participants, a full `/dev/shm`, missing permission).
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// The message type cannot live in a slot (alignment above 64 bytes, or zero-sized).
+    #[error("{type_name} cannot be a message: {reason}")]
+    UnsupportedType {
+        /// The type.
+        type_name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a message was not published. The message (or loan) is handed back where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError<T> {
+    /// Back-pressure: the slowest live subscriber did not make room before the timeout.
+    #[error("timed out waiting for a slow subscriber to make room")]
+    Timeout(T),
+    /// The encoded message does not fit in a slot.
+    #[error("the message needs {size} bytes; a slot holds {capacity}")]
+    TooLarge {
+        /// The message, handed back.
+        value: T,
+        /// Bytes the encoding needs.
+        size: usize,
+        /// Bytes a slot holds.
+        capacity: usize,
+    },
+    /// The message could not be encoded.
+    #[error("the message could not be encoded: {reason}")]
+    Encode {
+        /// The message, handed back.
+        value: T,
+        /// The encoder's error.
+        reason: String,
+    },
+    /// No slot could be loaned.
+    #[error(transparent)]
+    Loan(#[from] RawLoanError),
+    /// The multi-publisher lock failed.
+    #[error("the publish lock failed: {0}")]
+    Lock(shmbus_core::sync::LockError),
+}
+
+impl<T> SendError<T> {
+    /// The message handed back, if any.
+    pub fn into_inner(self) -> Option<T> {
+        match self {
+            SendError::Timeout(v) | SendError::TooLarge { value: v, .. } | SendError::Encode { value: v, .. } => Some(v),
+            SendError::Loan(_) | SendError::Lock(_) => None,
+        }
+    }
+}
+
+/// Why a receive returned no message.
+///
+/// [`try_recv`](crate::Subscriber::try_recv) returns `Empty` where
+/// [`recv_timeout`](crate::Subscriber::recv_timeout) returns `Timeout`; `recv` returns neither.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// No new message (non-blocking receive).
+    #[error("no new message")]
+    Empty,
+    /// No message before the timeout.
+    #[error("no message before the timeout")]
+    Timeout,
+    /// The subscriber fell behind and `n` messages were overwritten; the next receive resumes at
+    /// the oldest message still in the topic.
+    #[error("lagged behind: {0} messages were overwritten")]
+    Lagged(u64),
+    /// Every publisher this subscriber saw is gone (left or died) and nothing is left to read.
+    /// A publisher may join again later.
+    #[error("no publisher is alive and every message was read")]
+    Disconnected,
+    /// This subscriber already holds as many samples as the topic allows.
+    #[error("already holding {0} samples, the most the topic allows; drop one first")]
+    TooManyHeld(u32),
+    /// The topic's memory is damaged.
+    #[error("the topic is corrupt: {0}")]
+    Corrupt(String),
+    /// A serde message could not be decoded.
+    #[error("the message could not be decoded: {0}")]
+    Decode(String),
+}

@@ -1,0 +1,52 @@
+//! # shmbus
+//!
+//! A typed, zero-copy, daemonless shared-memory message bus for processes on one Linux machine.
+//!
+//! - **Topics**: publishers loan a slot in shared memory, write the message in place and publish
+//!   it; every subscriber reads it in place. Per topic, a slow subscriber either lags (the oldest
+//!   messages are overwritten and it is told how many it missed) or holds the publisher back.
+//! - **Typed**: plain-old-data types ([`bytemuck::Pod`]) live in the slot as they are; serde
+//!   types are encoded into it. The topic records the type's name, size, alignment and a
+//!   fingerprint; a process that attaches with another type gets an error naming both.
+//! - **Crash-safe**: a process killed at any instruction leaves nobody blocked; what it held is
+//!   reclaimed; the last process out removes the topic from `/dev/shm`.
+//! - **Blocking without cost**: subscribers sleep on a futex; a publisher makes a system call
+//!   only when someone sleeps.
+//!
+//! # Example
+//!
+//! ```
+//! use shmbus::Topic;
+//! use std::time::Duration;
+//!
+//! #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+//! #[repr(C)]
+//! struct Reading { sensor: u32, celsius: f32 }
+//!
+//! # let name = format!("doc-lib-{}", std::process::id());
+//! // In one process:
+//! let mut publisher = Topic::builder(&name).publisher::<Reading>()?;
+//! // In another (here the same one, for the example):
+//! let subscriber = Topic::builder(&name).subscriber::<Reading>()?;
+//!
+//! publisher.send(Reading { sensor: 7, celsius: 21.5 })?;
+//! let sample = subscriber.recv_timeout(Duration::from_secs(1))?;
+//! assert_eq!(*sample, Reading { sensor: 7, celsius: 21.5 });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Alongside topics, [`Mutex`], [`Semaphore`] and [`Event`] live in named segments that any
+//! process opens by name.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, missing_debug_implementations)]
+
+mod error;
+mod topic;
+
+pub use bytemuck;
+pub use error::{OpenError, RecvError, SendError};
+pub use shmbus_core::name::{Name, NameError};
+pub use shmbus_core::ring::Overflow;
+pub use shmbus_core::segment::{gc, list, SegmentError};
+pub use shmbus_core::topic::{LoanError, TopicError};
+pub use topic::{Loan, Publisher, Sample, SerdePublisher, SerdeSubscriber, Subscriber, Topic, TopicStats};

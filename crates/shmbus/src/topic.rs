@@ -1,0 +1,537 @@
+//! Typed publish/subscribe topics.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytemuck::Pod;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shmbus_core::layout::{short_type_name, Codec, TypeInfo};
+use shmbus_core::name::Name;
+use shmbus_core::ring::{counter, Overflow};
+use shmbus_core::topic::{
+    Held, LoanError, Loan as RawLoan, PublishError, RawPublisher, RawSubscriber, RawTopic, ReceiveError, Received, TopicOptions,
+};
+
+use crate::error::{OpenError, RecvError, SendError};
+
+/// Bytes before a serde message in its slot: its encoded length, as a little-endian `u32`.
+const LEN_PREFIX: usize = 4;
+
+/// Builds publishers and subscribers of one topic.
+///
+/// Settings left alone take the topic's value when it exists (or the default when this call
+/// creates it). A setting given explicitly is a requirement: opening an existing topic that
+/// cannot honour it fails with a QoS error naming both values.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus::{Overflow, Topic};
+///
+/// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+/// #[repr(C)]
+/// struct Pose { x: f64, y: f64, theta: f64 }
+///
+/// # let name = format!("doc-topic-{}", std::process::id());
+/// let topic = Topic::builder(&name).capacity(8).overflow(Overflow::Overwrite);
+/// let mut publisher = topic.publisher::<Pose>()?;
+/// let subscriber = topic.subscriber::<Pose>()?;
+///
+/// let mut loan = publisher.loan()?;          // a slot in shared memory
+/// *loan = Pose { x: 1.0, y: 2.0, theta: 0.5 }; // written in place
+/// loan.publish().expect("an overwrite topic never refuses a publish");
+///
+/// let sample = subscriber.try_recv()?;      // read in place, no copy
+/// assert_eq!(sample.x, 1.0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Topic {
+    name: String,
+    opts: TopicOptions,
+    history: u32,
+    publish_timeout: Option<Duration>,
+    type_name: Option<String>,
+}
+
+impl Topic {
+    /// Starts building publishers/subscribers of the topic `name` (validated when a publisher or
+    /// subscriber is made).
+    pub fn builder(name: &str) -> Topic {
+        Topic {
+            name: name.to_owned(),
+            opts: TopicOptions::default(),
+            history: 0,
+            publish_timeout: Some(Duration::from_secs(1)),
+            type_name: None,
+        }
+    }
+
+    /// Ring entries: how many published messages stay readable (default 16).
+    pub fn capacity(mut self, n: u32) -> Self {
+        self.opts.capacity = Some(n);
+        self
+    }
+
+    /// What happens when a subscriber falls a whole ring behind (default
+    /// [`Overflow::Overwrite`]).
+    pub fn overflow(mut self, o: Overflow) -> Self {
+        self.opts.overflow = Some(o);
+        self
+    }
+
+    /// Most subscribers at once (default 8, at most 56).
+    pub fn max_subscribers(mut self, n: u32) -> Self {
+        self.opts.max_subscribers = Some(n);
+        self
+    }
+
+    /// Most publishers at once (default 1). With one, publishing takes no lock; with more,
+    /// every publish takes a robust process-shared mutex (uncontended: two atomic operations).
+    pub fn max_publishers(mut self, n: u32) -> Self {
+        self.opts.max_publishers = Some(n);
+        self
+    }
+
+    /// Most samples one subscriber may hold at once (default 2).
+    pub fn max_held(mut self, n: u32) -> Self {
+        self.opts.max_held = Some(n);
+        self
+    }
+
+    /// Bytes per slot for serde messages (default 256; plain-old-data messages take their size).
+    pub fn slot_size(mut self, bytes: u32) -> Self {
+        self.opts.slot_size = Some(bytes);
+        self
+    }
+
+    /// A new subscriber first reads up to `n` of the most recent messages (default 0: only
+    /// messages published after it joined). In back-pressure mode the history is best-effort:
+    /// a message overwritten while the subscriber joins is reported as lag.
+    pub fn history(mut self, n: u32) -> Self {
+        self.history = n;
+        self
+    }
+
+    /// How long a back-pressured publish waits for room (default 1 s; `None`: no limit).
+    pub fn publish_timeout(mut self, t: Option<Duration>) -> Self {
+        self.publish_timeout = t;
+        self
+    }
+
+    /// Permission bits when creating the topic (default `0o600`, owner only).
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.opts.mode = Some(mode);
+        self
+    }
+
+    /// The type name recorded in the topic (default: Rust's type name). Set the same name in
+    /// every program that shares the topic when their crates name the type differently.
+    pub fn type_name(mut self, name: &str) -> Self {
+        self.type_name = Some(name.to_owned());
+        self
+    }
+
+    fn open(&self, info: TypeInfo, slot_size: u32) -> Result<Arc<RawTopic>, OpenError> {
+        let name = Name::new(&self.name)?;
+        let mut opts = self.opts.clone();
+        opts.slot_size = Some(slot_size);
+        Ok(RawTopic::open_or_create(&name, &info, &opts)?)
+    }
+
+    fn type_info(&self, default_name: &str, size: u64, align: u64, codec: Codec) -> Result<TypeInfo, OpenError> {
+        let name = self.type_name.as_deref().unwrap_or(default_name);
+        TypeInfo::new(name, size, align, codec).ok_or_else(|| OpenError::UnsupportedType {
+            type_name: name.to_owned(),
+            reason: format!("type names are limited to {} bytes", TypeInfo::MAX_NAME),
+        })
+    }
+
+    fn pod_topic<T: Pod>(&self) -> Result<Arc<RawTopic>, OpenError> {
+        let (size, align) = (size_of::<T>(), align_of::<T>());
+        if size == 0 || align > 64 || size > u32::MAX as usize {
+            return Err(OpenError::UnsupportedType {
+                type_name: short_type_name::<T>().to_owned(),
+                reason: format!("size {size} and alignment {align}: need a non-zero size and alignment at most 64"),
+            });
+        }
+        let info = self.type_info(short_type_name::<T>(), size as u64, align as u64, Codec::Pod)?;
+        self.open(info, size as u32)
+    }
+
+    fn serde_topic<T>(&self) -> Result<Arc<RawTopic>, OpenError> {
+        let slot = self.opts.slot_size.unwrap_or(256);
+        let info = self.type_info(short_type_name::<T>(), u64::from(slot), 1, Codec::Postcard)?;
+        self.open(info, slot)
+    }
+
+    /// Joins (creating the topic if needed) as a publisher of plain-old-data `T`.
+    pub fn publisher<T: Pod>(&self) -> Result<Publisher<T>, OpenError> {
+        let raw = RawPublisher::new(self.pod_topic::<T>()?)?;
+        Ok(Publisher { raw, timeout: self.publish_timeout, _t: PhantomData })
+    }
+
+    /// Joins (creating the topic if needed) as a subscriber of plain-old-data `T`.
+    pub fn subscriber<T: Pod>(&self) -> Result<Subscriber<T>, OpenError> {
+        let raw = RawSubscriber::new(self.pod_topic::<T>()?, self.history)?;
+        Ok(Subscriber { raw, _t: PhantomData })
+    }
+
+    /// Joins (creating the topic if needed) as a publisher of serde-encoded `T`.
+    pub fn serde_publisher<T: Serialize>(&self) -> Result<SerdePublisher<T>, OpenError> {
+        let raw = RawPublisher::new(self.serde_topic::<T>()?)?;
+        Ok(SerdePublisher { raw, timeout: self.publish_timeout, _t: PhantomData })
+    }
+
+    /// Joins (creating the topic if needed) as a subscriber of serde-encoded `T`.
+    pub fn serde_subscriber<T: DeserializeOwned>(&self) -> Result<SerdeSubscriber<T>, OpenError> {
+        let raw = RawSubscriber::new(self.serde_topic::<T>()?, self.history)?;
+        Ok(SerdeSubscriber { raw, _t: PhantomData })
+    }
+}
+
+/// Counters of a topic, shared by every participant (what `shmbus inspect` shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicStats {
+    /// Messages published.
+    pub published: u64,
+    /// Messages subscribers missed by lagging, summed over subscribers.
+    pub lagged: u64,
+    /// Messages lost with a publisher that died while publishing them.
+    pub lost: u64,
+    /// Times a publisher waited for a slow subscriber.
+    pub backpressure_waits: u64,
+}
+
+fn stats(topic: &RawTopic) -> TopicStats {
+    let r = topic.ring();
+    TopicStats {
+        published: r.counter_value(counter::PUBLISHED),
+        lagged: r.counter_value(counter::LAGGED),
+        lost: r.counter_value(counter::LOST),
+        backpressure_waits: r.counter_value(counter::BACKPRESSURE_WAITS),
+    }
+}
+
+fn map_publish<T>(e: PublishError, value: T) -> SendError<T> {
+    match e {
+        PublishError::Timeout => SendError::Timeout(value),
+        PublishError::Lock(l) => SendError::Lock(l),
+    }
+}
+
+/// Publishes plain-old-data messages of type `T`, written in place in shared memory.
+///
+/// What is zero-copy: [`loan`](Publisher::loan) hands out the slot itself, so the message is
+/// written once, where every subscriber reads it. [`send`](Publisher::send) copies a value you
+/// already have into the slot (one copy, the write itself).
+pub struct Publisher<T: Pod> {
+    raw: RawPublisher,
+    timeout: Option<Duration>,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T: Pod> fmt::Debug for Publisher<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher").field("raw", &self.raw).finish()
+    }
+}
+
+impl<T: Pod> Publisher<T> {
+    /// Loans a slot to write the next message in. It holds the bytes of an earlier message
+    /// (any bytes are a valid `T`); overwrite what you need, then [`Loan::publish`].
+    /// Dropping the loan unpublished gives the slot back.
+    pub fn loan(&mut self) -> Result<Loan<'_, T>, LoanError> {
+        let raw = self.raw.loan()?;
+        Ok(Loan { publisher: self, raw: Some(raw) })
+    }
+
+    /// Copies `value` into a slot and publishes it; returns its sequence number.
+    ///
+    /// # Errors
+    ///
+    /// In back-pressure mode, [`SendError::Timeout`] (with `value`) when the slowest live
+    /// subscriber made no room in time.
+    pub fn send(&mut self, value: T) -> Result<u64, SendError<T>> {
+        let loan = self.raw.loan()?;
+        self.raw.slot_mut(&loan)[..size_of::<T>()].copy_from_slice(bytemuck::bytes_of(&value));
+        self.raw.publish(loan, self.timeout).map_err(|(e, loan)| {
+            self.raw.cancel(loan);
+            map_publish(e, value)
+        })
+    }
+
+    /// The topic's counters.
+    pub fn stats(&self) -> TopicStats {
+        stats(self.raw.topic())
+    }
+
+    /// Whether this handle created the topic.
+    pub fn created_topic(&self) -> bool {
+        self.raw.topic().created()
+    }
+}
+
+/// A slot on loan from a [`Publisher`]: dereferences to the message in shared memory.
+pub struct Loan<'a, T: Pod> {
+    publisher: &'a mut Publisher<T>,
+    raw: Option<RawLoan>,
+}
+
+impl<T: Pod> fmt::Debug for Loan<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loan").field("raw", &self.raw).finish()
+    }
+}
+
+impl<'a, T: Pod> Loan<'a, T> {
+    /// Publishes the message; returns its sequence number.
+    ///
+    /// # Errors
+    ///
+    /// In back-pressure mode, [`SendError::Timeout`] with the loan handed back.
+    pub fn publish(mut self) -> Result<u64, SendError<Loan<'a, T>>> {
+        let raw = self.raw.take().expect("a loan is published once");
+        let timeout = self.publisher.timeout;
+        match self.publisher.raw.publish(raw, timeout) {
+            Ok(seq) => Ok(seq),
+            Err((e, raw)) => {
+                self.raw = Some(raw);
+                Err(map_publish(e, self))
+            }
+        }
+    }
+}
+
+impl<T: Pod> Deref for Loan<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        let raw = self.raw.as_ref().expect("loan present until published");
+        // The slot is 64-byte aligned and at least size_of::<T>() long (checked at open).
+        let bytes = self.publisher.raw.slot(raw);
+        bytemuck::from_bytes(&bytes[..size_of::<T>()])
+    }
+}
+
+impl<T: Pod> DerefMut for Loan<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        let raw = self.raw.as_ref().expect("loan present until published");
+        let bytes = self.publisher.raw.slot_mut(raw);
+        bytemuck::from_bytes_mut(&mut bytes[..size_of::<T>()])
+    }
+}
+
+impl<T: Pod> Drop for Loan<'_, T> {
+    fn drop(&mut self) {
+        if let Some(raw) = self.raw.take() {
+            self.publisher.raw.cancel(raw);
+        }
+    }
+}
+
+fn receive(raw: &RawSubscriber, timeout: Option<Option<Duration>>) -> Result<Held, RecvError> {
+    let r = match timeout {
+        None => raw.try_receive(),
+        Some(t) => raw.receive(t),
+    };
+    match r {
+        Ok(Received::Message(h)) => Ok(h),
+        Ok(Received::Empty) if timeout.is_none() => Err(RecvError::Empty),
+        Ok(Received::Empty) => Err(RecvError::Timeout),
+        Ok(Received::Lagged(n)) => Err(RecvError::Lagged(n)),
+        Ok(Received::Disconnected) => Err(RecvError::Disconnected),
+        Err(ReceiveError::TooManyHeld(n)) => Err(RecvError::TooManyHeld(n)),
+        Err(ReceiveError::Corrupt { reason, .. }) => Err(RecvError::Corrupt(reason)),
+    }
+}
+
+/// Receives plain-old-data messages of type `T`, read in place in shared memory.
+///
+/// What is zero-copy: a [`Sample`] dereferences to the slot the publisher wrote; nothing is
+/// copied, in either overflow mode. While a sample is held its slot is never reused (the
+/// publisher takes another one), so a sample never changes under the reader.
+pub struct Subscriber<T: Pod> {
+    raw: RawSubscriber,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Pod> fmt::Debug for Subscriber<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber").field("raw", &self.raw).finish()
+    }
+}
+
+impl<T: Pod> Subscriber<T> {
+    /// The next message, if there is one now. Errors: `Empty`, `Lagged`, `TooManyHeld`,
+    /// `Corrupt` (see [`RecvError`]).
+    pub fn try_recv(&self) -> Result<Sample<'_, T>, RecvError> {
+        receive(&self.raw, None).map(|held| Sample { sub: &self.raw, held: Some(held), _t: PhantomData })
+    }
+
+    /// The next message, waiting up to `timeout`. Errors: `Timeout`, `Lagged`, `Disconnected`,
+    /// `TooManyHeld`, `Corrupt`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Sample<'_, T>, RecvError> {
+        receive(&self.raw, Some(Some(timeout))).map(|held| Sample { sub: &self.raw, held: Some(held), _t: PhantomData })
+    }
+
+    /// The next message, waiting as long as a publisher lives. Errors: `Lagged`,
+    /// `Disconnected` (every publisher this subscriber saw is gone), `TooManyHeld`, `Corrupt`.
+    pub fn recv(&self) -> Result<Sample<'_, T>, RecvError> {
+        receive(&self.raw, Some(None)).map(|held| Sample { sub: &self.raw, held: Some(held), _t: PhantomData })
+    }
+
+    /// The topic's counters.
+    pub fn stats(&self) -> TopicStats {
+        stats(self.raw.topic())
+    }
+}
+
+/// A received message, read in place. The slot returns to the pool when the sample is dropped.
+pub struct Sample<'a, T: Pod> {
+    sub: &'a RawSubscriber,
+    held: Option<Held>,
+    _t: PhantomData<&'a T>,
+}
+
+impl<T: Pod> Sample<'_, T> {
+    /// The message's sequence number (0 for the first message of the topic).
+    pub fn seq(&self) -> u64 {
+        self.held.as_ref().map_or(0, Held::seq)
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for Sample<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sample").field("seq", &self.seq()).field("value", &**self).finish()
+    }
+}
+
+impl<T: Pod> Deref for Sample<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        let held = self.held.as_ref().expect("held until dropped");
+        let bytes = self.sub.slot(held);
+        bytemuck::from_bytes(&bytes[..size_of::<T>()])
+    }
+}
+
+impl<T: Pod> Drop for Sample<'_, T> {
+    fn drop(&mut self) {
+        if let Some(h) = self.held.take() {
+            self.sub.release(h);
+        }
+    }
+}
+
+/// Publishes serde messages of type `T`, encoded with postcard straight into the slot.
+///
+/// What is zero-copy: the encoder writes into shared memory (no intermediate buffer); a
+/// subscriber decodes from shared memory. The encoding and decoding are the only passes over
+/// the data.
+pub struct SerdePublisher<T: Serialize> {
+    raw: RawPublisher,
+    timeout: Option<Duration>,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T: Serialize> fmt::Debug for SerdePublisher<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SerdePublisher").field("raw", &self.raw).finish()
+    }
+}
+
+impl<T: Serialize> SerdePublisher<T> {
+    /// Encodes `value` into a slot and publishes it; returns its sequence number.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::TooLarge`] (with both sizes) when the encoding does not fit in a slot;
+    /// [`SendError::Timeout`] under back-pressure.
+    pub fn send(&mut self, value: T) -> Result<u64, SendError<T>> {
+        let loan = self.raw.loan()?;
+        let slot = self.raw.slot_mut(&loan);
+        let capacity = slot.len() - LEN_PREFIX;
+        let (prefix, body) = slot.split_at_mut(LEN_PREFIX);
+        let len = match postcard::to_slice(&value, body) {
+            Ok(used) => used.len(),
+            Err(postcard::Error::SerializeBufferFull) => {
+                self.raw.cancel(loan);
+                let size = postcard::experimental::serialized_size(&value).unwrap_or(usize::MAX);
+                return Err(SendError::TooLarge { value, size, capacity });
+            }
+            Err(e) => {
+                self.raw.cancel(loan);
+                return Err(SendError::Encode { value, reason: e.to_string() });
+            }
+        };
+        prefix.copy_from_slice(&(len as u32).to_le_bytes());
+        match self.raw.publish(loan, self.timeout) {
+            Ok(seq) => Ok(seq),
+            Err((e, loan)) => {
+                self.raw.cancel(loan);
+                Err(map_publish(e, value))
+            }
+        }
+    }
+
+    /// The topic's counters.
+    pub fn stats(&self) -> TopicStats {
+        stats(self.raw.topic())
+    }
+}
+
+/// Receives serde messages of type `T`, decoded from the slot.
+pub struct SerdeSubscriber<T: DeserializeOwned> {
+    raw: RawSubscriber,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> fmt::Debug for SerdeSubscriber<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SerdeSubscriber").field("raw", &self.raw).finish()
+    }
+}
+
+impl<T: DeserializeOwned> SerdeSubscriber<T> {
+    fn decode(&self, held: Held) -> Result<(u64, T), RecvError> {
+        let bytes = self.raw.slot(&held);
+        let seq = held.seq();
+        let (prefix, body) = bytes.split_at(LEN_PREFIX);
+        let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        let r = match body.get(..len) {
+            Some(msg) => postcard::from_bytes(msg).map_err(|e| RecvError::Decode(e.to_string())),
+            None => Err(RecvError::Corrupt(format!("message length {len} exceeds the slot's {}", body.len()))),
+        };
+        self.raw.release(held);
+        r.map(|v| (seq, v))
+    }
+
+    /// The next message, if there is one now (see [`Subscriber::try_recv`]).
+    pub fn try_recv(&self) -> Result<T, RecvError> {
+        self.decode(receive(&self.raw, None)?).map(|(_, v)| v)
+    }
+
+    /// The next message, waiting up to `timeout` (see [`Subscriber::recv_timeout`]).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvError> {
+        self.decode(receive(&self.raw, Some(Some(timeout)))?).map(|(_, v)| v)
+    }
+
+    /// The next message, waiting as long as a publisher lives (see [`Subscriber::recv`]).
+    pub fn recv(&self) -> Result<T, RecvError> {
+        self.decode(receive(&self.raw, Some(None))?).map(|(_, v)| v)
+    }
+
+    /// The next message with its sequence number, waiting up to `timeout`.
+    pub fn recv_timeout_with_seq(&self, timeout: Duration) -> Result<(u64, T), RecvError> {
+        self.decode(receive(&self.raw, Some(Some(timeout)))?)
+    }
+
+    /// The topic's counters.
+    pub fn stats(&self) -> TopicStats {
+        stats(self.raw.topic())
+    }
+}
