@@ -29,4 +29,5 @@ pub mod ring;
 pub mod segment;
 pub mod sync;
 pub mod time;
+#[cfg(not(loom))]
 pub mod topic;

@@ -72,8 +72,19 @@ const HOLE: u64 = u64::MAX;
 const FREE: u32 = 0;
 const ACTIVE: u32 = 1;
 
-/// Spins before a blocking wait goes to sleep.
-const SPINS: u32 = 64;
+/// Spins before a blocking wait goes to sleep (one under loom, to keep models small).
+const SPINS: u32 = if cfg!(loom) { 1 } else { 64 };
+
+/// How long one sleep of a blocking wait lasts: until the deadline, cut to `check_every` if
+/// given (so the waiter can check on its peers); `None` only when both are unbounded.
+fn sleep_for(deadline: &Deadline, check_every: Option<Duration>) -> Option<Duration> {
+    match (deadline.remaining(), check_every) {
+        (None, None) => None,
+        (Some(r), None) => Some(r),
+        (None, Some(c)) => Some(c),
+        (Some(r), Some(c)) => Some(r.min(c)),
+    }
+}
 
 /// What a topic does when a subscriber falls a whole ring behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -530,8 +541,7 @@ impl Ring {
     fn min_cursor(&self) -> Option<u64> {
         (0..self.layout.config.max_subscribers)
             .map(|k| self.subscriber(k))
-            // SeqCst: pairs with the subscriber's SeqCst store of ACTIVE in `join_subscriber`.
-            .filter(|e| e.state.load(Ordering::SeqCst) == ACTIVE)
+            .filter(|e| e.state.load(Ordering::Acquire) == ACTIVE)
             .map(|e| e.cursor.load(Ordering::Acquire))
             .min()
     }
@@ -543,7 +553,7 @@ impl Ring {
         (0..self.layout.config.max_subscribers)
             .filter(|&k| {
                 let e = self.subscriber(k);
-                e.state.load(Ordering::SeqCst) == ACTIVE && next >= e.cursor.load(Ordering::Acquire) + cap
+                e.state.load(Ordering::Acquire) == ACTIVE && next >= e.cursor.load(Ordering::Acquire) + cap
             })
             .collect()
     }
@@ -555,7 +565,7 @@ impl Ring {
         &self,
         notifier: &N,
         deadline: Deadline,
-        check_every: Duration,
+        check_every: Option<Duration>,
         mut on_slow: impl FnMut(),
     ) -> bool {
         if !self.is_full() {
@@ -571,13 +581,15 @@ impl Ring {
         let h = self.header();
         loop {
             on_slow();
-            h.progress_sleepers.fetch_add(1, Ordering::SeqCst);
-            let seen = h.progress_word.load(Ordering::SeqCst);
+            // Dekker with `wake_publisher`: count ourselves in, SeqCst fence, then re-check.
+            h.progress_sleepers.fetch_add(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let seen = h.progress_word.load(Ordering::Acquire);
             let full = self.is_full();
             if full && !deadline.expired() {
-                notifier.wait(&h.progress_word, seen, Some(deadline.slice(check_every)));
+                notifier.wait(&h.progress_word, seen, sleep_for(&deadline, check_every));
             }
-            h.progress_sleepers.fetch_sub(1, Ordering::SeqCst);
+            h.progress_sleepers.fetch_sub(1, Ordering::Relaxed);
             if !full || !self.is_full() {
                 return true;
             }
@@ -598,20 +610,41 @@ impl Ring {
     /// - in back-pressure mode, the caller saw [`Ring::is_full`] return `false` after taking
     ///   publish rights (otherwise a subscriber may miss a message: no memory is at risk).
     pub unsafe fn publish<N: Notifier>(&self, slot: u32, notifier: &N) -> (u64, Option<u32>) {
+        // SAFETY: the caller upholds `publish`'s contract.
+        unsafe { self.publish_steps(slot, notifier, u8::MAX) }.expect("a full publish completes")
+    }
+
+    /// [`Ring::publish`] that stops after `stop_after` of its steps, as a publisher killed at
+    /// that point would: for models of crashes. `None` when it stopped early.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Ring::publish`].
+    #[doc(hidden)]
+    pub unsafe fn publish_steps<N: Notifier>(&self, slot: u32, notifier: &N, stop_after: u8) -> Option<(u64, Option<u32>)> {
         let h = self.header();
         let n = h.tail.load(Ordering::Relaxed);
         // The loan bits go, RING comes: no subscriber can hold a loaned slot, so a store is
         // enough. Release: the message bytes are visible to whoever acquires the slot.
         self.state(slot).store(RING_BIT, Ordering::Release);
+        if stop_after == 0 {
+            return None;
+        }
         let e = self.entry(n);
         let old_seq = e.seq.load(Ordering::Relaxed);
         let old_slot = e.slot.load(Ordering::Relaxed);
         e.seq.store(SEQ_INVALID, Ordering::Relaxed);
+        if stop_after == 1 {
+            return None;
+        }
         // Orders the INVALID store before the slot store for any reader that Acquire-loads the
         // new slot value (seqlock writer).
         fence(Ordering::Release);
         e.slot.store(u64::from(slot), Ordering::Relaxed);
         e.seq.store(n + 1, Ordering::Release);
+        if stop_after == 2 {
+            return None;
+        }
         h.tail.store(n + 1, Ordering::Release);
         self.counter(counter::PUBLISHED).store(n + 1, Ordering::Relaxed);
 
@@ -633,7 +666,7 @@ impl Ring {
             h.notify_word.fetch_add(1, Ordering::SeqCst);
             notifier.wake_all(&h.notify_word);
         }
-        (n, freed)
+        Some((n, freed))
     }
 
     /// Frees every slot on loan to publisher `p` and marks its row free. The caller holds row
@@ -717,15 +750,16 @@ impl Ring {
         e.pid.store(pid, Ordering::Relaxed);
         e.lagged.store(0, Ordering::Relaxed);
         e.cursor.store(cursor, Ordering::Release);
-        // SeqCst: a back-pressured publisher that computes its minimum after this sees us.
-        e.state.store(ACTIVE, Ordering::SeqCst);
+        // A back-pressured publisher that computes its minimum after this fence sees us.
+        e.state.store(ACTIVE, Ordering::Release);
+        fence(Ordering::SeqCst);
         cursor
     }
 
     /// Marks subscriber row `k` free and wakes a publisher that may be waiting for it. The caller
     /// holds the lease and has released every slot it held.
     pub fn leave_subscriber<N: Notifier>(&self, k: u32, notifier: &N) {
-        self.subscriber(k).state.store(FREE, Ordering::SeqCst);
+        self.subscriber(k).state.store(FREE, Ordering::Release);
         self.wake_publisher(notifier);
     }
 
@@ -797,14 +831,17 @@ impl Ring {
                 }
                 let slot = slot as u32;
                 let st = self.state(slot);
-                let mut cur = st.load(Ordering::Relaxed);
+                // Acquire (here and on CAS failure): seeing RING cleared means seeing the
+                // eviction, which came after the entry was rewritten, so the retry below reads
+                // the new entry rather than spinning on a stale one.
+                let mut cur = st.load(Ordering::Acquire);
                 let held = loop {
                     if cur & RING_BIT == 0 {
                         break false; // evicted meanwhile
                     }
                     // Acquire: pairs with the publisher's Release store of RING, so the message
                     // bytes are visible once we hold the slot.
-                    match st.compare_exchange_weak(cur, cur | bit, Ordering::AcqRel, Ordering::Relaxed) {
+                    match st.compare_exchange_weak(cur, cur | bit, Ordering::AcqRel, Ordering::Acquire) {
                         Ok(_) => break true,
                         Err(now) => cur = now,
                     }
@@ -819,23 +856,29 @@ impl Ring {
                 }
                 continue; // the entry moved on: the next round reports the lag
             }
-            if s1 == SEQ_INVALID {
-                // Being rewritten for some message m ≡ n (mod capacity). m == n: not yet
-                // published. m > n: we lagged.
-                if self.header().tail.load(Ordering::Acquire) <= n {
+            let resume = if s1 == SEQ_INVALID {
+                // The entry is being rewritten, or this is a stale view of it being written for
+                // message n itself. Acquire `tail`: if message n was published, its entry write
+                // happened before, so a re-read shows it (or something newer).
+                let tail = self.header().tail.load(Ordering::Acquire);
+                if tail <= n {
                     return Ok(Acquired::Empty);
                 }
-                spin_loop();
-                continue;
-            }
-            if s1 <= n {
+                if e.seq.load(Ordering::Acquire) != SEQ_INVALID {
+                    continue;
+                }
+                // Still invalid after message n was published: it is being overwritten by a
+                // message m >= n + capacity. Entries from tail - capacity on may be intact.
+                tail.saturating_sub(cap).max(n + 1)
+            } else if s1 <= n {
+                // The entry holds an older message: n is not published yet (or we saw a stale
+                // value, which a retry will fix).
                 return Ok(Acquired::Empty);
-            }
-            // s1 > n + 1: entry holds m = s1 - 1 >= n + capacity; messages before m + 1 - cap
-            // are gone.
-            let m = s1 - 1;
-            let tail = self.header().tail.load(Ordering::Acquire);
-            let resume = (m + 1 - cap).max(tail.saturating_sub(cap)).max(n + 1);
+            } else {
+                // s1 > n + 1: the entry holds m = s1 - 1 >= n + capacity, so every message
+                // before m + 1 - capacity is gone.
+                s1.saturating_sub(cap).max(n + 1)
+            };
             let skipped = resume - n;
             *cursor = resume;
             self.store_cursor(k, resume, notifier);
@@ -855,9 +898,9 @@ impl Ring {
     /// Whether a call to [`Ring::try_acquire`] at `cursor` would find something (a message, a
     /// lag, or a lost message) rather than [`Acquired::Empty`].
     pub fn ready(&self, cursor: u64) -> bool {
-        let s1 = self.entry(cursor).seq.load(Ordering::SeqCst);
+        let s1 = self.entry(cursor).seq.load(Ordering::Acquire);
         if s1 == SEQ_INVALID {
-            self.header().tail.load(Ordering::SeqCst) > cursor
+            self.header().tail.load(Ordering::Acquire) > cursor
         } else {
             s1 > cursor
         }
@@ -877,7 +920,7 @@ impl Ring {
         cursor: u64,
         notifier: &N,
         deadline: Deadline,
-        check_every: Duration,
+        check_every: Option<Duration>,
         mut on_slow: impl FnMut() -> bool,
     ) -> bool {
         for _ in 0..SPINS {
@@ -888,13 +931,16 @@ impl Ring {
         }
         let h = self.header();
         loop {
-            h.notify_sleepers.fetch_add(1, Ordering::SeqCst);
-            let seen = h.notify_word.load(Ordering::SeqCst);
+            // Dekker with `publish`: count ourselves in, SeqCst fence, then re-check. (A fence
+            // rather than SeqCst accesses: it is what the proof needs, and what loom models.)
+            h.notify_sleepers.fetch_add(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let seen = h.notify_word.load(Ordering::Acquire);
             let ready = self.ready(cursor);
             if !ready && !deadline.expired() {
-                notifier.wait(&h.notify_word, seen, Some(deadline.slice(check_every)));
+                notifier.wait(&h.notify_word, seen, sleep_for(&deadline, check_every));
             }
-            h.notify_sleepers.fetch_sub(1, Ordering::SeqCst);
+            h.notify_sleepers.fetch_sub(1, Ordering::Relaxed);
             if ready || self.ready(cursor) {
                 return true;
             }

@@ -39,9 +39,4 @@ impl Deadline {
     pub fn expired(&self) -> bool {
         self.remaining() == Some(Duration::ZERO)
     }
-
-    /// The remaining time, capped at `slice`: for waits that wake now and then to check on peers.
-    pub fn slice(&self, slice: Duration) -> Duration {
-        self.remaining().map_or(slice, |r| r.min(slice))
-    }
 }

@@ -38,7 +38,7 @@ const PUB_LEASE: u64 = 0;
 const SUB_LEASE: u64 = 1024;
 
 /// How often a blocked participant checks on its peers.
-const CHECK_EVERY: Duration = Duration::from_millis(50);
+const CHECK_EVERY: Option<Duration> = Some(Duration::from_millis(50));
 
 /// What an opener asks of a topic. `None` fields take the topic's value (or, when creating, the
 /// default); a `Some` the existing topic cannot honour is a [`TopicError::Qos`].
