@@ -1,1 +1,999 @@
-//! Helpers shared by the multi-process tests.
+//! Helpers shared by the multi-process tests and by their peer binary (`shmbus-test-peer`).
+//!
+//! - [`Scope`]: one per test. Hands out unique names, spawns peer processes, and on drop kills
+//!   and reaps every child it spawned, then removes every `/dev/shm` file it handed out a name
+//!   for, so that a failing test leaves `/dev/shm` as it found it.
+//! - [`Peer`]: a running `shmbus-test-peer` with bounded waits on its output lines.
+//! - The message types both sides agree on ([`Msg`], [`Rec`]) and their integrity checks.
+//! - [`NamedMutex`]: a robust mutex in a named segment (the typed crate has none yet).
+//! - [`GcLock`]: keeps `gc()` from running while another test needs a stale file to stay.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use shmbus::{OpenError, TopicError};
+use shmbus_core::layout::{Codec, TypeInfo};
+use shmbus_core::name::Name;
+use shmbus_core::segment::{CreateOptions, Expect, Kind, Segment, SegmentError};
+use shmbus_core::sync::{Acquired, LockError, RobustMutex};
+
+/// The bound on one step of a test (a peer getting ready, a peer exiting after it was told to).
+pub const STEP: Duration = Duration::from_secs(5);
+
+/// The bound on a bulk transfer of thousands of messages between processes.
+pub const BULK: Duration = Duration::from_secs(20);
+
+/// `Scope::new` with the path of the peer binary (only integration tests know it).
+#[macro_export]
+macro_rules! scope {
+    ($test:expr) => {
+        $crate::Scope::new(env!("CARGO_BIN_EXE_shmbus-test-peer"), $test)
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------------------
+
+/// The plain-old-data message of the tests: 64 bytes whose every word is derived from
+/// `(producer, index)` and covered by a checksum, so a torn or stale read is detected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct Msg {
+    /// The publisher's own counter (0, 1, 2, ... for each publisher process).
+    pub index: u64,
+    /// Who published it (the publisher's pid).
+    pub producer: u64,
+    /// Words derived from `index` and `producer`.
+    pub data: [u64; 5],
+    /// Mix of every word above.
+    pub checksum: u64,
+}
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64 finaliser
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+impl Msg {
+    /// The message `index` of `producer`.
+    pub fn new(producer: u64, index: u64) -> Msg {
+        let mut m = Msg {
+            index,
+            producer,
+            data: [0; 5],
+            checksum: 0,
+        };
+        for (i, d) in m.data.iter_mut().enumerate() {
+            *d = mix(index ^ producer.rotate_left(17) ^ (i as u64).rotate_left(40));
+        }
+        m.checksum = m.compute_checksum();
+        m
+    }
+
+    fn compute_checksum(&self) -> u64 {
+        let mut h = mix(self.index) ^ mix(self.producer.wrapping_add(1));
+        for d in self.data {
+            h = mix(h ^ d);
+        }
+        h
+    }
+
+    /// Whether every word is what [`Msg::new`] wrote.
+    pub fn is_intact(&self) -> bool {
+        *self == Msg::new(self.producer, self.index) && self.checksum == self.compute_checksum()
+    }
+}
+
+/// Same size as [`Msg`] but another type name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct OtherMsg {
+    /// Words.
+    pub words: [u64; 8],
+}
+
+/// A smaller plain-old-data message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct SmallMsg {
+    /// A word.
+    pub value: u32,
+}
+
+/// The serde message of the tests: a string and a vector whose contents follow from `index`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rec {
+    /// The publisher's own counter.
+    pub index: u64,
+    /// Who published it.
+    pub producer: u64,
+    /// A string of varying length.
+    pub label: String,
+    /// A vector of varying length.
+    pub values: Vec<u32>,
+}
+
+impl Rec {
+    /// The record `index` of `producer`.
+    pub fn new(producer: u64, index: u64) -> Rec {
+        let label = format!("rec-{index}-{}", "é".repeat((index % 13) as usize));
+        let values = (0..(index % 29) as u32)
+            .map(|i| (mix(index ^ u64::from(i)) >> 32) as u32)
+            .collect();
+        Rec {
+            index,
+            producer,
+            label,
+            values,
+        }
+    }
+
+    /// Whether it is exactly what [`Rec::new`] made.
+    pub fn is_intact(&self) -> bool {
+        *self == Rec::new(self.producer, self.index)
+    }
+}
+
+/// A name for an error, printed by the peer and checked by the tests.
+pub fn open_error_code(e: &OpenError) -> &'static str {
+    #[allow(unreachable_patterns)]
+    match e {
+        OpenError::Name(_) => "name",
+        OpenError::UnsupportedType { .. } => "unsupported-type",
+        OpenError::Topic(TopicError::Segment(s)) => segment_error_code(s),
+        OpenError::Topic(TopicError::Qos { .. }) => "qos",
+        OpenError::Topic(TopicError::Config(_)) => "config",
+        OpenError::Topic(TopicError::Corrupt { .. }) => "topic-corrupt",
+        OpenError::Topic(TopicError::TooManyPublishers { .. }) => "too-many-publishers",
+        OpenError::Topic(TopicError::TooManySubscribers { .. }) => "too-many-subscribers",
+        OpenError::Topic(TopicError::Os { .. }) => "os",
+        _ => "other",
+    }
+}
+
+/// A name for a segment error.
+pub fn segment_error_code(e: &SegmentError) -> &'static str {
+    #[allow(unreachable_patterns)]
+    match e {
+        SegmentError::NotFound(_) => "not-found",
+        SegmentError::AlreadyExists(_) => "already-exists",
+        SegmentError::OutOfSpace { .. } => "out-of-space",
+        SegmentError::PermissionDenied(_) => "permission-denied",
+        SegmentError::Corrupt { .. } => "corrupt",
+        SegmentError::Version { .. } => "version",
+        SegmentError::WrongKind { .. } => "wrong-kind",
+        SegmentError::WrongType { .. } => "wrong-type",
+        SegmentError::NotReady(_) => "not-ready",
+        SegmentError::InvalidSize { .. } => "invalid-size",
+        SegmentError::Os { .. } => "os",
+        _ => "other",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output lines
+// ---------------------------------------------------------------------------------------------
+
+/// One line a peer printed: a tag, then `key=value` fields; a `msg=` field takes the rest of
+/// the line.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// The first word.
+    pub tag: String,
+    /// The fields.
+    pub fields: HashMap<String, String>,
+    /// The whole line.
+    pub raw: String,
+}
+
+impl Line {
+    /// Parses `raw`.
+    pub fn parse(raw: &str) -> Line {
+        let raw = raw.trim_end().to_owned();
+        let mut rest = raw.as_str();
+        let tag = match rest.split_once(' ') {
+            Some((t, r)) => {
+                rest = r;
+                t.to_owned()
+            }
+            None => {
+                let t = rest.to_owned();
+                rest = "";
+                t
+            }
+        };
+        let mut fields = HashMap::new();
+        while !rest.is_empty() {
+            let (word, next) = rest.split_once(' ').unwrap_or((rest, ""));
+            if word.starts_with("msg=") {
+                fields.insert("msg".to_owned(), rest["msg=".len()..].to_owned());
+                break;
+            }
+            if let Some((k, v)) = word.split_once('=') {
+                fields.insert(k.to_owned(), v.to_owned());
+            }
+            rest = next;
+        }
+        Line { tag, fields, raw }
+    }
+
+    /// The field `key`.
+    ///
+    /// # Panics
+    ///
+    /// If the line has no such field.
+    pub fn get(&self, key: &str) -> &str {
+        self.fields
+            .get(key)
+            .unwrap_or_else(|| panic!("no field {key:?} in line {:?}", self.raw))
+    }
+
+    /// The field `key` as a number.
+    ///
+    /// # Panics
+    ///
+    /// If the line has no such field or it is not a number.
+    pub fn num(&self, key: &str) -> u64 {
+        let v = self.get(key);
+        v.parse().unwrap_or_else(|_| {
+            panic!(
+                "field {key:?} = {v:?} is not a number in line {:?}",
+                self.raw
+            )
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+type SharedChild = Rc<RefCell<Option<Child>>>;
+
+/// A running peer process. Dropping it kills and reaps it.
+#[derive(Debug)]
+pub struct Peer {
+    label: String,
+    child: SharedChild,
+    pid: u32,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+    status: Option<ExitStatus>,
+}
+
+impl Peer {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// What the peer printed so far (stdout lines consumed and stderr), for failure messages.
+    pub fn transcript(&mut self) -> String {
+        // Collect stdout lines not consumed yet, without waiting.
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        let mut s = format!("--- peer {} (pid {}) ---\nstdout:\n", self.label, self.pid);
+        for l in &self.seen {
+            let _ = writeln!(s, "  {l}");
+        }
+        let err = self.stderr.lock().map(|e| e.clone()).unwrap_or_default();
+        let _ = write!(s, "stderr:\n{err}");
+        s
+    }
+
+    /// Waits (at most `timeout`) for the next line tagged `tag`, skipping other lines. A line
+    /// tagged `error` (unless `error` is what is waited for) or the end of the output fails the
+    /// test.
+    pub fn expect(&mut self, tag: &str, timeout: Duration) -> Line {
+        self.try_expect(tag, timeout)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Peer::expect`], returning the failure (with the transcript) instead of panicking.
+    pub fn try_expect(&mut self, tag: &str, timeout: Duration) -> Result<Line, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(raw) => {
+                    self.seen.push(raw.clone());
+                    let line = Line::parse(&raw);
+                    if line.tag == tag {
+                        return Ok(line);
+                    }
+                    if line.tag == "error" {
+                        let t = self.transcript();
+                        return Err(format!(
+                            "peer {} reported an error while {tag:?} was awaited: {raw}\n{t}",
+                            self.label
+                        ));
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let t = self.transcript();
+                    return Err(format!(
+                        "peer {} printed no {tag:?} line within {timeout:?}\n{t}",
+                        self.label
+                    ));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Give stderr a moment to be collected.
+                    std::thread::sleep(Duration::from_millis(50));
+                    let status = self.try_status();
+                    let t = self.transcript();
+                    return Err(format!(
+                        "peer {} ended its output ({status:?}) before a {tag:?} line\n{t}",
+                        self.label
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The lines printed since the last look, without waiting.
+    pub fn pending(&mut self) -> Vec<Line> {
+        let mut out = Vec::new();
+        while let Ok(raw) = self.lines.try_recv() {
+            self.seen.push(raw.clone());
+            out.push(Line::parse(&raw));
+        }
+        out
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
+    /// Sends one command line on the peer's standard input.
+    pub fn send(&mut self, cmd: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        if let Err(e) = writeln!(stdin, "{cmd}").and_then(|()| stdin.flush()) {
+            let t = self.transcript();
+            panic!("could not write {cmd:?} to peer {}: {e}\n{t}", self.label);
+        }
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            if let Some(child) = self.child.borrow_mut().as_mut() {
+                self.status = child.try_wait().ok().flatten();
+            }
+        }
+        self.status
+    }
+
+    /// Waits (at most `timeout`) for the peer to exit; on timeout kills it and fails the test.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_status() {
+                return s;
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                let t = self.transcript();
+                panic!(
+                    "peer {} did not exit within {timeout:?} (killed it)\n{t}",
+                    self.label
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits for the peer to exit successfully (bounded) and returns its last line tagged `tag`.
+    pub fn finish(&mut self, tag: &str, timeout: Duration) -> Line {
+        let status = self.wait(timeout);
+        // The reader thread sees EOF once the process is gone; drain what it read.
+        let mut last = None;
+        let deadline = Instant::now() + STEP;
+        while let Ok(raw) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(raw.clone());
+            let l = Line::parse(&raw);
+            if l.tag == tag {
+                last = Some(l);
+            }
+        }
+        if !status.success() {
+            let t = self.transcript();
+            panic!("peer {} failed: {status}\n{t}", self.label);
+        }
+        match last {
+            Some(l) => l,
+            None => {
+                let t = self.transcript();
+                panic!("peer {} exited without a {tag:?} line\n{t}", self.label);
+            }
+        }
+    }
+
+    /// Sends SIGKILL and reaps the peer.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.borrow_mut().as_mut() {
+            let _ = child.kill();
+            if let Ok(s) = child.wait() {
+                self.status = Some(s);
+            }
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stdin.take();
+        self.kill();
+    }
+}
+
+/// Everything one test made: names, processes, files. Dropping it kills and reaps every peer
+/// still running, then removes the files of every name it handed out.
+#[derive(Debug)]
+pub struct Scope {
+    exe: PathBuf,
+    test: String,
+    names: Vec<String>,
+    files: Vec<PathBuf>,
+    children: Vec<SharedChild>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Scope {
+    /// A scope for the test `test`, spawning the peer binary `exe`. Use [`scope!`].
+    pub fn new(exe: &str, test: &str) -> Scope {
+        Scope {
+            exe: PathBuf::from(exe),
+            test: test.to_owned(),
+            names: Vec::new(),
+            files: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// The peer binary.
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
+    /// A fresh name `t-<pid>-<n>-<test>`, whose file is removed when the scope drops.
+    pub fn name(&mut self) -> String {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("t-{}-{n}-{}", std::process::id(), self.test);
+        self.names.push(name.clone());
+        self.files.push(shm_file(&name));
+        name
+    }
+
+    /// Removes `path` too when the scope drops.
+    pub fn track_file(&mut self, path: PathBuf) {
+        self.files.push(path);
+    }
+
+    /// Spawns the peer with `args`.
+    pub fn spawn(&mut self, label: &str, args: &[&str]) -> Peer {
+        self.spawn_with(label, args, |_| {})
+    }
+
+    /// Spawns the peer with `args`, letting `adjust` change the command first (e.g. its user).
+    pub fn spawn_with(
+        &mut self,
+        label: &str,
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Peer {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(args);
+        adjust(&mut cmd);
+        self.spawn_command(label, args, cmd)
+    }
+
+    /// Spawns `cmd` (a peer, possibly behind a wrapper that `exec`s it) as a [`Peer`].
+    pub fn spawn_command(&mut self, label: &str, args: &[&str], mut cmd: Command) -> Peer {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("SHMBUS_TEST_PARENT", std::process::id().to_string());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let pid = child.id();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr_pipe = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let stderr = Arc::clone(&stderr);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr_pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(mut s) = stderr.lock() {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            });
+        }
+        let child = Rc::new(RefCell::new(Some(child)));
+        self.children.push(Rc::clone(&child));
+        Peer {
+            label: format!("{label} ({})", args.join(" ")),
+            child,
+            pid,
+            stdin,
+            lines,
+            seen: Vec::new(),
+            stderr,
+            status: None,
+        }
+    }
+
+    /// Waits (bounded) until the segment file of `name` is gone: the last user out removes it.
+    ///
+    /// # Panics
+    ///
+    /// If it is still there after [`STEP`].
+    pub fn assert_gone(&self, name: &str) {
+        let path = shm_file(name);
+        let deadline = Instant::now() + STEP;
+        while path.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} is still there: the last user out should have removed it",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        for c in &self.children {
+            if let Some(mut child) = c.borrow_mut().take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// Where a test that calls `gc()` runs its processes.
+///
+/// `gc()` removes every stale segment on the machine, not just the test's. As root, the test
+/// gets a private `/dev/shm` (a tmpfs in a mount namespace of its own, held by an idle peer;
+/// peers join it with `nsenter`), so it sees and removes only its own files. Otherwise it uses
+/// the real `/dev/shm` and holds [`GcLock::exclusive`] while `gc()` runs (also when
+/// `SHMBUS_TEST_GLOBAL_SHM` is set, to test that path as root).
+#[derive(Debug)]
+pub enum ShmEnv {
+    /// A private `/dev/shm`, held by this idle peer.
+    Private(Peer),
+    /// The machine's `/dev/shm`.
+    Global,
+}
+
+impl ShmEnv {
+    /// A private `/dev/shm` if this process may make one, else the global one (with a note).
+    pub fn private_or_global(scope: &mut Scope) -> ShmEnv {
+        match ShmEnv::private(scope) {
+            Ok(env) => env,
+            Err(why) => {
+                eprintln!("NOTE: using the machine's /dev/shm ({why})");
+                ShmEnv::Global
+            }
+        }
+    }
+
+    /// A private `/dev/shm`, or why not.
+    pub fn private(scope: &mut Scope) -> Result<ShmEnv, String> {
+        if std::env::var_os("SHMBUS_TEST_GLOBAL_SHM").is_some() {
+            return Err("SHMBUS_TEST_GLOBAL_SHM is set".into());
+        }
+        if !rustix::process::geteuid().is_root() {
+            return Err("not root: cannot mount a private /dev/shm".into());
+        }
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t tmpfs -o size=64m,mode=1777 shmbus-tests /dev/shm && exec \"$0\" idle")
+            .arg(scope.exe());
+        let mut holder = scope.spawn_command(
+            "private /dev/shm",
+            &["idle (in a new mount namespace)"],
+            cmd,
+        );
+        holder
+            .try_expect("ready", STEP)
+            .map_err(|e| format!("could not set up a private /dev/shm: {e}"))?;
+        let env = ShmEnv::Private(holder);
+        // Check that it is really private.
+        let probe = env.dir().join(format!("probe-{}", std::process::id()));
+        std::fs::write(&probe, b"x")
+            .map_err(|e| format!("cannot write {}: {e}", probe.display()))?;
+        let leaked = Path::new("/dev/shm")
+            .join(probe.file_name().expect("file name"))
+            .exists();
+        let _ = std::fs::remove_file(&probe);
+        if leaked {
+            return Err("the private /dev/shm is the machine's".into());
+        }
+        Ok(env)
+    }
+
+    /// The `/dev/shm` directory the peers see, as seen from this process.
+    pub fn dir(&self) -> PathBuf {
+        match self {
+            ShmEnv::Private(holder) => {
+                PathBuf::from(format!("/proc/{}/root/dev/shm", holder.pid()))
+            }
+            ShmEnv::Global => PathBuf::from(shmbus_core::segment::SHM_DIR),
+        }
+    }
+
+    /// The segment file of `name` in [`ShmEnv::dir`].
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir()
+            .join(format!("{}{name}", shmbus_core::name::FILE_PREFIX))
+    }
+
+    /// Whether this is a private `/dev/shm`.
+    pub fn is_private(&self) -> bool {
+        matches!(self, ShmEnv::Private(_))
+    }
+
+    /// Spawns a peer that sees this `/dev/shm`.
+    pub fn spawn(&self, scope: &mut Scope, label: &str, args: &[&str]) -> Peer {
+        match self {
+            ShmEnv::Private(holder) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--mount=/proc/{}/ns/mnt", holder.pid()))
+                    .arg("--")
+                    .arg(scope.exe())
+                    .args(args);
+                scope.spawn_command(label, args, cmd)
+            }
+            ShmEnv::Global => scope.spawn(label, args),
+        }
+    }
+
+    /// Runs `gc()` once in a peer that sees this `/dev/shm`; returns the file names it removed.
+    pub fn gc(&self, scope: &mut Scope) -> Vec<String> {
+        let _lock = (!self.is_private()).then(GcLock::exclusive);
+        let mut peer = self.spawn(scope, "gc", &["gc"]);
+        let line = peer.finish("gc", STEP);
+        let removed = line.get("removed");
+        if removed == "none" {
+            Vec::new()
+        } else {
+            removed.split(',').map(str::to_owned).collect()
+        }
+    }
+}
+
+/// Checks a subscriber's `summary` line: `n` messages published from sequence number 0 on,
+/// every one either received intact and in order or reported as lag, and the subscriber saw
+/// its publisher go (`Disconnected`). Returns (received, lagged).
+///
+/// # Panics
+///
+/// If any of that does not hold.
+pub fn check_summary(summary: &Line, n: u64) -> (u64, u64) {
+    let ctx = &summary.raw;
+    for k in ["bad_checksum", "bad_order", "gaps", "bad_index"] {
+        assert_eq!(summary.num(k), 0, "{k} in {ctx}");
+    }
+    assert_eq!(summary.get("end"), "disconnected", "end in {ctx}");
+    assert_eq!(
+        summary.get("base"),
+        "0",
+        "the subscriber should have joined before message 0: {ctx}"
+    );
+    assert_eq!(summary.num("next"), n, "next in {ctx}");
+    let (received, lagged) = (summary.num("received"), summary.num("lagged"));
+    assert_eq!(
+        received + lagged,
+        n,
+        "received + lagged must account for every message: {ctx}"
+    );
+    (received, lagged)
+}
+
+/// `/dev/shm/shmbus.<name>`.
+pub fn shm_file(name: &str) -> PathBuf {
+    PathBuf::from(shmbus_core::segment::SHM_DIR)
+        .join(format!("{}{name}", shmbus_core::name::FILE_PREFIX))
+}
+
+/// Polls `cond` every 2 ms for at most `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A small deterministic generator (xorshift*), seeded and printed by the tests that use it so
+/// that a failure can be replayed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `SHMBUS_TEST_SEED` if set, else from the clock and pid.
+    pub fn from_env_or_clock() -> Rng {
+        let seed = std::env::var("SHMBUS_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                mix(t.as_nanos() as u64 ^ u64::from(std::process::id()))
+            });
+        eprintln!("random seed: SHMBUS_TEST_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo).max(1)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gc lock
+// ---------------------------------------------------------------------------------------------
+
+/// `shmbus_core::segment::gc()` removes every stale segment on the machine, including one that
+/// another test deliberately left stale to check it. Tests that need a stale or foreign file to
+/// stay hold this lock shared; the test that calls `gc()` holds it exclusively.
+#[derive(Debug)]
+pub struct GcLock {
+    _file: File,
+}
+
+impl GcLock {
+    fn take(exclusive: bool) -> GcLock {
+        use rustix::fs::FlockOperation as Op;
+        let path = std::env::temp_dir().join("shmbus-tests.gc.lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        let op = if exclusive {
+            Op::NonBlockingLockExclusive
+        } else {
+            Op::NonBlockingLockShared
+        };
+        let ok = wait_until(Duration::from_secs(30), || {
+            rustix::fs::flock(file.as_fd(), op).is_ok()
+        });
+        assert!(ok, "could not take the gc lock {} in 30 s", path.display());
+        GcLock { _file: file }
+    }
+
+    /// Keeps `gc()` of other tests away while held.
+    pub fn shared() -> GcLock {
+        GcLock::take(false)
+    }
+
+    /// Waits until no test needs its stale files, then holds them off.
+    pub fn exclusive() -> GcLock {
+        GcLock::take(true)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A named robust mutex
+// ---------------------------------------------------------------------------------------------
+
+/// A robust, process-shared mutex guarding a `u64`, in a segment of kind [`Kind::Mutex`].
+///
+/// Built from `shmbus_core` because the typed `shmbus` crate has no named mutex yet.
+#[derive(Debug)]
+pub struct NamedMutex {
+    segment: Segment,
+}
+
+/// Payload offset of the guarded value.
+const MUTEX_DATA: usize = 64;
+const MUTEX_PAYLOAD: usize = 128;
+const _: () = assert!(RobustMutex::SIZE <= MUTEX_DATA);
+
+// The error type is the library's.
+#[allow(clippy::result_large_err)]
+impl NamedMutex {
+    fn type_info() -> TypeInfo {
+        TypeInfo::new("shmbus-tests::NamedMutex<u64>", 8, 8, Codec::Pod).expect("short name")
+    }
+
+    /// Opens the mutex `name`, creating it (unlocked, value 0) if it does not exist.
+    pub fn open_or_create(name: &str) -> Result<(NamedMutex, bool), SegmentError> {
+        let name = Name::new(name).expect("valid test name");
+        let opts = CreateOptions::new(Kind::Mutex, Self::type_info(), MUTEX_PAYLOAD);
+        let (segment, created) = Segment::open_or_create(
+            &name,
+            &Expect::new(Kind::Mutex, Self::type_info()),
+            &opts,
+            |p| {
+                assert!(p.len() >= MUTEX_PAYLOAD);
+                // SAFETY: `p` is the zero-filled, page-aligned payload (so aligned for
+                // `pthread_mutex_t`) of a segment no other process can see yet, at least
+                // `RobustMutex::SIZE` bytes long; the mutex is initialised once, here, and never
+                // moved afterwards (it lives in the file).
+                unsafe { RobustMutex::init(p.as_mut_ptr().cast()) }
+                    .expect("initialising a robust mutex");
+            },
+        )?;
+        Ok((NamedMutex { segment }, created))
+    }
+
+    /// Opens the existing mutex `name`.
+    pub fn open(name: &str) -> Result<NamedMutex, SegmentError> {
+        let name = Name::new(name).expect("valid test name");
+        let segment = Segment::open(&name, &Expect::new(Kind::Mutex, Self::type_info()))?;
+        if segment.payload_len() < MUTEX_PAYLOAD {
+            return Err(SegmentError::Corrupt {
+                name,
+                reason: "payload too short for a NamedMutex".into(),
+            });
+        }
+        Ok(NamedMutex { segment })
+    }
+
+    fn mutex(&self) -> &RobustMutex {
+        // SAFETY: the payload starts with a `RobustMutex` that the creator initialised before it
+        // named the segment (the segment's kind and type were checked at open, and its payload
+        // is at least MUTEX_PAYLOAD bytes); the payload is page-aligned and stays mapped as long
+        // as `self.segment`, which the returned reference borrows.
+        unsafe { &*self.segment.payload_ptr().as_ptr().cast::<RobustMutex>() }
+    }
+
+    fn value(&self) -> &AtomicU64 {
+        // SAFETY: MUTEX_DATA + 8 <= MUTEX_PAYLOAD bytes lie inside the mapped payload; the offset
+        // is a multiple of 8 of a page-aligned address; an `AtomicU64` is valid for every bit
+        // pattern, and every process accesses this word only atomically.
+        unsafe {
+            &*self
+                .segment
+                .payload_ptr()
+                .as_ptr()
+                .add(MUTEX_DATA)
+                .cast::<AtomicU64>()
+        }
+    }
+
+    /// Locks, waiting at most `timeout`.
+    pub fn lock(&self, timeout: Duration) -> Result<NamedMutexGuard<'_>, LockError> {
+        let acquired = self.mutex().lock(Some(timeout))?;
+        Ok(NamedMutexGuard {
+            mutex: self,
+            acquired,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+}
+
+/// A held [`NamedMutex`]; unlocks on drop (on the thread that locked: the guard is not `Send`).
+#[derive(Debug)]
+pub struct NamedMutexGuard<'a> {
+    mutex: &'a NamedMutex,
+    acquired: Acquired,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl NamedMutexGuard<'_> {
+    /// Whether the previous holder died holding it.
+    pub fn acquired(&self) -> Acquired {
+        self.acquired
+    }
+
+    /// The guarded value.
+    pub fn get(&self) -> u64 {
+        self.mutex.value().load(Ordering::SeqCst)
+    }
+
+    /// Sets the guarded value.
+    pub fn set(&self, v: u64) {
+        self.mutex.value().store(v, Ordering::SeqCst);
+    }
+
+    /// Marks the state consistent again after `OwnerDied`.
+    pub fn make_consistent(&mut self) -> std::io::Result<()> {
+        // SAFETY: this guard holds the mutex (it was returned by a successful lock on this
+        // thread and has not been dropped), as `make_consistent` requires.
+        unsafe { self.mutex.mutex().make_consistent() }?;
+        self.acquired = Acquired::Clean;
+        Ok(())
+    }
+}
+
+impl Drop for NamedMutexGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the guard holds the mutex and is not `Send`, so this is the locking thread.
+        unsafe { self.mutex.mutex().unlock() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integrity_checks_catch_changes() {
+        let m = Msg::new(7, 42);
+        assert!(m.is_intact());
+        for i in 0..5 {
+            let mut bad = m;
+            bad.data[i] ^= 1;
+            assert!(!bad.is_intact());
+        }
+        let mut bad = m;
+        bad.index += 1;
+        assert!(!bad.is_intact(), "a message relabelled with another index");
+        let r = Rec::new(7, 42);
+        assert!(r.is_intact());
+        let mut bad = r.clone();
+        bad.label.push('x');
+        assert!(!bad.is_intact());
+    }
+
+    #[test]
+    fn lines_parse() {
+        let l = Line::parse("summary received=3 end=count msg=a b=c d");
+        assert_eq!(l.tag, "summary");
+        assert_eq!(l.num("received"), 3);
+        assert_eq!(l.get("end"), "count");
+        assert_eq!(l.get("msg"), "a b=c d");
+        assert_eq!(Line::parse("ready").tag, "ready");
+    }
+}

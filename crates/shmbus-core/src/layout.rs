@@ -46,7 +46,7 @@ impl Codec {
 pub struct TypeInfo {
     /// The type's name as the application chose it (by default Rust's `type_name`).
     pub name: String,
-    /// Size in bytes; for encoded types, the largest encoding a slot holds.
+    /// Size in bytes; 0 for encoded (variable-length) types.
     pub size: u64,
     /// Alignment in bytes.
     pub align: u64,

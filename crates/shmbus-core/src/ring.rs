@@ -160,13 +160,17 @@ pub struct RingHeader {
     max_loans: u64,
     max_held: u64,
     overflow: u64,
-    _pad0: [u8; 64],
+    /// How many times a publisher joined, ever (`Release` increments): lets a subscriber tell
+    /// that a publisher existed even if another process reclaimed its row before it looked.
+    publisher_joins: AtomicU64,
+    _pad0: [u8; 56],
     /// Next sequence number to publish; written by the holder of publish rights (`Release`).
     tail: AtomicU64,
     _pad1: [u8; 120],
     /// Subscribers sleep on this word; bumped by a publisher that saw sleepers.
     notify_word: AtomicU32,
-    /// Number of subscribers inside a blocking wait (SeqCst, see [`Ring::publish`]).
+    /// Number of subscribers inside a blocking wait (counted in before a `fence(SeqCst)`, see
+    /// [`Ring::publish`]).
     notify_sleepers: AtomicU32,
     _pad2: [u8; 120],
     /// A back-pressured publisher sleeps on this word; bumped by a subscriber that saw it.
@@ -223,7 +227,7 @@ pub struct RingLayout {
     pub subscribers: usize,
     /// Offset of the publisher table.
     pub publishers: usize,
-    /// Offset of the first slot (64-byte aligned).
+    /// Offset of the first slot (128-byte aligned).
     pub data: usize,
     /// Total bytes.
     pub size: usize,
@@ -489,6 +493,12 @@ impl Ring {
         let e = self.publisher(p);
         e.pid.store(pid, Ordering::Relaxed);
         e.state.store(ACTIVE, Ordering::Release);
+        self.header().publisher_joins.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times a publisher joined the topic, ever.
+    pub fn publisher_joins(&self) -> u64 {
+        self.header().publisher_joins.load(Ordering::Acquire)
     }
 
     /// Marks publisher row `p` free. The caller holds its lease and has no loans out.
@@ -658,9 +668,9 @@ impl Ring {
             }
         }
 
-        // Wake sleepers, with no syscall when there are none. Dekker pairing: the sleeper does
-        // `sleepers += 1 (SeqCst)` then re-checks the entry; we store the entry then (after
-        // this fence) read `sleepers`. One of us must see the other.
+        // Wake sleepers, with no syscall when there are none. Dekker pairing: the sleeper counts
+        // itself in, fences (SeqCst), then re-checks the entry; we store the entry, fence, then
+        // read `sleepers`. One of us must see the other.
         fence(Ordering::SeqCst);
         if h.notify_sleepers.load(Ordering::Relaxed) > 0 {
             h.notify_word.fetch_add(1, Ordering::SeqCst);
@@ -702,7 +712,10 @@ impl Ring {
                 repaired = true;
             }
             SEQ_INVALID => {
-                // Died while rewriting the entry: the message is lost; say so.
+                // Died while rewriting the entry: the message is lost; say so. Same seqlock
+                // writer steps as `publish`, so a reader never pairs a stale seq with HOLE.
+                e.seq.store(SEQ_INVALID, Ordering::Relaxed);
+                fence(Ordering::Release);
                 e.slot.store(HOLE, Ordering::Relaxed);
                 e.seq.store(t + 1, Ordering::Release);
                 h.tail.store(t + 1, Ordering::Release);
@@ -1029,6 +1042,7 @@ unsafe fn write_atomics(base: NonNull<u8>, layout: &RingLayout) {
     unsafe {
         let h = base.as_ptr().cast::<RingHeader>();
         std::ptr::addr_of_mut!((*h).tail).write(AtomicU64::new(0));
+        std::ptr::addr_of_mut!((*h).publisher_joins).write(AtomicU64::new(0));
         std::ptr::addr_of_mut!((*h).notify_word).write(AtomicU32::new(0));
         std::ptr::addr_of_mut!((*h).notify_sleepers).write(AtomicU32::new(0));
         std::ptr::addr_of_mut!((*h).progress_word).write(AtomicU32::new(0));

@@ -10,12 +10,13 @@
 //!
 //! # Creation is atomic
 //!
-//! The creator builds the segment under a temporary name (`.shmbus-tmp.*`): it sizes it, reserves
-//! its memory with `fallocate` (a full `/dev/shm` fails here with [`SegmentError::OutOfSpace`],
-//! never later with `SIGBUS`), writes the header and the payload, marks the header ready, and
-//! only then gives it its name with `link(2)`, which fails if the name exists. So an opener
-//! never sees a half-built segment of ours. It still checks: a header that is not ready (a
-//! foreign tool's file) is waited for, boundedly, then reported.
+//! The creator builds the segment as a file with no name (`O_TMPFILE`): it sizes it, reserves its
+//! memory with `fallocate` (a full `/dev/shm` fails here with [`SegmentError::OutOfSpace`], never
+//! later with `SIGBUS`), writes the header and the payload, marks the header ready, and only then
+//! gives it its name with `linkat(2)`, which fails if the name exists. So an opener never sees a
+//! half-built segment of ours, and a creator that dies half-way leaves nothing behind. An opener
+//! still checks: a header that is not ready (a foreign tool's file) is waited for, boundedly,
+//! then reported.
 //!
 //! # Lifecycle
 //!
@@ -52,9 +53,6 @@ use crate::time::Deadline;
 
 /// Where segments live: the tmpfs behind POSIX shared memory.
 pub const SHM_DIR: &str = "/dev/shm";
-
-/// Prefix of the temporary files segments are built in before they are named.
-pub const TMP_PREFIX: &str = ".shmbus-tmp.";
 
 /// `b"SHMBUS\0\x01"`: the first eight bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"SHMBUS\0\x01";
@@ -396,16 +394,6 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Removes a temporary file on drop unless disarmed.
-struct TmpGuard<'a>(Option<&'a Path>);
-impl Drop for TmpGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(p) = self.0 {
-            let _ = rfs::unlink(p);
-        }
-    }
-}
-
 impl Segment {
     /// Creates the segment `name`; fails with [`SegmentError::AlreadyExists`] if it exists.
     ///
@@ -439,24 +427,13 @@ impl Segment {
             .filter(|&t| t <= isize::MAX as usize)
             .ok_or_else(|| bad("payload too large for this machine"))?;
 
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let tmp = PathBuf::from(SHM_DIR).join(format!(
-            "{TMP_PREFIX}{}.{}.{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            now_ns()
-        ));
-        let fd = rfs::open(
-            &tmp,
-            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::from_raw_mode(opts.mode & 0o777),
-        )
-        .map_err(os(name, "create"))?;
-        let guard = TmpGuard(Some(&tmp));
+        // A file with no name yet: nobody can open it, and it vanishes if we die.
+        let fd = rfs::open(SHM_DIR, OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC, Mode::from_raw_mode(opts.mode & 0o777))
+            .map_err(os(name, "create (O_TMPFILE)"))?;
         // The umask may have narrowed the mode; set exactly what was asked for.
         rfs::fchmod(&fd, Mode::from_raw_mode(opts.mode & 0o777)).map_err(os(name, "fchmod"))?;
-        // Shared lock from the first moment: `gc` must never take a segment under construction
-        // for an abandoned one.
+        // Our shared lock, held before the file has a name, so that no prober ever finds it
+        // unused.
         rfs::flock(&fd, FlockOperation::LockShared).map_err(os(name, "flock"))?;
         rfs::ftruncate(&fd, total as u64).map_err(os(name, "ftruncate"))?;
         match rfs::fallocate(&fd, rfs::FallocateFlags::empty(), 0, total as u64) {
@@ -513,16 +490,13 @@ impl Segment {
         };
         init(payload);
         seg.header().state.store(state::READY, Ordering::Release);
-        match rfs::link(&tmp, &seg.path) {
-            Ok(()) => {}
-            Err(e) => {
-                // Not named: nobody else can know it, so it must not be "left" by name.
-                seg.lifetime = Lifetime::Persistent;
-                return Err(os(name, "link")(e));
-            }
+        let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&seg.fd));
+        if let Err(e) = rfs::linkat(rfs::CWD, proc_path.as_str(), rfs::CWD, &seg.path, rfs::AtFlags::SYMLINK_FOLLOW) {
+            // Not named: nobody else can know it, so it must not be "left" by name. Unmapping
+            // and closing frees it.
+            seg.lifetime = Lifetime::Persistent;
+            return Err(os(name, "link")(e));
         }
-        // The name now holds the file; the guard removes the temporary one.
-        drop(guard);
         tracing::debug!(name = %name, kind = %opts.kind, bytes = total, "created segment");
         Ok(seg)
     }
@@ -620,7 +594,11 @@ impl Segment {
                 tracing::info!(name = %name, "reclaimed a stale segment: every user had died");
                 return Ok(None);
             }
-            // A persistent segment that is not ready: fall through to the bounded wait.
+            else {
+                // A persistent segment that is not ready (a foreign tool's file): wait, boundedly,
+                // holding a shared lock like any user.
+                rfs::flock(&seg.fd, FlockOperation::LockShared).map_err(os(name, "flock"))?;
+            }
         } else {
             // Someone uses it. Take our shared lock; exclusive holders (leavers, gc, probes) hold
             // theirs only for a moment.
@@ -711,8 +689,7 @@ impl Segment {
 
     /// Removes the name if it still names this very file (not a successor of the same name).
     fn unlink_if_same(&self) {
-        let (Ok(ours), Ok(named)) = (rfs::fstat(&self.fd), rfs::stat(&self.path)) else { return };
-        if ours.st_ino == named.st_ino && ours.st_dev == named.st_dev {
+        if same_file(&self.fd, &self.path) {
             let _ = rfs::unlink(&self.path);
             tracing::debug!(name = %self.name, "removed segment name");
         }
@@ -735,6 +712,14 @@ impl Drop for Segment {
         // SAFETY: `map`/`len` describe a mapping this handle created and still owns; every
         // reference into it borrows `self`, so none outlives this point.
         let _ = unsafe { mm::munmap(self.map.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Whether `path` still names the file open as `fd` (not a successor of the same name).
+fn same_file(fd: &OwnedFd, path: &Path) -> bool {
+    match (rfs::fstat(fd), rfs::stat(path)) {
+        (Ok(ours), Ok(named)) => ours.st_ino == named.st_ino && ours.st_dev == named.st_dev,
+        _ => false,
     }
 }
 
@@ -826,16 +811,16 @@ pub fn peek(name: &Name) -> Result<SegmentInfo, SegmentError> {
     .unwrap_or_else(|| Err(corrupt("shorter than the header")))
 }
 
-/// Removes every scoped segment that no living process uses, and temporary files left by
-/// creators that died. Persistent segments are kept. Returns the names removed.
+/// Removes every scoped segment that no living process uses. Persistent segments, and files
+/// under our prefix that are not shmbus segments of this format version, are kept. Returns the
+/// file names removed.
 pub fn gc() -> io::Result<Vec<String>> {
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(SHM_DIR)? {
         let Ok(entry) = entry else { continue };
         let file = entry.file_name();
         let Some(file) = file.to_str() else { continue };
-        let is_tmp = file.starts_with(TMP_PREFIX);
-        if !is_tmp && !file.starts_with(FILE_PREFIX) {
+        if !file.starts_with(FILE_PREFIX) {
             continue;
         }
         let path = entry.path();
@@ -845,13 +830,10 @@ pub fn gc() -> io::Result<Vec<String>> {
         if rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_err() {
             continue; // in use
         }
-        // A file under our prefix that is not ours (bad magic) is left alone.
-        let removable = is_tmp || header_says_scoped(&fd);
-        if removable {
-            if !is_tmp {
-                mark_closed(&fd);
-            }
-            if rfs::unlink(&path).is_ok() {
+        // A file under our prefix that is not ours (bad magic, other version) is left alone.
+        if header_says_scoped(&fd) {
+            mark_closed(&fd);
+            if same_file(&fd, &path) && rfs::unlink(&path).is_ok() {
                 tracing::info!(file, "gc removed a segment no living process uses");
                 removed.push(file.to_owned());
             }
@@ -875,7 +857,10 @@ fn with_header<R>(fd: &OwnedFd, read_only: bool, f: impl FnOnce(&Header) -> R) -
 }
 
 fn header_says_scoped(fd: &OwnedFd) -> bool {
-    with_header(fd, true, |h| h.magic == MAGIC && h.lifetime != Lifetime::Persistent as u32).unwrap_or(false)
+    with_header(fd, true, |h| {
+        h.magic == MAGIC && h.format_version == FORMAT_VERSION && h.lifetime != Lifetime::Persistent as u32
+    })
+    .unwrap_or(false)
 }
 
 fn mark_closed(fd: &OwnedFd) {

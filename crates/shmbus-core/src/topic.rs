@@ -46,8 +46,10 @@ const CHECK_EVERY: Option<Duration> = Some(Duration::from_millis(50));
 pub struct TopicOptions {
     /// Ring entries (default 16).
     pub capacity: Option<u32>,
-    /// Payload bytes per slot (required when creating; the typed layer sets it).
+    /// Payload bytes per slot, at least (a requirement on an existing topic).
     pub slot_size: Option<u32>,
+    /// Payload bytes per slot when creating and `slot_size` is not given.
+    pub default_slot_size: Option<u32>,
     /// Most subscribers (default 8).
     pub max_subscribers: Option<u32>,
     /// Most publishers (default 1: the lock-free fast path).
@@ -66,7 +68,10 @@ impl TopicOptions {
     fn config(&self) -> Result<RingConfig, TopicError> {
         Ok(RingConfig {
             capacity: self.capacity.unwrap_or(16),
-            slot_size: self.slot_size.ok_or_else(|| TopicError::Config("slot size not given".into()))?,
+            slot_size: self
+                .slot_size
+                .or(self.default_slot_size)
+                .ok_or_else(|| TopicError::Config("slot size not given".into()))?,
             max_subscribers: self.max_subscribers.unwrap_or(8),
             max_publishers: self.max_publishers.unwrap_or(1),
             max_loans: 1,
@@ -299,13 +304,14 @@ impl RawTopic {
 
     /// Frees dead publisher row `p` (the caller holds its lease).
     fn reclaim_publisher_row(&self, p: u32) {
-        let loans = self.ring.reclaim_publisher(p);
         if self.ring.config().max_publishers == 1 {
-            // The only publisher had publish rights; holding its lease, so do we.
+            // The only publisher had publish rights; holding its lease, so do we. Repair before
+            // the row is marked free: if we die half-way, the next reclaimer repairs again.
             // SAFETY: with one publisher row, publish rights belong to the holder of lease 0,
             // which is us; the dead holder publishes no more.
             unsafe { self.ring.repair(&Futex) };
         }
+        let loans = self.ring.reclaim_publisher(p);
         tracing::info!(topic = %self.name(), publisher = p, loans, "reclaimed a dead publisher");
     }
 
@@ -354,7 +360,8 @@ pub struct RawPublisher {
 }
 
 /// A slot on loan to a [`RawPublisher`]: write it, then publish or cancel it. Cannot be forged
-/// or copied; dropping it without publishing keeps the slot until the publisher drops.
+/// or copied. Dropping it without publishing or cancelling keeps the slot, and the publisher's
+/// one loan, until the publisher drops (the typed `shmbus::Loan` cancels on drop).
 #[derive(Debug)]
 #[must_use = "a loan is only given back by publish or cancel"]
 pub struct Loan {
@@ -577,6 +584,7 @@ pub struct RawSubscriber {
     cursor: Cell<u64>,
     held: Cell<u32>,
     saw_publisher: Cell<bool>,
+    joins_at_start: u64,
     id: u64,
     _lease: Lease,
 }
@@ -606,8 +614,10 @@ impl RawSubscriber {
             }
             let cursor = topic.ring.join_subscriber(k, std::process::id(), history);
             tracing::debug!(topic = %topic.name(), subscriber = k, cursor, "subscriber joined");
+            let joins_at_start = topic.ring.publisher_joins();
             let saw = topic.has_publisher();
             return Ok(RawSubscriber {
+                joins_at_start,
                 topic,
                 index: k,
                 cursor: Cell::new(cursor),
@@ -664,10 +674,12 @@ impl RawSubscriber {
             let topic = &*self.topic;
             let mut gone = false;
             let ready = topic.ring.wait_for_message(self.cursor.get(), &Futex, deadline, CHECK_EVERY, || {
-                if topic.has_publisher() {
+                // A publisher existed if we saw one, or if one joined since we did (it may have
+                // died and been reclaimed by someone else before we looked).
+                if topic.has_publisher() || topic.ring.publisher_joins() != self.joins_at_start {
                     self.saw_publisher.set(true);
-                    topic.reclaim_dead();
                 }
+                topic.reclaim_dead();
                 gone = self.saw_publisher.get() && !topic.has_publisher();
                 !gone
             });

@@ -24,7 +24,9 @@ pub enum OpenError {
 }
 
 /// Why a message was not published. The message (or loan) is handed back where there is one.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` does not need `T: Debug`: it shows the variant, not the message.
+#[derive(thiserror::Error)]
 pub enum SendError<T> {
     /// Back-pressure: the slowest live subscriber did not make room before the timeout.
     #[error("timed out waiting for a slow subscriber to make room")]
@@ -53,6 +55,20 @@ pub enum SendError<T> {
     /// The multi-publisher lock failed.
     #[error("the publish lock failed: {0}")]
     Lock(shmbus_core::sync::LockError),
+}
+
+impl<T> std::fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Timeout(_) => f.write_str("Timeout(..)"),
+            SendError::TooLarge { size, capacity, .. } => {
+                f.debug_struct("TooLarge").field("size", size).field("capacity", capacity).finish_non_exhaustive()
+            }
+            SendError::Encode { reason, .. } => f.debug_struct("Encode").field("reason", reason).finish_non_exhaustive(),
+            SendError::Loan(e) => f.debug_tuple("Loan").field(e).finish(),
+            SendError::Lock(e) => f.debug_tuple("Lock").field(e).finish(),
+        }
+    }
 }
 
 impl<T> SendError<T> {

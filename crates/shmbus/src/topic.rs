@@ -103,7 +103,9 @@ impl Topic {
         self
     }
 
-    /// Bytes per slot for serde messages (default 256; plain-old-data messages take their size).
+    /// Bytes per slot for serde messages, 4 of which hold the encoded length (default 256 when
+    /// creating; when opening, a requirement: the topic's slots must be at least this big).
+    /// Plain-old-data messages take their size.
     pub fn slot_size(mut self, bytes: u32) -> Self {
         self.opts.slot_size = Some(bytes);
         self
@@ -164,9 +166,13 @@ impl Topic {
     }
 
     fn serde_topic<T>(&self) -> Result<Arc<RawTopic>, OpenError> {
-        let slot = self.opts.slot_size.unwrap_or(256);
-        let info = self.type_info(short_type_name::<T>(), u64::from(slot), 1, Codec::Postcard)?;
-        self.open(info, slot)
+        // The slot size is a QoS (checked against the topic's), not part of the type: size 0
+        // stands for "variable-length encoding".
+        let info = self.type_info(short_type_name::<T>(), 0, 1, Codec::Postcard)?;
+        let name = Name::new(&self.name)?;
+        let mut opts = self.opts.clone();
+        opts.default_slot_size = Some(256);
+        Ok(RawTopic::open_or_create(&name, &info, &opts)?)
     }
 
     /// Joins (creating the topic if needed) as a publisher of plain-old-data `T`.

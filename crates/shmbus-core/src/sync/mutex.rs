@@ -4,10 +4,29 @@
 //! robust mutexes that glibc registered for it (`set_robust_list`), marks each one it held as
 //! "owner died" and wakes a waiter. That makes a SIGKILLed holder detectable at the next lock,
 //! with no polling and no liveness check, and glibc already implements the protocol.
+//!
+//! # Not `pthread_mutex_trylock`
+//!
+//! glibc's `pthread_mutex_trylock` on a robust mutex in the not-recoverable state returns
+//! `ENOTRECOVERABLE` but leaves the lock word holding the caller's thread id (seen with glibc
+//! 2.36): afterwards the caller gets `EDEADLK` and every other thread blocks instead of being told
+//! the mutex is dead, and as the mutex is not on the caller's robust list, not even its death
+//! releases it. `pthread_mutex_lock` and `pthread_mutex_clocklock` handle that state correctly.
+//! So the non-blocking attempt here is `pthread_mutex_clocklock` with a deadline in the past,
+//! which takes a free mutex without a system call, and to keep it from sleeping (a futex system
+//! call, and a "waiters" mark that costs the holder a wake-up) on a held mutex, it is only made
+//! after a look at the lock word says the mutex is not held.
+//!
+//! That look relies on the lock word being the `u32` at offset 0 of `pthread_mutex_t` in the
+//! kernel's robust-futex format: the holder's thread id in the low 30 bits, bit 30 set when the
+//! holder died, bit 31 when someone waits. The format is kernel ABI (glibc hands the word's
+//! offset to the kernel with `set_robust_list`) and the field is `__data.__lock` on every glibc
+//! port; a test checks it. It is only a hint: glibc decides.
 
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::sync::SPIN_LIMIT;
@@ -65,18 +84,16 @@ pub enum LockError {
 }
 
 /// Why [`RobustMutex::try_lock`] did not acquire the mutex. In every case the caller does not
-/// hold it (for [`Deadlock`](Self::Deadlock): no more than it did before).
+/// hold it (for a caller that already held it: no more than it did before).
 #[derive(Debug, thiserror::Error)]
 pub enum TryLockError {
-    /// Another thread holds the mutex (`EBUSY`).
-    #[error("the mutex is held by another thread")]
+    /// Some thread holds the mutex. That may be the calling thread itself: `try_lock` does not
+    /// tell the two apart (only [`RobustMutex::lock`] reports [`LockError::Deadlock`]).
+    #[error("the mutex is held")]
     WouldBlock,
     /// As [`LockError::NotRecoverable`].
     #[error("the mutex is not recoverable: a previous holder died and nobody repaired it")]
     NotRecoverable,
-    /// The calling thread already holds the mutex (`EDEADLK`), as [`LockError::Deadlock`].
-    #[error("the calling thread already holds the mutex")]
-    Deadlock,
     /// Any other error from glibc.
     #[error("pthread mutex error: {0}")]
     Os(#[source] io::Error),
@@ -96,9 +113,10 @@ pub enum TryLockError {
 /// | `lock`, `try_lock` | `Ok(Acquired::Clean)` | yes | use the data, then `unlock` |
 /// | `lock`, `try_lock` | `Ok(Acquired::OwnerDied)` | yes | the last holder died holding it: repair the data, `make_consistent`, then `unlock` |
 /// | `lock` | `Err(LockError::Timeout)` | no | someone else holds it |
-/// | `try_lock` | `Err(TryLockError::WouldBlock)` | no | someone else holds it |
+/// | `try_lock` | `Err(TryLockError::WouldBlock)` | no | another thread holds it |
 /// | `lock`, `try_lock` | `Err(..::NotRecoverable)` | no | a holder got `OwnerDied` and unlocked without `make_consistent`; the mutex is dead for good |
-/// | `lock`, `try_lock` | `Err(..::Deadlock)` | already did | a bug: this thread locked it twice |
+/// | `try_lock` | `Err(TryLockError::WouldBlock)` | already did | a bug: this thread locked it twice |
+/// | `lock` | `Err(LockError::Deadlock)` | already did | a bug: this thread locked it twice |
 /// | `lock`, `try_lock` | `Err(..::Os(_))` | no | `EINVAL` and the like: not an initialised mutex |
 ///
 /// "Died" means the holding *thread* ended: a killed process, but also a thread of this process
@@ -183,6 +201,23 @@ impl fmt::Debug for RobustMutex {
     }
 }
 
+/// Bits of a robust futex word (kernel ABI, `linux/futex.h`): the holder's thread id...
+const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+/// ...and the mark the kernel sets when the holder dies.
+const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+
+/// Maps the result of a blocking (or timed) pthread lock call.
+fn lock_result(rc: libc::c_int) -> Result<Acquired, LockError> {
+    match rc {
+        0 => Ok(Acquired::Clean),
+        libc::EOWNERDEAD => Ok(Acquired::OwnerDied),
+        libc::ETIMEDOUT => Err(LockError::Timeout),
+        libc::ENOTRECOVERABLE => Err(LockError::NotRecoverable),
+        libc::EDEADLK => Err(LockError::Deadlock),
+        e => Err(LockError::Os(io::Error::from_raw_os_error(e))),
+    }
+}
+
 /// Turns a pthread return value (0 or an error number) into an `io::Result`.
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
@@ -203,7 +238,8 @@ fn monotonic_deadline(timeout: Duration) -> Option<libc::timespec> {
     let at = now.checked_add(timeout)?;
     Some(libc::timespec {
         tv_sec: libc::time_t::try_from(at.as_secs()).ok()?,
-        tv_nsec: libc::c_long::try_from(at.subsec_nanos()).ok()?,
+        // Below 10^9, so it fits a `c_long` of any width.
+        tv_nsec: at.subsec_nanos() as libc::c_long,
     })
 }
 
@@ -256,12 +292,42 @@ impl RobustMutex {
         self.inner.get()
     }
 
+    /// The robust-futex lock word at the start of the mutex (see the module documentation).
+    fn lock_word(&self) -> &AtomicU32 {
+        // SAFETY: glibc's `pthread_mutex_t` starts with its `int` lock word on every port, and it
+        // is at least 4 bytes long and 8-aligned (asserted above). The word lies inside the
+        // `UnsafeCell`, so sharing it as an `AtomicU32` (itself an `UnsafeCell`) is allowed, and
+        // glibc and the kernel only ever change it with atomic operations. The reference lives no
+        // longer than `self`.
+        unsafe { &*self.raw().cast::<AtomicU32>() }
+    }
+
+    /// Whether the lock word says a live thread holds the mutex (possibly the caller). A hint:
+    /// the answer may be stale at once.
+    fn looks_held(&self) -> bool {
+        let word = self.lock_word().load(Ordering::Relaxed);
+        word & FUTEX_TID_MASK != 0 && word & FUTEX_OWNER_DIED == 0
+    }
+
+    /// One attempt that does not sleep: `pthread_mutex_clocklock` with a deadline in the past.
+    /// Returns glibc's result: 0, `EOWNERDEAD`, `ENOTRECOVERABLE`, `EDEADLK`, `ETIMEDOUT` (held),
+    /// or another error number.
+    fn lock_now(&self) -> libc::c_int {
+        let past = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `self.raw()` points to a `pthread_mutex_t` that lives as long as `self` and is
+        // only ever accessed through pthread functions (and atomic loads); `past` is valid.
+        unsafe { pthread_mutex_clocklock(self.raw(), libc::CLOCK_MONOTONIC, &past) }
+    }
+
     /// Locks the mutex, waiting at most `timeout` (`None`: no limit).
     ///
-    /// Tries a bounded number of times without sleeping first (about a hundred
-    /// `pthread_mutex_trylock`s, a few microseconds), then sleeps in glibc until the mutex is free
-    /// or the deadline, measured on `CLOCK_MONOTONIC`, passes. See the [type's
-    /// documentation](Self) for what each outcome means.
+    /// First spins a bounded number of rounds (about a hundred, a few microseconds) watching the
+    /// lock word and trying to take the mutex without sleeping whenever it looks free; then
+    /// sleeps in glibc until the mutex is free or the deadline, measured on `CLOCK_MONOTONIC`,
+    /// passes. See the [type's documentation](Self) for what each outcome means.
     ///
     /// # Errors
     ///
@@ -271,46 +337,44 @@ impl RobustMutex {
         // Fix the deadline first, so that the spinning counts against the timeout.
         let deadline = timeout.and_then(monotonic_deadline);
         for _ in 0..SPIN_LIMIT {
-            match self.try_lock() {
-                Ok(acquired) => return Ok(acquired),
-                Err(TryLockError::WouldBlock) => std::hint::spin_loop(),
-                Err(TryLockError::NotRecoverable) => return Err(LockError::NotRecoverable),
-                Err(TryLockError::Deadlock) => return Err(LockError::Deadlock),
-                Err(TryLockError::Os(e)) => return Err(LockError::Os(e)),
+            if !self.looks_held() {
+                match self.lock_now() {
+                    // Taken by someone else between our look and our attempt: keep spinning.
+                    libc::ETIMEDOUT => {}
+                    rc => return lock_result(rc),
+                }
             }
+            std::hint::spin_loop();
         }
         let rc = match deadline {
             // SAFETY: `self.raw()` points to a `pthread_mutex_t` that lives as long as `self` and
-            // is only ever accessed through pthread functions; the deadline is a valid timespec.
+            // is only ever accessed through pthread functions (and atomic loads); the deadline is
+            // a valid timespec.
             Some(at) => unsafe { pthread_mutex_clocklock(self.raw(), libc::CLOCK_MONOTONIC, &at) },
             // SAFETY: as above.
             None => unsafe { libc::pthread_mutex_lock(self.raw()) },
         };
-        match rc {
-            0 => Ok(Acquired::Clean),
-            libc::EOWNERDEAD => Ok(Acquired::OwnerDied),
-            libc::ETIMEDOUT => Err(LockError::Timeout),
-            libc::ENOTRECOVERABLE => Err(LockError::NotRecoverable),
-            libc::EDEADLK => Err(LockError::Deadlock),
-            e => Err(LockError::Os(io::Error::from_raw_os_error(e))),
-        }
+        lock_result(rc)
     }
 
-    /// Locks the mutex if nobody holds it, without waiting.
+    /// Locks the mutex if no thread holds it, without waiting and, when the mutex is held,
+    /// without a system call.
     ///
     /// # Errors
     ///
-    /// [`TryLockError::WouldBlock`] if another thread holds it; otherwise as
-    /// [`lock`](Self::lock). The caller does not hold the mutex after an error.
+    /// [`TryLockError::WouldBlock`] if a thread holds it, [`TryLockError::NotRecoverable`],
+    /// [`TryLockError::Os`]. The caller does not hold the mutex after an error.
     pub fn try_lock(&self) -> Result<Acquired, TryLockError> {
-        // SAFETY: `self.raw()` points to a `pthread_mutex_t` that lives as long as `self` and is
-        // only ever accessed through pthread functions.
-        match unsafe { libc::pthread_mutex_trylock(self.raw()) } {
+        if self.looks_held() {
+            return Err(TryLockError::WouldBlock);
+        }
+        match self.lock_now() {
             0 => Ok(Acquired::Clean),
             libc::EOWNERDEAD => Ok(Acquired::OwnerDied),
-            libc::EBUSY => Err(TryLockError::WouldBlock),
+            // ETIMEDOUT: taken between the look and the attempt. EDEADLK: held by this very thread
+            // (not possible after the look, but it would block too).
+            libc::ETIMEDOUT | libc::EBUSY | libc::EDEADLK => Err(TryLockError::WouldBlock),
             libc::ENOTRECOVERABLE => Err(TryLockError::NotRecoverable),
-            libc::EDEADLK => Err(TryLockError::Deadlock),
             e => Err(TryLockError::Os(io::Error::from_raw_os_error(e))),
         }
     }
@@ -404,7 +468,12 @@ mod tests {
         let m = heap();
         assert_eq!(m.lock(None).unwrap(), Acquired::Clean);
         assert!(matches!(m.lock(None), Err(LockError::Deadlock)));
-        assert!(matches!(m.try_lock(), Err(TryLockError::Deadlock)));
+        assert!(matches!(
+            m.lock(Some(Duration::from_millis(1))),
+            Err(LockError::Deadlock)
+        ));
+        // `try_lock` cannot tell "held by me" from "held by another thread".
+        assert!(matches!(m.try_lock(), Err(TryLockError::WouldBlock)));
         // SAFETY: locked on this thread above (the failed relocks changed nothing).
         unsafe { m.unlock() };
         assert_eq!(m.try_lock().unwrap(), Acquired::Clean);
@@ -572,7 +641,7 @@ mod tests {
             let m = Arc::clone(&m);
             thread::spawn(move || {
                 let r = m.lock(Some(Duration::from_secs(10)));
-                if matches!(r, Ok(_)) {
+                if r.is_ok() {
                     // SAFETY: this thread holds it; no data to repair.
                     unsafe { m.make_consistent() }.ok();
                     // SAFETY: locked on this thread above.
@@ -594,17 +663,47 @@ mod tests {
         assert_eq!(m.lock(None).unwrap(), Acquired::OwnerDied);
         // SAFETY: locked on this thread above; deliberately not made consistent.
         unsafe { m.unlock() };
-        assert!(matches!(m.lock(None), Err(LockError::NotRecoverable)));
-        assert!(matches!(
-            m.lock(Some(Duration::from_millis(1))),
-            Err(LockError::NotRecoverable)
-        ));
-        assert!(matches!(m.try_lock(), Err(TryLockError::NotRecoverable)));
-        // For every thread, not just this one.
+        // Every way in, repeatedly, from this thread and from another: glibc's trylock would
+        // leave the mutex locked by the first caller here and the later calls would block or
+        // report a deadlock.
+        for _ in 0..2 {
+            assert!(matches!(m.try_lock(), Err(TryLockError::NotRecoverable)));
+            assert!(matches!(m.lock(None), Err(LockError::NotRecoverable)));
+            assert!(matches!(
+                m.lock(Some(Duration::from_millis(1))),
+                Err(LockError::NotRecoverable)
+            ));
+        }
         let other = Arc::clone(&m);
-        let r =
-            thread::spawn(move || matches!(other.try_lock(), Err(TryLockError::NotRecoverable)));
-        assert!(r.join().unwrap());
+        let (try_lock, lock) = thread::spawn(move || {
+            let t = other.try_lock().map_err(|e| e.to_string());
+            let l = other
+                .lock(Some(Duration::from_secs(10)))
+                .map_err(|e| e.to_string());
+            (t, l)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(try_lock, Err(TryLockError::NotRecoverable.to_string()));
+        assert_eq!(lock, Err(LockError::NotRecoverable.to_string()));
+        assert_eq!(m.lock_word().load(Ordering::SeqCst), 0, "left locked");
+    }
+
+    #[test]
+    fn the_lock_word_is_where_and_what_we_expect() {
+        let m = heap();
+        assert_eq!(m.lock_word().load(Ordering::SeqCst), 0);
+        assert!(!m.looks_held());
+        assert_eq!(m.lock(None).unwrap(), Acquired::Clean);
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        assert_eq!(m.lock_word().load(Ordering::SeqCst) & FUTEX_TID_MASK, tid);
+        assert!(m.looks_held());
+        // SAFETY: locked on this thread above.
+        unsafe { m.unlock() };
+        assert_eq!(m.lock_word().load(Ordering::SeqCst), 0);
+        abandon(&m);
+        assert_ne!(m.lock_word().load(Ordering::SeqCst) & FUTEX_OWNER_DIED, 0);
+        assert!(!m.looks_held());
     }
 
     #[test]

@@ -1,0 +1,723 @@
+//! The other processes of the multi-process tests: one role per subcommand.
+//!
+//! Every role prints machine-readable lines to stdout: a tag, then `key=value` fields (see
+//! `shmbus_tests::Line`). `ready` once it has joined; `error code=<code> msg=<text>` when
+//! something fails (and exits with status 2); a role-specific summary at the end.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shmbus::{
+    LoanError, Overflow, Publisher, RecvError, SendError, SerdePublisher, SerdeSubscriber,
+    Subscriber, Topic,
+};
+use shmbus_core::sync::{Acquired, LockError};
+use shmbus_tests::{open_error_code, segment_error_code, Msg, NamedMutex, OtherMsg, Rec, SmallMsg};
+
+#[derive(Parser)]
+#[command(about = "peer process of the shmbus multi-process tests")]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Publish `--count` messages (or forever), then exit (or hold the topic with `--hold`).
+    Publish(PublishArgs),
+    /// Publish on command: `send N` publishes N more messages, `quit` exits.
+    PubRepl(TopicArgs),
+    /// Receive and verify messages; print a summary.
+    Subscribe(SubscribeArgs),
+    /// Join as a subscriber, take `--hold` samples and keep them until killed.
+    Hold(HoldArgs),
+    /// Lock the named mutex, mark its value dirty, and sleep until killed.
+    HoldLock(MutexArgs),
+    /// Lock the named mutex once (repairing it after a dead owner with `--repair`), unlock, exit.
+    Lock(LockArgs),
+    /// Try to join a topic; print `ok` or the error.
+    Open(OpenArgs),
+    /// Print `ready` and sleep until killed.
+    Idle,
+    /// Run `shmbus_core::segment::gc()` (repeatedly with `--for-ms`); print what it removed.
+    Gc(GcArgs),
+    /// Create and drop the topic `--topic` as fast as possible for `--for-ms`; print a summary.
+    Churn(ChurnArgs),
+}
+
+#[derive(Args)]
+struct GcArgs {
+    #[arg(long, default_value_t = 0)]
+    for_ms: u64,
+}
+
+#[derive(Args)]
+struct ChurnArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long, default_value_t = 1000)]
+    for_ms: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MsgType {
+    /// `shmbus_tests::Msg`, plain old data.
+    Msg,
+    /// `shmbus_tests::Rec`, serde.
+    Rec,
+    /// `shmbus_tests::OtherMsg`: same size as `Msg`, other name.
+    Other,
+    /// `shmbus_tests::SmallMsg`: other size.
+    Small,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OverflowArg {
+    Overwrite,
+    BackPressure,
+}
+
+#[derive(Args)]
+struct TopicArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long = "type", value_enum, default_value_t = MsgType::Msg)]
+    msg_type: MsgType,
+    #[arg(long)]
+    capacity: Option<u32>,
+    #[arg(long, value_enum)]
+    overflow: Option<OverflowArg>,
+    #[arg(long, default_value_t = 0)]
+    history: u32,
+    #[arg(long)]
+    max_subscribers: Option<u32>,
+    #[arg(long)]
+    max_publishers: Option<u32>,
+    #[arg(long)]
+    max_held: Option<u32>,
+    #[arg(long)]
+    slot_size: Option<u32>,
+    /// Octal permission bits for a topic this process creates.
+    #[arg(long)]
+    mode: Option<String>,
+    /// 0: no limit.
+    #[arg(long, default_value_t = 5000)]
+    publish_timeout_ms: u64,
+}
+
+impl TopicArgs {
+    fn builder(&self) -> Topic {
+        let mut t = Topic::builder(&self.topic)
+            .history(self.history)
+            .publish_timeout(match self.publish_timeout_ms {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            });
+        if let Some(c) = self.capacity {
+            t = t.capacity(c);
+        }
+        if let Some(o) = self.overflow {
+            t = t.overflow(match o {
+                OverflowArg::Overwrite => Overflow::Overwrite,
+                OverflowArg::BackPressure => Overflow::BackPressure,
+            });
+        }
+        if let Some(n) = self.max_subscribers {
+            t = t.max_subscribers(n);
+        }
+        if let Some(n) = self.max_publishers {
+            t = t.max_publishers(n);
+        }
+        if let Some(n) = self.max_held {
+            t = t.max_held(n);
+        }
+        if let Some(n) = self.slot_size {
+            t = t.slot_size(n);
+        }
+        if let Some(m) = &self.mode {
+            t = t.mode(u32::from_str_radix(m, 8).expect("octal mode"));
+        }
+        t
+    }
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    topic: TopicArgs,
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Publish until killed (ignores --count).
+    #[arg(long)]
+    forever: bool,
+    /// After publishing, keep the topic open until killed.
+    #[arg(long)]
+    hold: bool,
+    /// Pause between messages.
+    #[arg(long, default_value_t = 0)]
+    interval_us: u64,
+    /// Print `sent index=.. seq=..` after every message.
+    #[arg(long)]
+    progress: bool,
+}
+
+#[derive(Args)]
+struct SubscribeArgs {
+    #[command(flatten)]
+    topic: TopicArgs,
+    /// Stop after this many messages (default: until `Disconnected`).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Per-receive timeout; 0 uses the blocking `recv()`.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Pause after every message (a slow subscriber).
+    #[arg(long, default_value_t = 0)]
+    sleep_us: u64,
+    /// Print `first seq=..` on the first message.
+    #[arg(long)]
+    announce_first: bool,
+}
+
+#[derive(Args)]
+struct HoldArgs {
+    #[command(flatten)]
+    topic: TopicArgs,
+    /// Samples to take and keep (0: never receive, a stalled subscriber).
+    #[arg(long, default_value_t = 0)]
+    hold: usize,
+}
+
+#[derive(Args)]
+struct MutexArgs {
+    #[arg(long)]
+    name: String,
+}
+
+#[derive(Args)]
+struct LockArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    /// After `OwnerDied`: reset the value and mark the mutex consistent before unlocking.
+    #[arg(long)]
+    repair: bool,
+}
+
+#[derive(Args)]
+struct OpenArgs {
+    #[command(flatten)]
+    topic: TopicArgs,
+    /// Join as a publisher instead of a subscriber.
+    #[arg(long)]
+    publisher: bool,
+    /// After joining, keep the topic open until killed.
+    #[arg(long)]
+    hold: bool,
+}
+
+/// A failure: printed as `error code=<code> msg=<text>`.
+struct Fail(String, String);
+
+impl Fail {
+    fn new(code: &str, msg: impl std::fmt::Display) -> Fail {
+        Fail(code.to_owned(), msg.to_string())
+    }
+}
+
+impl From<shmbus::OpenError> for Fail {
+    fn from(e: shmbus::OpenError) -> Fail {
+        Fail::new(open_error_code(&e), e)
+    }
+}
+
+fn send_error<T>(e: &SendError<T>) -> Fail {
+    let code = match e {
+        SendError::Timeout(_) => "timeout",
+        SendError::TooLarge { .. } => "too-large",
+        SendError::Encode { .. } => "encode",
+        SendError::Loan(LoanError::PoolExhausted(_)) => "pool-exhausted",
+        SendError::Loan(LoanError::AlreadyLoaned) => "already-loaned",
+        SendError::Lock(_) => "lock",
+    };
+    Fail::new(code, e)
+}
+
+fn recv_code(e: &RecvError) -> &'static str {
+    match e {
+        RecvError::Empty => "empty",
+        RecvError::Timeout => "timeout",
+        RecvError::Lagged(_) => "lagged",
+        RecvError::Disconnected => "disconnected",
+        RecvError::TooManyHeld(_) => "too-many-held",
+        RecvError::Corrupt(_) => "recv-corrupt",
+        RecvError::Decode(_) => "decode",
+    }
+}
+
+fn sleep_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Dies with the test process, so that a test killed by its runner leaves no peer behind.
+fn tie_to_parent() {
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    // The parent may have died before the line above.
+    if let Some(expected) = std::env::var("SHMBUS_TEST_PARENT")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    {
+        let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+        if parent != expected {
+            std::process::exit(3);
+        }
+    }
+}
+
+enum Pub {
+    Pod(Publisher<Msg>),
+    Serde(SerdePublisher<Rec>),
+}
+
+impl Pub {
+    fn join(args: &TopicArgs) -> Result<Pub, Fail> {
+        let t = args.builder();
+        Ok(match args.msg_type {
+            MsgType::Msg => Pub::Pod(t.publisher::<Msg>()?),
+            MsgType::Rec => Pub::Serde(t.serde_publisher::<Rec>()?),
+            MsgType::Other | MsgType::Small => {
+                return Err(Fail::new("usage", "publish supports msg and rec"))
+            }
+        })
+    }
+
+    /// Publishes message `index`: even ones with `send`, odd ones written in place via `loan`.
+    fn send(&mut self, producer: u64, index: u64) -> Result<u64, Fail> {
+        match self {
+            Pub::Pod(p) if index % 2 == 0 => p
+                .send(Msg::new(producer, index))
+                .map_err(|e| send_error(&e)),
+            Pub::Pod(p) => {
+                let mut loan = p
+                    .loan()
+                    .map_err(|e| send_error::<()>(&SendError::Loan(e)))?;
+                *loan = Msg::new(producer, index);
+                loan.publish().map_err(|e| send_error(&e))
+            }
+            Pub::Serde(p) => p
+                .send(Rec::new(producer, index))
+                .map_err(|e| send_error(&e)),
+        }
+    }
+}
+
+fn publish(a: &PublishArgs) -> Result<(), Fail> {
+    let mut p = Pub::join(&a.topic)?;
+    let producer = u64::from(std::process::id());
+    println!("ready producer={producer}");
+    let mut index = 0;
+    let mut last_seq = None;
+    while a.forever || index < a.count {
+        let seq = p
+            .send(producer, index)
+            .map_err(|Fail(c, m)| Fail(c, format!("message {index}: {m}")))?;
+        if a.progress {
+            println!("sent index={index} seq={seq}");
+        }
+        last_seq = Some(seq);
+        index += 1;
+        if a.interval_us > 0 {
+            std::thread::sleep(Duration::from_micros(a.interval_us));
+        }
+    }
+    println!(
+        "done sent={index} last_seq={}",
+        last_seq.map_or("none".to_owned(), |s| s.to_string())
+    );
+    if a.hold {
+        sleep_forever();
+    }
+    Ok(())
+}
+
+fn pub_repl(a: &TopicArgs) -> Result<(), Fail> {
+    let mut p = Pub::join(a)?;
+    let producer = u64::from(std::process::id());
+    println!("ready producer={producer}");
+    let mut index = 0;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["send", n] => {
+                let n: u64 = n
+                    .parse()
+                    .map_err(|_| Fail::new("usage", format!("bad count {n}")))?;
+                let mut last = None;
+                for _ in 0..n {
+                    last = Some(p.send(producer, index)?);
+                    index += 1;
+                }
+                println!(
+                    "sent total={index} last_seq={}",
+                    last.map_or("none".to_owned(), |s| s.to_string())
+                );
+            }
+            ["quit"] => break,
+            _ => return Err(Fail::new("usage", format!("unknown command {line:?}"))),
+        }
+    }
+    drop(p);
+    println!("bye");
+    Ok(())
+}
+
+/// What a subscriber saw, checked message by message.
+#[derive(Default)]
+struct Tally {
+    received: u64,
+    lagged: u64,
+    lag_events: u64,
+    received_after_lag: u64,
+    bad_checksum: u64,
+    /// Messages whose sequence number is below the one expected (a repeat or going back).
+    bad_order: u64,
+    /// Sequence numbers skipped without being reported as lag (lost with a dead publisher).
+    gaps: u64,
+    /// Messages whose publisher index does not follow that publisher's previous one (when no
+    /// lag happened in between).
+    bad_index: u64,
+    /// Sequence number where the accounting starts (first message minus lag before it).
+    base: Option<u64>,
+    /// Sequence number expected next.
+    next: Option<u64>,
+    pending_lag: u64,
+    first: Option<(u64, u64)>,
+    last: Option<(u64, u64)>,
+    /// Per publisher: its last index, and `lag_events` when it was received.
+    producers: std::collections::HashMap<u64, (u64, u64)>,
+}
+
+impl Tally {
+    fn message(&mut self, seq: u64, producer: u64, index: u64, intact: bool) {
+        self.received += 1;
+        if self.lag_events > 0 {
+            self.received_after_lag += 1;
+        }
+        if !intact {
+            self.bad_checksum += 1;
+        }
+        match self.next {
+            Some(e) if seq < e => self.bad_order += 1,
+            Some(e) => self.gaps += seq - e,
+            None => self.base = Some(seq.wrapping_sub(self.pending_lag)),
+        }
+        self.next = Some(seq + 1);
+        if let Some(&(last, lags)) = self.producers.get(&producer) {
+            let ok = if lags == self.lag_events {
+                index == last + 1
+            } else {
+                index > last
+            };
+            if !ok {
+                self.bad_index += 1;
+            }
+        }
+        self.producers.insert(producer, (index, self.lag_events));
+        self.first.get_or_insert((seq, index));
+        self.last = Some((seq, index));
+    }
+
+    fn lag(&mut self, n: u64) {
+        self.lagged += n;
+        self.lag_events += 1;
+        match &mut self.next {
+            Some(e) => *e += n,
+            None => self.pending_lag += n,
+        }
+    }
+
+    fn print(&self, end: &str, lost: u64) {
+        let opt = |o: Option<u64>| o.map_or("none".to_owned(), |v| v.to_string());
+        println!(
+            "summary received={} lagged={} lag_events={} after_lag={} bad_checksum={} bad_order={} gaps={} \
+             bad_index={} producers={} lost={lost} base={} next={} first_seq={} first_index={} last_seq={} \
+             last_index={} end={end}",
+            self.received,
+            self.lagged,
+            self.lag_events,
+            self.received_after_lag,
+            self.bad_checksum,
+            self.bad_order,
+            self.gaps,
+            self.bad_index,
+            self.producers.len(),
+            opt(self.base),
+            opt(self.next),
+            opt(self.first.map(|f| f.0)),
+            opt(self.first.map(|f| f.1)),
+            opt(self.last.map(|p| p.0)),
+            opt(self.last.map(|p| p.1)),
+        );
+    }
+}
+
+enum Sub {
+    Pod(Subscriber<Msg>),
+    Serde(SerdeSubscriber<Rec>),
+}
+
+impl Sub {
+    fn join(args: &TopicArgs) -> Result<Sub, Fail> {
+        let t = args.builder();
+        Ok(match args.msg_type {
+            MsgType::Msg => Sub::Pod(t.subscriber::<Msg>()?),
+            MsgType::Rec => Sub::Serde(t.serde_subscriber::<Rec>()?),
+            MsgType::Other | MsgType::Small => {
+                return Err(Fail::new("usage", "subscribe supports msg and rec"))
+            }
+        })
+    }
+
+    /// Messages lost with publishers that died while publishing them (topic-wide).
+    fn lost(&self) -> u64 {
+        match self {
+            Sub::Pod(s) => s.stats().lost,
+            Sub::Serde(s) => s.stats().lost,
+        }
+    }
+
+    /// The next message as (seq, producer, index, intact).
+    fn recv(&self, timeout: Option<Duration>) -> Result<(u64, u64, u64, bool), RecvError> {
+        match self {
+            Sub::Pod(s) => {
+                let sample = match timeout {
+                    None => s.recv()?,
+                    Some(t) => s.recv_timeout(t)?,
+                };
+                Ok((
+                    sample.seq(),
+                    sample.producer,
+                    sample.index,
+                    sample.is_intact(),
+                ))
+            }
+            Sub::Serde(s) => {
+                let (seq, r) =
+                    s.recv_timeout_with_seq(timeout.unwrap_or(Duration::from_secs(3600)))?;
+                Ok((seq, r.producer, r.index, r.is_intact()))
+            }
+        }
+    }
+}
+
+fn subscribe(a: &SubscribeArgs) -> Result<(), Fail> {
+    let sub = Sub::join(&a.topic)?;
+    println!("ready");
+    let timeout = (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms));
+    let mut t = Tally::default();
+    let end = loop {
+        if a.count.is_some_and(|c| t.received >= c) {
+            break "count";
+        }
+        match sub.recv(timeout) {
+            Ok((seq, producer, index, intact)) => {
+                t.message(seq, producer, index, intact);
+                if a.announce_first && t.received == 1 {
+                    println!("first seq={seq}");
+                }
+                if a.sleep_us > 0 {
+                    std::thread::sleep(Duration::from_micros(a.sleep_us));
+                }
+            }
+            Err(RecvError::Lagged(n)) => t.lag(n),
+            Err(RecvError::Disconnected) => break "disconnected",
+            Err(e @ (RecvError::Timeout | RecvError::Empty)) => break recv_code(&e),
+            Err(e) => {
+                t.print("error", sub.lost());
+                return Err(Fail::new(recv_code(&e), e));
+            }
+        }
+    };
+    t.print(end, sub.lost());
+    Ok(())
+}
+
+fn hold(a: &HoldArgs) -> Result<(), Fail> {
+    let sub = a.topic.builder().subscriber::<Msg>()?;
+    println!("ready");
+    let mut held = Vec::new();
+    while held.len() < a.hold {
+        match sub.recv_timeout(Duration::from_secs(5)) {
+            Ok(s) => {
+                if !s.is_intact() {
+                    return Err(Fail::new("bad-checksum", format!("{s:?}")));
+                }
+                held.push(s);
+            }
+            Err(RecvError::Lagged(_)) => {}
+            Err(e) => return Err(Fail::new(recv_code(&e), e)),
+        }
+    }
+    let seqs: Vec<String> = held.iter().map(|s| s.seq().to_string()).collect();
+    println!(
+        "holding seqs={}",
+        if seqs.is_empty() {
+            "none".to_owned()
+        } else {
+            seqs.join(",")
+        }
+    );
+    sleep_forever();
+}
+
+fn acquired_str(a: Acquired) -> &'static str {
+    match a {
+        Acquired::Clean => "clean",
+        Acquired::OwnerDied => "owner-died",
+    }
+}
+
+fn lock_error(e: &LockError) -> Fail {
+    let code = match e {
+        LockError::Timeout => "lock-timeout",
+        LockError::NotRecoverable => "not-recoverable",
+        LockError::Deadlock => "deadlock",
+        LockError::Os(_) => "os",
+    };
+    Fail::new(code, e)
+}
+
+/// Value a holder writes while it holds the mutex: "work in progress".
+const DIRTY: u64 = 0xD1D;
+
+fn hold_lock(a: &MutexArgs) -> Result<(), Fail> {
+    let (m, created) =
+        NamedMutex::open_or_create(&a.name).map_err(|e| Fail::new(segment_error_code(&e), e))?;
+    let guard = m.lock(Duration::from_secs(2)).map_err(|e| lock_error(&e))?;
+    let before = guard.get();
+    guard.set(DIRTY);
+    println!(
+        "locked created={created} acquired={} value={before}",
+        acquired_str(guard.acquired())
+    );
+    sleep_forever();
+}
+
+fn lock(a: &LockArgs) -> Result<(), Fail> {
+    let m = NamedMutex::open(&a.name).map_err(|e| Fail::new(segment_error_code(&e), e))?;
+    let mut guard = m
+        .lock(Duration::from_millis(a.timeout_ms))
+        .map_err(|e| lock_error(&e))?;
+    let acquired = guard.acquired();
+    println!(
+        "acquired state={} value={}",
+        acquired_str(acquired),
+        guard.get()
+    );
+    if acquired == Acquired::OwnerDied && a.repair {
+        guard.set(0);
+        guard.make_consistent().map_err(|e| Fail::new("os", e))?;
+        println!("repaired");
+    }
+    drop(guard);
+    println!("unlocked");
+    Ok(())
+}
+
+fn open(a: &OpenArgs) -> Result<(), Fail> {
+    let t = a.topic.builder();
+    // Keep whatever was joined alive while holding.
+    let joined: Box<dyn std::any::Any> = match (a.topic.msg_type, a.publisher) {
+        (MsgType::Msg, false) => Box::new(t.subscriber::<Msg>()?),
+        (MsgType::Msg, true) => Box::new(t.publisher::<Msg>()?),
+        (MsgType::Rec, false) => Box::new(t.serde_subscriber::<Rec>()?),
+        (MsgType::Rec, true) => Box::new(t.serde_publisher::<Rec>()?),
+        (MsgType::Other, false) => Box::new(t.subscriber::<OtherMsg>()?),
+        (MsgType::Other, true) => Box::new(t.publisher::<OtherMsg>()?),
+        (MsgType::Small, false) => Box::new(t.subscriber::<SmallMsg>()?),
+        (MsgType::Small, true) => Box::new(t.publisher::<SmallMsg>()?),
+    };
+    println!("ok");
+    if a.hold {
+        sleep_forever();
+    }
+    drop(joined);
+    Ok(())
+}
+
+fn gc(a: &GcArgs) -> Result<(), Fail> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(a.for_ms);
+    let mut removed = Vec::new();
+    let mut rounds = 0u64;
+    loop {
+        removed.extend(shmbus_core::segment::gc().map_err(|e| Fail::new("os", e))?);
+        rounds += 1;
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    let list = if removed.is_empty() {
+        "none".to_owned()
+    } else {
+        removed.join(",")
+    };
+    println!("gc rounds={rounds} count={} removed={list}", removed.len());
+    Ok(())
+}
+
+fn churn(a: &ChurnArgs) -> Result<(), Fail> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(a.for_ms);
+    let (mut ok, mut errors) = (0u64, 0u64);
+    let mut first_error = None;
+    let topic = Topic::builder(&a.topic);
+    while std::time::Instant::now() < deadline {
+        match topic.publisher::<Msg>() {
+            Ok(p) => {
+                ok += 1;
+                drop(p);
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("{} ({})", e, open_error_code(&e)));
+            }
+        }
+    }
+    println!(
+        "churn ok={ok} errors={errors} msg={}",
+        first_error.unwrap_or_else(|| "none".into())
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tie_to_parent();
+    let cli = Cli::parse();
+    let r = match &cli.role {
+        Role::Publish(a) => publish(a),
+        Role::PubRepl(a) => pub_repl(a),
+        Role::Subscribe(a) => subscribe(a),
+        Role::Hold(a) => hold(a),
+        Role::HoldLock(a) => hold_lock(a),
+        Role::Lock(a) => lock(a),
+        Role::Open(a) => open(a),
+        Role::Idle => {
+            println!("ready");
+            sleep_forever();
+        }
+        Role::Gc(a) => gc(a),
+        Role::Churn(a) => churn(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, msg)) => {
+            println!("error code={code} msg={msg}");
+            ExitCode::from(2)
+        }
+    }
+}
