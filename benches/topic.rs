@@ -79,7 +79,10 @@ fn spawn(role: &str, arg: &str) -> Peer {
 }
 
 fn topic(name: &str, capacity: u32, overflow: Overflow) -> Topic {
-    Topic::builder(name).capacity(capacity).overflow(overflow).publish_timeout(Some(Duration::from_secs(10)))
+    Topic::builder(name)
+        .capacity(capacity)
+        .overflow(overflow)
+        .publish_timeout(Some(Duration::from_secs(10)))
 }
 
 /// Shared words for the baselines: a 4 KiB segment of atomics.
@@ -92,8 +95,13 @@ impl Words {
         let name = Name::new(name).expect("valid name");
         let ty = TypeInfo::new("bench-words", 8, 8, Codec::Bytes).expect("short name");
         let expect = Expect::new(Kind::Value, ty.clone());
-        let (seg, _) = Segment::open_or_create(&name, &expect, &CreateOptions::new(Kind::Value, ty, 1 << 20), |_| {})
-            .expect("baseline segment");
+        let (seg, _) = Segment::open_or_create(
+            &name,
+            &expect,
+            &CreateOptions::new(Kind::Value, ty, 1 << 20),
+            |_| {},
+        )
+        .expect("baseline segment");
         Words { seg }
     }
 
@@ -124,8 +132,12 @@ fn peer(role: &str, arg: &str) {
     match role {
         "echo-busy" | "echo-block" => {
             let (ping, pong) = names(arg);
-            let rx = topic(&ping, 16, Overflow::Overwrite).subscriber::<Msg8>().unwrap();
-            let mut tx = topic(&pong, 16, Overflow::Overwrite).publisher::<Msg8>().unwrap();
+            let rx = topic(&ping, 16, Overflow::Overwrite)
+                .subscriber::<Msg8>()
+                .unwrap();
+            let mut tx = topic(&pong, 16, Overflow::Overwrite)
+                .publisher::<Msg8>()
+                .unwrap();
             println!("ready");
             loop {
                 let seq = if role == "echo-busy" {
@@ -149,8 +161,12 @@ fn peer(role: &str, arg: &str) {
         }
         "drain" => {
             let (ping, pong) = names(arg);
-            let rx = topic(&ping, 1024, Overflow::BackPressure).subscriber::<Msg64>().unwrap();
-            let mut tx = topic(&pong, 16, Overflow::Overwrite).publisher::<Msg8>().unwrap();
+            let rx = topic(&ping, 1024, Overflow::BackPressure)
+                .subscriber::<Msg64>()
+                .unwrap();
+            let mut tx = topic(&pong, 16, Overflow::Overwrite)
+                .publisher::<Msg8>()
+                .unwrap();
             println!("ready");
             loop {
                 match rx.recv() {
@@ -230,8 +246,12 @@ fn latency(c: &mut Criterion) {
     {
         let tag = &unique("lb");
         let (ping, pong) = names(tag);
-        let mut tx = topic(&ping, 16, Overflow::Overwrite).publisher::<Msg8>().unwrap();
-        let rx = topic(&pong, 16, Overflow::Overwrite).subscriber::<Msg8>().unwrap();
+        let mut tx = topic(&ping, 16, Overflow::Overwrite)
+            .publisher::<Msg8>()
+            .unwrap();
+        let rx = topic(&pong, 16, Overflow::Overwrite)
+            .subscriber::<Msg8>()
+            .unwrap();
         let mut p = spawn("echo-busy", tag);
         wait_ready(&mut p);
         let mut seq = 0;
@@ -278,8 +298,12 @@ fn latency(c: &mut Criterion) {
     {
         let tag = &unique("lk");
         let (ping, pong) = names(tag);
-        let mut tx = topic(&ping, 16, Overflow::Overwrite).publisher::<Msg8>().unwrap();
-        let rx = topic(&pong, 16, Overflow::Overwrite).subscriber::<Msg8>().unwrap();
+        let mut tx = topic(&ping, 16, Overflow::Overwrite)
+            .publisher::<Msg8>()
+            .unwrap();
+        let rx = topic(&pong, 16, Overflow::Overwrite)
+            .subscriber::<Msg8>()
+            .unwrap();
         let mut p = spawn("echo-block", tag);
         wait_ready(&mut p);
         let mut seq = 0;
@@ -331,8 +355,12 @@ fn throughput(c: &mut Criterion) {
     {
         let tag = &unique("tp");
         let (ping, pong) = names(tag);
-        let mut tx = topic(&ping, 1024, Overflow::BackPressure).publisher::<Msg64>().unwrap();
-        let rx = topic(&pong, 16, Overflow::Overwrite).subscriber::<Msg8>().unwrap();
+        let mut tx = topic(&ping, 1024, Overflow::BackPressure)
+            .publisher::<Msg64>()
+            .unwrap();
+        let rx = topic(&pong, 16, Overflow::Overwrite)
+            .subscriber::<Msg8>()
+            .unwrap();
         let mut p = spawn("drain", tag);
         wait_ready(&mut p);
         let mut seq = 0;
@@ -351,7 +379,11 @@ fn throughput(c: &mut Criterion) {
                 start.elapsed()
             })
         });
-        tx.send(Msg64 { seq: STOP, body: [0; 7] }).unwrap();
+        tx.send(Msg64 {
+            seq: STOP,
+            body: [0; 7],
+        })
+        .unwrap();
     }
     {
         let name = unique("floor-spsc");

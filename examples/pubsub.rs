@@ -54,13 +54,26 @@ enum Role {
 
 fn topics(prefix: &str) -> (Topic, Topic) {
     // Back-pressure: a slow subscriber holds the publisher back instead of missing messages.
-    let pose = Topic::builder(&format!("{prefix}.pose")).capacity(256).overflow(Overflow::BackPressure);
-    let status = Topic::builder(&format!("{prefix}.status")).capacity(64).overflow(Overflow::BackPressure).slot_size(256);
+    let pose = Topic::builder(&format!("{prefix}.pose"))
+        .capacity(256)
+        .overflow(Overflow::BackPressure);
+    let status = Topic::builder(&format!("{prefix}.status"))
+        .capacity(64)
+        .overflow(Overflow::BackPressure)
+        .slot_size(256);
     (pose, status)
 }
 
 fn status_of(seq: u64) -> Status {
-    Status { seq, mode: if seq % 2 == 0 { "auto".into() } else { "manual".into() }, warnings: vec![format!("w{}", seq % 7)] }
+    Status {
+        seq,
+        mode: if seq % 2 == 0 {
+            "auto".into()
+        } else {
+            "manual".into()
+        },
+        warnings: vec![format!("w{}", seq % 7)],
+    }
 }
 
 fn publish(prefix: &str, count: u64) -> Result<(), Box<dyn std::error::Error>> {
@@ -71,14 +84,22 @@ fn publish(prefix: &str, count: u64) -> Result<(), Box<dyn std::error::Error>> {
     for seq in 0..count {
         // Loan a slot, write the pose in place, publish: zero copies.
         let mut loan = poses.loan()?;
-        *loan = Pose { seq, x: seq as f64, y: -(seq as f64), theta: (seq % 360) as f64 };
+        *loan = Pose {
+            seq,
+            x: seq as f64,
+            y: -(seq as f64),
+            theta: (seq % 360) as f64,
+        };
         loan.publish().map_err(|e| e.to_string())?;
         if seq % 10 == 0 {
             status.send(status_of(seq)).map_err(|e| e.to_string())?;
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("publisher: {count} poses in {secs:.3} s ({:.2} M msg/s)", count as f64 / secs / 1e6);
+    println!(
+        "publisher: {count} poses in {secs:.3} s ({:.2} M msg/s)",
+        count as f64 / secs / 1e6
+    );
     Ok(())
 }
 
@@ -97,7 +118,9 @@ fn subscribe(prefix: &str, count: u64) -> Result<(), Box<dyn std::error::Error>>
                 }
                 next += 1;
             }
-            Err(RecvError::Disconnected) => return Err(format!("publisher left after {next} poses").into()),
+            Err(RecvError::Disconnected) => {
+                return Err(format!("publisher left after {next} poses").into())
+            }
             Err(e) => return Err(e.into()),
         }
         while let Ok(s) = status.try_recv() {
@@ -113,7 +136,10 @@ fn subscribe(prefix: &str, count: u64) -> Result<(), Box<dyn std::error::Error>>
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let prefix = args.topic.clone().unwrap_or_else(|| format!("example.pubsub.{}", std::process::id()));
+    let prefix = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("example.pubsub.{}", std::process::id()));
     let result = match args.role {
         Some(Role::Publish) => publish(&prefix, args.count),
         Some(Role::Subscribe) => subscribe(&prefix, args.count),
@@ -132,7 +158,13 @@ fn main() -> ExitCode {
 fn run_both(prefix: &str, count: u64) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["subscribe", "--topic", prefix, "--count", &count.to_string()])
+        .args([
+            "subscribe",
+            "--topic",
+            prefix,
+            "--count",
+            &count.to_string(),
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped"));

@@ -66,14 +66,25 @@ impl TypeInfo {
             return None;
         }
         let fingerprint = fingerprint(name, size, align, codec);
-        Some(TypeInfo { name: name.to_owned(), size, align, codec, fingerprint })
+        Some(TypeInfo {
+            name: name.to_owned(),
+            size,
+            align,
+            codec,
+            fingerprint,
+        })
     }
 
     /// Describes `T` as a plain-old-data type, named by `std::any::type_name` (shortened to fit).
     pub fn pod<T>() -> TypeInfo {
         let name = short_type_name::<T>();
-        TypeInfo::new(name, size_of::<T>() as u64, align_of::<T>() as u64, Codec::Pod)
-            .expect("short_type_name fits")
+        TypeInfo::new(
+            name,
+            size_of::<T>() as u64,
+            align_of::<T>() as u64,
+            Codec::Pod,
+        )
+        .expect("short_type_name fits")
     }
 
     /// Whether `self` and `other` describe the same type (every field equal).

@@ -18,12 +18,16 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 #[cfg(not(target_os = "linux"))]
-compile_error!("shmbus supports Linux only: it relies on futexes, tmpfs and open-file-description locks");
+compile_error!(
+    "shmbus supports Linux only: it relies on futexes, tmpfs and open-file-description locks"
+);
 
 pub mod futex;
 pub mod layout;
 pub mod liveness;
 pub mod name;
+#[cfg(not(loom))]
+pub mod named;
 mod primitive;
 pub mod ring;
 pub mod segment;

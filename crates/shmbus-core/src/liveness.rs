@@ -25,7 +25,12 @@ pub struct Lease {
     byte: i64,
 }
 
-fn lock_op(fd: BorrowedFd<'_>, cmd: libc::c_int, kind: libc::c_short, byte: i64) -> io::Result<libc::flock> {
+fn lock_op(
+    fd: BorrowedFd<'_>,
+    cmd: libc::c_int,
+    kind: libc::c_short,
+    byte: i64,
+) -> io::Result<libc::flock> {
     let mut fl = libc::flock {
         l_type: kind,
         l_whence: libc::SEEK_SET as libc::c_short,
@@ -53,7 +58,12 @@ impl Lease {
             .write(true)
             .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
         let byte = lease_byte(byte)?;
-        match lock_op(file.as_fd(), libc::F_OFD_SETLK, libc::F_WRLCK as libc::c_short, byte) {
+        match lock_op(
+            file.as_fd(),
+            libc::F_OFD_SETLK,
+            libc::F_WRLCK as libc::c_short,
+            byte,
+        ) {
             Ok(_) => Ok(Some(Lease { file, byte })),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(None),
             Err(e) => Err(e),
@@ -70,7 +80,12 @@ impl Drop for Lease {
     fn drop(&mut self) {
         // Closing the file would release it too; unlocking first makes the release immediate
         // even if someone duplicated the descriptor.
-        let _ = lock_op(self.file.as_fd(), libc::F_OFD_SETLK, libc::F_UNLCK as libc::c_short, self.byte);
+        let _ = lock_op(
+            self.file.as_fd(),
+            libc::F_OFD_SETLK,
+            libc::F_UNLCK as libc::c_short,
+            self.byte,
+        );
     }
 }
 
@@ -86,7 +101,12 @@ fn lease_byte(byte: u64) -> io::Result<i64> {
 /// Query through a descriptor that holds no leases itself (the segment's own descriptor): the
 /// kernel does not report a lock that `fd`'s own description holds.
 pub fn is_held(fd: BorrowedFd<'_>, byte: u64) -> io::Result<bool> {
-    let fl = lock_op(fd, libc::F_OFD_GETLK, libc::F_WRLCK as libc::c_short, lease_byte(byte)?)?;
+    let fl = lock_op(
+        fd,
+        libc::F_OFD_GETLK,
+        libc::F_WRLCK as libc::c_short,
+        lease_byte(byte)?,
+    )?;
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
@@ -97,7 +117,13 @@ mod tests {
     #[test]
     fn lease_excludes_and_is_visible() {
         let dir = std::env::temp_dir().join(format!("shmbus-lease-{}", std::process::id()));
-        let f = File::options().read(true).write(true).create(true).truncate(true).open(&dir).unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&dir)
+            .unwrap();
         std::fs::remove_file(&dir).unwrap();
         assert!(!is_held(f.as_fd(), 3).unwrap());
         let l = Lease::try_acquire(f.as_fd(), 3).unwrap().expect("free");

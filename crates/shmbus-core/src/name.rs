@@ -63,7 +63,10 @@ impl Name {
             return Err(NameError::Empty);
         }
         if name.len() > Self::MAX_LEN {
-            return Err(NameError::TooLong { len: name.len(), max: Self::MAX_LEN });
+            return Err(NameError::TooLong {
+                len: name.len(),
+                max: Self::MAX_LEN,
+            });
         }
         for (index, ch) in name.char_indices() {
             if !(ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.')) {
@@ -88,7 +91,8 @@ impl Name {
 
     /// The name behind a file name of the shared-memory directory, if it is a shmbus one.
     pub fn from_file_name(file: &str) -> Option<Name> {
-        file.strip_prefix(FILE_PREFIX).and_then(|n| Name::new(n).ok())
+        file.strip_prefix(FILE_PREFIX)
+            .and_then(|n| Name::new(n).ok())
     }
 }
 
@@ -121,9 +125,15 @@ mod tests {
         assert!(Name::new("A-b_c.9").is_ok());
         assert_eq!(Name::new(".x"), Err(NameError::BadStart('.')));
         assert_eq!(Name::new("-x"), Err(NameError::BadStart('-')));
-        assert_eq!(Name::new("é"), Err(NameError::InvalidChar { ch: 'é', index: 0 }));
+        assert_eq!(
+            Name::new("é"),
+            Err(NameError::InvalidChar { ch: 'é', index: 0 })
+        );
         let long = "x".repeat(Name::MAX_LEN + 1);
-        assert_eq!(Name::new(&long), Err(NameError::TooLong { len: 201, max: 200 }));
+        assert_eq!(
+            Name::new(&long),
+            Err(NameError::TooLong { len: 201, max: 200 })
+        );
         assert!(Name::new(&long[1..]).is_ok());
         assert_eq!(Name::from_file_name("shmbus.abc").unwrap().as_str(), "abc");
         assert!(Name::from_file_name("other.abc").is_none());

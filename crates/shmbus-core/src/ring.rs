@@ -250,7 +250,11 @@ impl RingLayout {
         if !(1..=MAX_PUBLISHERS).contains(&config.max_publishers) {
             return err("max_publishers must be between 1 and 127");
         }
-        if config.max_loans == 0 || config.max_held == 0 || config.max_loans > 1024 || config.max_held > 1024 {
+        if config.max_loans == 0
+            || config.max_held == 0
+            || config.max_loans > 1024
+            || config.max_held > 1024
+        {
             return err("max_loans and max_held must be between 1 and 1024");
         }
         if config.slot_size == 0 {
@@ -260,20 +264,36 @@ impl RingLayout {
             .slot_size
             .checked_next_multiple_of(64)
             .ok_or_else(|| ConfigError("slot_size too large".into()))?;
-        let slots = config.slots().ok_or_else(|| ConfigError("too many slots".into()))?;
+        let slots = config
+            .slots()
+            .ok_or_else(|| ConfigError("too many slots".into()))?;
         let too_big = || ConfigError("topic too large for this machine".into());
         let entries = size_of::<RingHeader>();
-        let states = align_up(entries + config.capacity as usize * size_of::<Entry>(), 64).ok_or_else(too_big)?;
-        let subscribers = align_up(states + slots as usize * 8, 64).ok_or_else(too_big)?;
-        let publishers = subscribers + config.max_subscribers as usize * size_of::<SubscriberEntry>();
-        let data = align_up(publishers + config.max_publishers as usize * size_of::<PublisherEntry>(), 128)
+        let states = align_up(entries + config.capacity as usize * size_of::<Entry>(), 64)
             .ok_or_else(too_big)?;
+        let subscribers = align_up(states + slots as usize * 8, 64).ok_or_else(too_big)?;
+        let publishers =
+            subscribers + config.max_subscribers as usize * size_of::<SubscriberEntry>();
+        let data = align_up(
+            publishers + config.max_publishers as usize * size_of::<PublisherEntry>(),
+            128,
+        )
+        .ok_or_else(too_big)?;
         let size = (slots as usize)
             .checked_mul(config.slot_size as usize)
             .and_then(|d| d.checked_add(data))
             .filter(|&s| s <= isize::MAX as usize)
             .ok_or_else(too_big)?;
-        Ok(RingLayout { config, slots, entries, states, subscribers, publishers, data, size })
+        Ok(RingLayout {
+            config,
+            slots,
+            entries,
+            states,
+            subscribers,
+            publishers,
+            data,
+            size,
+        })
     }
 }
 
@@ -302,7 +322,9 @@ unsafe impl Sync for Ring {}
 
 impl fmt::Debug for Ring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ring").field("layout", &self.layout).finish_non_exhaustive()
+        f.debug_struct("Ring")
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -371,12 +393,15 @@ impl Ring {
     /// the call.
     pub unsafe fn read_layout(base: NonNull<u8>, len: usize) -> Result<RingLayout, CorruptRing> {
         if len < size_of::<RingHeader>() {
-            return Err(CorruptRing(format!("{len} bytes cannot hold the ring header")));
+            return Err(CorruptRing(format!(
+                "{len} bytes cannot hold the ring header"
+            )));
         }
         // SAFETY: checked above that the header fits; the caller guarantees alignment and
         // mapping; every bit pattern is valid for the integer fields read here.
         let h = unsafe { &*base.as_ptr().cast::<RingHeader>() };
-        let small = |v: u64, what: &str| u32::try_from(v).map_err(|_| CorruptRing(format!("{what} = {v}")));
+        let small =
+            |v: u64, what: &str| u32::try_from(v).map_err(|_| CorruptRing(format!("{what} = {v}")));
         let config = RingConfig {
             capacity: small(h.capacity, "capacity")?,
             slot_size: small(h.slot_size, "slot_size")?,
@@ -384,14 +409,20 @@ impl Ring {
             max_publishers: small(h.max_publishers, "max_publishers")?,
             max_loans: small(h.max_loans, "max_loans")?,
             max_held: small(h.max_held, "max_held")?,
-            overflow: Overflow::from_raw(h.overflow).ok_or_else(|| CorruptRing(format!("overflow = {}", h.overflow)))?,
+            overflow: Overflow::from_raw(h.overflow)
+                .ok_or_else(|| CorruptRing(format!("overflow = {}", h.overflow)))?,
         };
         let layout = RingLayout::new(config).map_err(|e| CorruptRing(e.0))?;
         if layout.config != config || u64::from(layout.slots) != h.slots {
-            return Err(CorruptRing("configuration words disagree with each other".into()));
+            return Err(CorruptRing(
+                "configuration words disagree with each other".into(),
+            ));
         }
         if layout.size > len {
-            return Err(CorruptRing(format!("needs {} bytes, the segment holds {len}", layout.size)));
+            return Err(CorruptRing(format!(
+                "needs {} bytes, the segment holds {len}",
+                layout.size
+            )));
         }
         Ok(layout)
     }
@@ -405,7 +436,11 @@ impl Ring {
     ///   readable and writable, aligned to 128;
     /// - `counters` points to [`counter::COUNT`] atomics;
     /// - both stay mapped for as long as the returned `Ring` (and anything it hands out) lives.
-    pub unsafe fn from_raw(base: NonNull<u8>, layout: RingLayout, counters: NonNull<AtomicU64>) -> Ring {
+    pub unsafe fn from_raw(
+        base: NonNull<u8>,
+        layout: RingLayout,
+        counters: NonNull<AtomicU64>,
+    ) -> Ring {
         // SAFETY: all offsets were computed by `RingLayout::new` to lie within `layout.size`.
         unsafe {
             Ring {
@@ -449,13 +484,19 @@ impl Ring {
     }
 
     fn subscriber(&self, k: u32) -> &SubscriberEntry {
-        assert!(k < self.layout.config.max_subscribers, "subscriber index out of range");
+        assert!(
+            k < self.layout.config.max_subscribers,
+            "subscriber index out of range"
+        );
         // SAFETY: k < max_subscribers (checked), the table is mapped for our lifetime.
         unsafe { &*self.subscribers.as_ptr().add(k as usize) }
     }
 
     fn publisher(&self, p: u32) -> &PublisherEntry {
-        assert!(p < self.layout.config.max_publishers, "publisher index out of range");
+        assert!(
+            p < self.layout.config.max_publishers,
+            "publisher index out of range"
+        );
         // SAFETY: p < max_publishers (checked), the table is mapped for our lifetime.
         unsafe { &*self.publishers.as_ptr().add(p as usize) }
     }
@@ -477,7 +518,10 @@ impl Ring {
     pub fn slot_ptr(&self, slot: u32) -> NonNull<u8> {
         assert!(slot < self.layout.slots, "slot index out of range");
         // SAFETY: slot < slots, so the offset lies within the data area of `layout.size` bytes.
-        unsafe { self.data.add(slot as usize * self.layout.config.slot_size as usize) }
+        unsafe {
+            self.data
+                .add(slot as usize * self.layout.config.slot_size as usize)
+        }
     }
 
     /// Number of messages published so far.
@@ -493,7 +537,9 @@ impl Ring {
         let e = self.publisher(p);
         e.pid.store(pid, Ordering::Relaxed);
         e.state.store(ACTIVE, Ordering::Release);
-        self.header().publisher_joins.fetch_add(1, Ordering::Release);
+        self.header()
+            .publisher_joins
+            .fetch_add(1, Ordering::Release);
     }
 
     /// How many times a publisher joined the topic, ever.
@@ -521,7 +567,11 @@ impl Ring {
             let s = (start + i) % n;
             // Acquire pairs with the Release of the last holder's release (or the eviction), so
             // their reads of the slot happen before our writes.
-            if self.state(s).compare_exchange(0, owner, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            if self
+                .state(s)
+                .compare_exchange(0, owner, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
                 *hint = (s + 1) % n;
                 return Some(s);
             }
@@ -563,7 +613,8 @@ impl Ring {
         (0..self.layout.config.max_subscribers)
             .filter(|&k| {
                 let e = self.subscriber(k);
-                e.state.load(Ordering::Acquire) == ACTIVE && next >= e.cursor.load(Ordering::Acquire) + cap
+                e.state.load(Ordering::Acquire) == ACTIVE
+                    && next >= e.cursor.load(Ordering::Acquire) + cap
             })
             .collect()
     }
@@ -581,7 +632,8 @@ impl Ring {
         if !self.is_full() {
             return true;
         }
-        self.counter(counter::BACKPRESSURE_WAITS).fetch_add(1, Ordering::Relaxed);
+        self.counter(counter::BACKPRESSURE_WAITS)
+            .fetch_add(1, Ordering::Relaxed);
         for _ in 0..SPINS {
             spin_loop();
             if !self.is_full() {
@@ -631,7 +683,12 @@ impl Ring {
     ///
     /// As for [`Ring::publish`].
     #[doc(hidden)]
-    pub unsafe fn publish_steps<N: Notifier>(&self, slot: u32, notifier: &N, stop_after: u8) -> Option<(u64, Option<u32>)> {
+    pub unsafe fn publish_steps<N: Notifier>(
+        &self,
+        slot: u32,
+        notifier: &N,
+        stop_after: u8,
+    ) -> Option<(u64, Option<u32>)> {
         let h = self.header();
         let n = h.tail.load(Ordering::Relaxed);
         // The loan bits go, RING comes: no subscriber can hold a loaned slot, so a store is
@@ -656,7 +713,8 @@ impl Ring {
             return None;
         }
         h.tail.store(n + 1, Ordering::Release);
-        self.counter(counter::PUBLISHED).store(n + 1, Ordering::Relaxed);
+        self.counter(counter::PUBLISHED)
+            .store(n + 1, Ordering::Relaxed);
 
         // Evict the message this entry named. AcqRel: pairs with holders' Release releases.
         let mut freed = None;
@@ -686,7 +744,11 @@ impl Ring {
         let owner = u64::from(p + 1) << LOAN_SHIFT;
         let mut freed = 0;
         for s in 0..self.layout.slots {
-            if self.state(s).compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if self
+                .state(s)
+                .compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 freed += 1;
             }
         }
@@ -724,7 +786,8 @@ impl Ring {
             }
             _ => {}
         }
-        self.counter(counter::PUBLISHED).store(h.tail.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.counter(counter::PUBLISHED)
+            .store(h.tail.load(Ordering::Relaxed), Ordering::Relaxed);
         // RING bits that no entry accounts for: a slot published but not yet entered, or an
         // evicted one whose bit was not yet cleared.
         let mut named = vec![false; self.layout.slots as usize];
@@ -840,7 +903,10 @@ impl Ring {
                     if e.seq.load(Ordering::Acquire) != n + 1 {
                         continue; // torn read of an entry being rewritten
                     }
-                    return Err(CorruptRing(format!("entry names slot {slot} of {}", self.layout.slots)));
+                    return Err(CorruptRing(format!(
+                        "entry names slot {slot} of {}",
+                        self.layout.slots
+                    )));
                 }
                 let slot = slot as u32;
                 let st = self.state(slot);
@@ -854,7 +920,12 @@ impl Ring {
                     }
                     // Acquire: pairs with the publisher's Release store of RING, so the message
                     // bytes are visible once we hold the slot.
-                    match st.compare_exchange_weak(cur, cur | bit, Ordering::AcqRel, Ordering::Acquire) {
+                    match st.compare_exchange_weak(
+                        cur,
+                        cur | bit,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
                         Ok(_) => break true,
                         Err(now) => cur = now,
                     }
@@ -895,8 +966,11 @@ impl Ring {
             let skipped = resume - n;
             *cursor = resume;
             self.store_cursor(k, resume, notifier);
-            self.subscriber(k).lagged.fetch_add(skipped, Ordering::Relaxed);
-            self.counter(counter::LAGGED).fetch_add(skipped, Ordering::Relaxed);
+            self.subscriber(k)
+                .lagged
+                .fetch_add(skipped, Ordering::Relaxed);
+            self.counter(counter::LAGGED)
+                .fetch_add(skipped, Ordering::Relaxed);
             return Ok(Acquired::Lagged { skipped });
         }
     }
@@ -984,7 +1058,10 @@ impl Ring {
     /// What tools show of publisher row `p`: `(active, pid)`.
     pub fn publisher_info(&self, p: u32) -> (bool, u32) {
         let e = self.publisher(p);
-        (e.state.load(Ordering::Acquire) == ACTIVE, e.pid.load(Ordering::Relaxed))
+        (
+            e.state.load(Ordering::Acquire) == ACTIVE,
+            e.pid.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -1006,7 +1083,8 @@ impl HeapRing {
     /// Builds a topic of `config` in fresh heap memory.
     pub fn new(config: RingConfig) -> Result<HeapRing, ConfigError> {
         let layout = RingLayout::new(config)?;
-        let alloc = std::alloc::Layout::from_size_align(layout.size, 128).map_err(|e| ConfigError(e.to_string()))?;
+        let alloc = std::alloc::Layout::from_size_align(layout.size, 128)
+            .map_err(|e| ConfigError(e.to_string()))?;
         // SAFETY: `alloc` has non-zero size (the header alone is several hundred bytes).
         let mem = unsafe { std::alloc::alloc_zeroed(alloc) };
         let base = NonNull::new(mem).ok_or_else(|| ConfigError("out of memory".into()))?;
@@ -1021,7 +1099,12 @@ impl HeapRing {
         // SAFETY: laid out by `init` with `layout`; the allocation and the boxed counters live
         // as long as the `HeapRing`, which owns both and drops the ring view first.
         let ring = unsafe { Ring::from_raw(base, layout, cptr) };
-        Ok(HeapRing { ring, mem, size: layout.size, counters })
+        Ok(HeapRing {
+            ring,
+            mem,
+            size: layout.size,
+            counters,
+        })
     }
 
     /// The ring view.
@@ -1037,7 +1120,7 @@ impl HeapRing {
 ///
 /// `base` points to `layout.size` writable bytes aligned to 128 that nobody else accesses.
 unsafe fn write_atomics(base: NonNull<u8>, layout: &RingLayout) {
-    // SAFETY (for each write below): offsets come from the layout, lie within `layout.size`,
+    // SAFETY: (for each write below) offsets come from the layout, lie within `layout.size`,
     // and are aligned for the type (the layout aligns every part).
     unsafe {
         let h = base.as_ptr().cast::<RingHeader>();
@@ -1049,13 +1132,24 @@ unsafe fn write_atomics(base: NonNull<u8>, layout: &RingLayout) {
         std::ptr::addr_of_mut!((*h).progress_sleepers).write(AtomicU32::new(0));
         for i in 0..layout.config.capacity as usize {
             let e = base.as_ptr().add(layout.entries).cast::<Entry>().add(i);
-            e.write(Entry { seq: AtomicU64::new(0), slot: AtomicU64::new(0) });
+            e.write(Entry {
+                seq: AtomicU64::new(0),
+                slot: AtomicU64::new(0),
+            });
         }
         for i in 0..layout.slots as usize {
-            base.as_ptr().add(layout.states).cast::<AtomicU64>().add(i).write(AtomicU64::new(0));
+            base.as_ptr()
+                .add(layout.states)
+                .cast::<AtomicU64>()
+                .add(i)
+                .write(AtomicU64::new(0));
         }
         for i in 0..layout.config.max_subscribers as usize {
-            let e = base.as_ptr().add(layout.subscribers).cast::<SubscriberEntry>().add(i);
+            let e = base
+                .as_ptr()
+                .add(layout.subscribers)
+                .cast::<SubscriberEntry>()
+                .add(i);
             e.write(SubscriberEntry {
                 state: AtomicU32::new(0),
                 pid: AtomicU32::new(0),
@@ -1064,8 +1158,15 @@ unsafe fn write_atomics(base: NonNull<u8>, layout: &RingLayout) {
             });
         }
         for i in 0..layout.config.max_publishers as usize {
-            let e = base.as_ptr().add(layout.publishers).cast::<PublisherEntry>().add(i);
-            e.write(PublisherEntry { state: AtomicU32::new(0), pid: AtomicU32::new(0) });
+            let e = base
+                .as_ptr()
+                .add(layout.publishers)
+                .cast::<PublisherEntry>()
+                .add(i);
+            e.write(PublisherEntry {
+                state: AtomicU32::new(0),
+                pid: AtomicU32::new(0),
+            });
         }
     }
 }
@@ -1075,7 +1176,12 @@ impl Drop for HeapRing {
         let _ = &self.counters;
         // SAFETY: allocated in `new` with this size and alignment; the ring view dies with us.
         // Loom's atomics own no resources that need dropping beyond what loom tracks per model.
-        unsafe { std::alloc::dealloc(self.mem, std::alloc::Layout::from_size_align_unchecked(self.size, 128)) };
+        unsafe {
+            std::alloc::dealloc(
+                self.mem,
+                std::alloc::Layout::from_size_align_unchecked(self.size, 128),
+            )
+        };
     }
 }
 
@@ -1151,7 +1257,9 @@ mod tests {
         assert_eq!(recv(r, 0, &mut c), Ok(None));
         assert_eq!(r.counter_value(counter::LAGGED), 5);
         // Every slot but the four in the ring is free again.
-        let free = (0..r.layout().slots).filter(|&s| r.state(s).load(Ordering::Relaxed) == 0).count();
+        let free = (0..r.layout().slots)
+            .filter(|&s| r.state(s).load(Ordering::Relaxed) == 0)
+            .count();
         assert_eq!(free as u32, r.layout().slots - 4);
     }
 
@@ -1162,7 +1270,9 @@ mod tests {
         let mut hint = 0;
         let mut c = r.join_subscriber(0, 1, 0);
         send(r, &mut hint, 7);
-        let Acquired::Message { slot, .. } = r.try_acquire(0, &mut c, &Futex).unwrap() else { panic!() };
+        let Acquired::Message { slot, .. } = r.try_acquire(0, &mut c, &Futex).unwrap() else {
+            panic!()
+        };
         for v in 0..20 {
             send(r, &mut hint, v);
         }
@@ -1209,7 +1319,11 @@ mod tests {
         // SAFETY: single-threaded: nobody else publishes.
         assert!(unsafe { r.repair(&Futex) });
         assert_eq!(r.counter_value(counter::LOST), 1);
-        assert_eq!(r.state(s).load(Ordering::Relaxed), 0, "orphan RING reference dropped");
+        assert_eq!(
+            r.state(s).load(Ordering::Relaxed),
+            0,
+            "orphan RING reference dropped"
+        );
         send(r, &mut hint, 2);
         assert_eq!(recv(r, 0, &mut c), Ok(Some(1)));
         assert_eq!(recv(r, 0, &mut c), Ok(Some(2)), "the hole is skipped");

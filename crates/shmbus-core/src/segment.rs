@@ -282,9 +282,9 @@ pub enum SegmentError {
         /// The segment's name.
         name: Name,
         /// The type asked for.
-        expected: TypeInfo,
+        expected: Box<TypeInfo>,
         /// The type found.
-        found: TypeInfo,
+        found: Box<TypeInfo>,
     },
     /// The segment's header is still not ready after the wait.
     #[error("{0:?} was not initialised in time (its creator may have died, or it is not ours)")]
@@ -330,7 +330,14 @@ pub struct CreateOptions {
 impl CreateOptions {
     /// Options for a private (`0o600`), scoped segment.
     pub fn new(kind: Kind, type_info: TypeInfo, payload_size: usize) -> Self {
-        CreateOptions { kind, type_info, payload_size, mode: 0o600, lifetime: Lifetime::Scoped, params: [0; 8] }
+        CreateOptions {
+            kind,
+            type_info,
+            payload_size,
+            mode: 0o600,
+            lifetime: Lifetime::Scoped,
+            params: [0; 8],
+        }
     }
 }
 
@@ -350,7 +357,12 @@ pub struct Expect {
 impl Expect {
     /// Expect `kind` storing `type_info`, read-write, with the default timeout.
     pub fn new(kind: Kind, type_info: TypeInfo) -> Self {
-        Expect { kind, type_info: Some(type_info), read_only: false, timeout: DEFAULT_OPEN_TIMEOUT }
+        Expect {
+            kind,
+            type_info: Some(type_info),
+            read_only: false,
+            timeout: DEFAULT_OPEN_TIMEOUT,
+        }
     }
 }
 
@@ -386,12 +398,18 @@ fn os<'a>(name: &'a Name, op: &'static str) -> impl FnOnce(Errno) -> SegmentErro
             dir: SHM_DIR.to_owned(),
             requested: 0,
         },
-        e => SegmentError::Os { name: name.clone(), op, source: e.into() },
+        e => SegmentError::Os {
+            name: name.clone(),
+            op,
+            source: e.into(),
+        },
     }
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Segment {
@@ -419,8 +437,15 @@ impl Segment {
     ///     TypeInfo::new("u64", 8, 8, Codec::Pod).unwrap())), Err(SegmentError::NotFound(_))));
     /// # Ok::<(), SegmentError>(())
     /// ```
-    pub fn create(name: &Name, opts: &CreateOptions, init: impl FnOnce(&mut [u8])) -> Result<Segment, SegmentError> {
-        let bad = |reason: &str| SegmentError::InvalidSize { name: name.clone(), reason: reason.to_owned() };
+    pub fn create(
+        name: &Name,
+        opts: &CreateOptions,
+        init: impl FnOnce(&mut [u8]),
+    ) -> Result<Segment, SegmentError> {
+        let bad = |reason: &str| SegmentError::InvalidSize {
+            name: name.clone(),
+            reason: reason.to_owned(),
+        };
         let total = HEADER_SIZE
             .checked_add(opts.payload_size)
             .and_then(|t| t.checked_next_multiple_of(4096))
@@ -428,8 +453,12 @@ impl Segment {
             .ok_or_else(|| bad("payload too large for this machine"))?;
 
         // A file with no name yet: nobody can open it, and it vanishes if we die.
-        let fd = rfs::open(SHM_DIR, OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC, Mode::from_raw_mode(opts.mode & 0o777))
-            .map_err(os(name, "create (O_TMPFILE)"))?;
+        let fd = rfs::open(
+            SHM_DIR,
+            OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(opts.mode & 0o777),
+        )
+        .map_err(os(name, "create (O_TMPFILE)"))?;
         // The umask may have narrowed the mode; set exactly what was asked for.
         rfs::fchmod(&fd, Mode::from_raw_mode(opts.mode & 0o777)).map_err(os(name, "fchmod"))?;
         // Our shared lock, held before the file has a name, so that no prober ever finds it
@@ -491,7 +520,13 @@ impl Segment {
         init(payload);
         seg.header().state.store(state::READY, Ordering::Release);
         let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&seg.fd));
-        if let Err(e) = rfs::linkat(rfs::CWD, proc_path.as_str(), rfs::CWD, &seg.path, rfs::AtFlags::SYMLINK_FOLLOW) {
+        if let Err(e) = rfs::linkat(
+            rfs::CWD,
+            proc_path.as_str(),
+            rfs::CWD,
+            &seg.path,
+            rfs::AtFlags::SYMLINK_FOLLOW,
+        ) {
             // Not named: nobody else can know it, so it must not be "left" by name. Unmapping
             // and closing frees it.
             seg.lifetime = Lifetime::Persistent;
@@ -543,18 +578,36 @@ impl Segment {
     }
 
     /// One attempt; `Ok(None)` means "retry".
-    fn try_open(name: &Name, expect: &Expect, deadline: &Deadline) -> Result<Option<Segment>, SegmentError> {
+    fn try_open(
+        name: &Name,
+        expect: &Expect,
+        deadline: &Deadline,
+    ) -> Result<Option<Segment>, SegmentError> {
         let path = PathBuf::from(SHM_DIR).join(name.file_name());
-        let flags = if expect.read_only { OFlags::RDONLY } else { OFlags::RDWR };
-        let fd = rfs::open(&path, flags | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty()).map_err(os(name, "open"))?;
-        let corrupt = |reason: String| SegmentError::Corrupt { name: name.clone(), reason };
+        let flags = if expect.read_only {
+            OFlags::RDONLY
+        } else {
+            OFlags::RDWR
+        };
+        let fd = rfs::open(
+            &path,
+            flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(os(name, "open"))?;
+        let corrupt = |reason: String| SegmentError::Corrupt {
+            name: name.clone(),
+            reason,
+        };
         let st = rfs::fstat(&fd).map_err(os(name, "fstat"))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(corrupt("not a regular file".into()));
         }
         let len = usize::try_from(st.st_size).map_err(|_| corrupt("negative size".into()))?;
         if len < HEADER_SIZE {
-            return Err(corrupt(format!("{len} bytes, shorter than the {HEADER_SIZE}-byte header")));
+            return Err(corrupt(format!(
+                "{len} bytes, shorter than the {HEADER_SIZE}-byte header"
+            )));
         }
 
         // Probe: an exclusive lock granted means nobody uses the segment.
@@ -578,9 +631,15 @@ impl Segment {
             return Err(corrupt("bad magic: not a shmbus segment".into()));
         }
         if h.format_version != FORMAT_VERSION {
-            return Err(SegmentError::Version { name: name.clone(), expected: FORMAT_VERSION, found: h.format_version });
+            return Err(SegmentError::Version {
+                name: name.clone(),
+                expected: FORMAT_VERSION,
+                found: h.format_version,
+            });
         }
-        let lifetime = h.lifetime().ok_or_else(|| corrupt(format!("unknown lifetime {}", h.lifetime)))?;
+        let lifetime = h
+            .lifetime()
+            .ok_or_else(|| corrupt(format!("unknown lifetime {}", h.lifetime)))?;
 
         if alone {
             let st = h.state.load(Ordering::Acquire);
@@ -593,8 +652,7 @@ impl Segment {
                 seg.unlink_if_same();
                 tracing::info!(name = %name, "reclaimed a stale segment: every user had died");
                 return Ok(None);
-            }
-            else {
+            } else {
                 // A persistent segment that is not ready (a foreign tool's file): wait, boundedly,
                 // holding a shared lock like any user.
                 rfs::flock(&seg.fd, FlockOperation::LockShared).map_err(os(name, "flock"))?;
@@ -605,7 +663,9 @@ impl Segment {
             loop {
                 match rfs::flock(&seg.fd, FlockOperation::NonBlockingLockShared) {
                     Ok(()) => break,
-                    Err(Errno::WOULDBLOCK) if !deadline.expired() => std::thread::sleep(Duration::from_micros(200)),
+                    Err(Errno::WOULDBLOCK) if !deadline.expired() => {
+                        std::thread::sleep(Duration::from_micros(200))
+                    }
                     Err(Errno::WOULDBLOCK) => return Err(SegmentError::NotReady(name.clone())),
                     Err(e) => return Err(os(name, "flock")(e)),
                 }
@@ -624,22 +684,43 @@ impl Segment {
         }
         let h = seg.header();
         if h.header_size != HEADER_SIZE as u64 {
-            return Err(corrupt(format!("header size {} (expected {HEADER_SIZE})", h.header_size)));
+            return Err(corrupt(format!(
+                "header size {} (expected {HEADER_SIZE})",
+                h.header_size
+            )));
         }
         if h.total_size != len as u64 {
-            return Err(corrupt(format!("header says {} bytes, the file has {len}", h.total_size)));
+            return Err(corrupt(format!(
+                "header says {} bytes, the file has {len}",
+                h.total_size
+            )));
         }
         if h.payload_size > (len - HEADER_SIZE) as u64 {
-            return Err(corrupt(format!("payload of {} bytes does not fit in {len}", h.payload_size)));
+            return Err(corrupt(format!(
+                "payload of {} bytes does not fit in {len}",
+                h.payload_size
+            )));
         }
-        let found_kind = h.kind().ok_or_else(|| corrupt(format!("unknown kind {}", h.kind)))?;
+        let found_kind = h
+            .kind()
+            .ok_or_else(|| corrupt(format!("unknown kind {}", h.kind)))?;
         if found_kind != expect.kind {
-            return Err(SegmentError::WrongKind { name: name.clone(), expected: expect.kind, found: found_kind });
+            return Err(SegmentError::WrongKind {
+                name: name.clone(),
+                expected: expect.kind,
+                found: found_kind,
+            });
         }
-        let found_type = h.type_info().ok_or_else(|| corrupt("malformed type description".into()))?;
+        let found_type = h
+            .type_info()
+            .ok_or_else(|| corrupt("malformed type description".into()))?;
         if let Some(t) = &expect.type_info {
             if !t.matches(&found_type) {
-                return Err(SegmentError::WrongType { name: name.clone(), expected: t.clone(), found: found_type });
+                return Err(SegmentError::WrongType {
+                    name: name.clone(),
+                    expected: Box::new(t.clone()),
+                    found: Box::new(found_type),
+                });
             }
         }
         seg.lifetime = lifetime;
@@ -724,7 +805,11 @@ fn same_file(fd: &OwnedFd, path: &Path) -> bool {
 }
 
 fn map_fd(fd: &OwnedFd, len: usize, read_only: bool) -> Result<NonNull<u8>, Errno> {
-    let prot = if read_only { ProtFlags::READ } else { ProtFlags::READ | ProtFlags::WRITE };
+    let prot = if read_only {
+        ProtFlags::READ
+    } else {
+        ProtFlags::READ | ProtFlags::WRITE
+    };
     // SAFETY: a fresh shared mapping of `len` bytes of a file we hold open, at an address the
     // kernel picks, aliases no Rust object. The file is at least `len` bytes long (checked by
     // fstat or set by ftruncate), and its space is reserved, so accesses inside do not fault.
@@ -779,8 +864,12 @@ pub struct SegmentInfo {
 /// Reads a segment's header without joining it (used by tools).
 pub fn peek(name: &Name) -> Result<SegmentInfo, SegmentError> {
     let path = PathBuf::from(SHM_DIR).join(name.file_name());
-    let fd = rfs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())
-        .map_err(os(name, "open"))?;
+    let fd = rfs::open(
+        &path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(os(name, "open"))?;
     let in_use = match rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {
             let _ = rfs::flock(&fd, FlockOperation::Unlock);
@@ -788,18 +877,27 @@ pub fn peek(name: &Name) -> Result<SegmentInfo, SegmentError> {
         }
         Err(_) => true,
     };
-    let corrupt = |r: &str| SegmentError::Corrupt { name: name.clone(), reason: r.into() };
+    let corrupt = |r: &str| SegmentError::Corrupt {
+        name: name.clone(),
+        reason: r.into(),
+    };
     with_header(&fd, true, |h| {
         if h.magic != MAGIC {
             return Err(corrupt("bad magic: not a shmbus segment"));
         }
         if h.format_version != FORMAT_VERSION {
-            return Err(SegmentError::Version { name: name.clone(), expected: FORMAT_VERSION, found: h.format_version });
+            return Err(SegmentError::Version {
+                name: name.clone(),
+                expected: FORMAT_VERSION,
+                found: h.format_version,
+            });
         }
         Ok(SegmentInfo {
             name: name.clone(),
             kind: h.kind().ok_or_else(|| corrupt("unknown kind"))?,
-            type_info: h.type_info().ok_or_else(|| corrupt("malformed type description"))?,
+            type_info: h
+                .type_info()
+                .ok_or_else(|| corrupt("malformed type description"))?,
             lifetime: h.lifetime().ok_or_else(|| corrupt("unknown lifetime"))?,
             total_size: h.total_size,
             creator_pid: h.creator_pid,
@@ -824,7 +922,11 @@ pub fn gc() -> io::Result<Vec<String>> {
             continue;
         }
         let path = entry.path();
-        let Ok(fd) = rfs::open(&path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty()) else {
+        let Ok(fd) = rfs::open(
+            &path,
+            OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        ) else {
             continue;
         };
         if rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_err() {
@@ -858,7 +960,9 @@ fn with_header<R>(fd: &OwnedFd, read_only: bool, f: impl FnOnce(&Header) -> R) -
 
 fn header_says_scoped(fd: &OwnedFd) -> bool {
     with_header(fd, true, |h| {
-        h.magic == MAGIC && h.format_version == FORMAT_VERSION && h.lifetime != Lifetime::Persistent as u32
+        h.magic == MAGIC
+            && h.format_version == FORMAT_VERSION
+            && h.lifetime != Lifetime::Persistent as u32
     })
     .unwrap_or(false)
 }

@@ -32,7 +32,8 @@ impl Deadline {
 
     /// Time left, `Some(ZERO)` once expired, `None` for a deadline that never expires.
     pub fn remaining(&self) -> Option<Duration> {
-        self.0.map(|at| at.saturating_duration_since(Instant::now()))
+        self.0
+            .map(|at| at.saturating_duration_since(Instant::now()))
     }
 
     /// Whether the deadline has passed.

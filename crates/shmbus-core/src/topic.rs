@@ -83,7 +83,12 @@ impl TopicOptions {
     /// Checks the existing topic's `found` configuration against what was asked for.
     fn check(&self, name: &Name, found: &RingConfig) -> Result<(), TopicError> {
         let qos = |what: &'static str, requested: String, found: String| {
-            Err(TopicError::Qos { name: name.clone(), what, requested, found })
+            Err(TopicError::Qos {
+                name: name.clone(),
+                what,
+                requested,
+                found,
+            })
         };
         let at_least = |what: &'static str, req: Option<u32>, have: u32| match req {
             Some(r) if r > have => qos(what, format!("at least {r}"), have.to_string()),
@@ -91,11 +96,19 @@ impl TopicOptions {
         };
         at_least("capacity", self.capacity, found.capacity)?;
         at_least("slot size", self.slot_size, found.slot_size)?;
-        at_least("max subscribers", self.max_subscribers, found.max_subscribers)?;
+        at_least(
+            "max subscribers",
+            self.max_subscribers,
+            found.max_subscribers,
+        )?;
         at_least("max publishers", self.max_publishers, found.max_publishers)?;
         at_least("max held samples", self.max_held, found.max_held)?;
         match self.overflow {
-            Some(o) if o != found.overflow => qos("overflow policy", format!("{o:?}"), format!("{:?}", found.overflow)),
+            Some(o) if o != found.overflow => qos(
+                "overflow policy",
+                format!("{o:?}"),
+                format!("{:?}", found.overflow),
+            ),
             _ => Ok(()),
         }
     }
@@ -108,7 +121,9 @@ pub enum TopicError {
     #[error(transparent)]
     Segment(#[from] SegmentError),
     /// The existing topic cannot honour what was asked for.
-    #[error("topic {name:?} cannot honour the requested {what}: asked for {requested}, it has {found}")]
+    #[error(
+        "topic {name:?} cannot honour the requested {what}: asked for {requested}, it has {found}"
+    )]
     Qos {
         /// The topic.
         name: Name,
@@ -177,10 +192,15 @@ impl fmt::Debug for RawTopic {
 
 impl RawTopic {
     /// Opens the topic `name` storing `type_info`, creating it if it does not exist.
-    pub fn open_or_create(name: &Name, type_info: &TypeInfo, opts: &TopicOptions) -> Result<Arc<RawTopic>, TopicError> {
+    pub fn open_or_create(
+        name: &Name,
+        type_info: &TypeInfo,
+        opts: &TopicOptions,
+    ) -> Result<Arc<RawTopic>, TopicError> {
         let config = opts.config()?;
         let layout = RingLayout::new(config).map_err(|e| TopicError::Config(e.0))?;
-        let mut create = CreateOptions::new(Kind::Topic, type_info.clone(), RING_OFFSET + layout.size);
+        let mut create =
+            CreateOptions::new(Kind::Topic, type_info.clone(), RING_OFFSET + layout.size);
         create.mode = opts.mode.unwrap_or(0o600);
         create.lifetime = Lifetime::Scoped;
         create.params = [
@@ -212,7 +232,11 @@ impl RawTopic {
     }
 
     /// Opens the existing topic `name`.
-    pub fn open(name: &Name, type_info: &TypeInfo, opts: &TopicOptions) -> Result<Arc<RawTopic>, TopicError> {
+    pub fn open(
+        name: &Name,
+        type_info: &TypeInfo,
+        opts: &TopicOptions,
+    ) -> Result<Arc<RawTopic>, TopicError> {
         let mut expect = Expect::new(Kind::Topic, type_info.clone());
         if let Some(t) = opts.open_timeout {
             expect.timeout = t;
@@ -220,9 +244,16 @@ impl RawTopic {
         Self::attach(Segment::open(name, &expect)?, false, opts)
     }
 
-    fn attach(segment: Segment, created: bool, opts: &TopicOptions) -> Result<Arc<RawTopic>, TopicError> {
+    fn attach(
+        segment: Segment,
+        created: bool,
+        opts: &TopicOptions,
+    ) -> Result<Arc<RawTopic>, TopicError> {
         let name = segment.name().clone();
-        let corrupt = |reason: String| TopicError::Corrupt { name: name.clone(), reason };
+        let corrupt = |reason: String| TopicError::Corrupt {
+            name: name.clone(),
+            reason,
+        };
         let len = segment.payload_len();
         if len < RING_OFFSET {
             return Err(corrupt(format!("payload of {len} bytes")));
@@ -239,7 +270,11 @@ impl RawTopic {
         // laid out by `Ring::init` (or is a foreign/corrupt segment, against which every index
         // read from it is bounds-checked). `RawTopic` keeps `segment` alive as long as `ring`.
         let ring = unsafe { Ring::from_raw(base.add(RING_OFFSET), layout, counters) };
-        Ok(Arc::new(RawTopic { ring, segment, created }))
+        Ok(Arc::new(RawTopic {
+            ring,
+            segment,
+            created,
+        }))
     }
 
     /// The topic's name.
@@ -279,7 +314,9 @@ impl RawTopic {
         let mut n = 0;
         let c = self.ring.config();
         for p in 0..c.max_publishers {
-            if self.ring.publisher_active(p) && !liveness::is_held(fd, PUB_LEASE + u64::from(p)).unwrap_or(true) {
+            if self.ring.publisher_active(p)
+                && !liveness::is_held(fd, PUB_LEASE + u64::from(p)).unwrap_or(true)
+            {
                 if let Ok(Some(_lease)) = Lease::try_acquire(fd, PUB_LEASE + u64::from(p)) {
                     if self.ring.publisher_active(p) {
                         self.reclaim_publisher_row(p);
@@ -289,7 +326,9 @@ impl RawTopic {
             }
         }
         for k in 0..c.max_subscribers {
-            if self.ring.subscriber_active(k) && !liveness::is_held(fd, SUB_LEASE + u64::from(k)).unwrap_or(true) {
+            if self.ring.subscriber_active(k)
+                && !liveness::is_held(fd, SUB_LEASE + u64::from(k)).unwrap_or(true)
+            {
                 if let Ok(Some(_lease)) = Lease::try_acquire(fd, SUB_LEASE + u64::from(k)) {
                     if self.ring.subscriber_active(k) {
                         let held = self.ring.reclaim_subscriber(k, &Futex);
@@ -378,7 +417,10 @@ impl Loan {
 
 impl fmt::Debug for RawPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawPublisher").field("topic", self.topic.name()).field("index", &self.index).finish()
+        f.debug_struct("RawPublisher")
+            .field("topic", self.topic.name())
+            .field("index", &self.index)
+            .finish()
     }
 }
 
@@ -388,17 +430,31 @@ impl RawPublisher {
         let max = topic.ring.config().max_publishers;
         let fd = topic.segment.fd();
         for p in 0..max {
-            let lease = Lease::try_acquire(fd, PUB_LEASE + u64::from(p))
-                .map_err(|source| TopicError::Os { op: "taking a publisher lease", source })?;
+            let lease = Lease::try_acquire(fd, PUB_LEASE + u64::from(p)).map_err(|source| {
+                TopicError::Os {
+                    op: "taking a publisher lease",
+                    source,
+                }
+            })?;
             let Some(lease) = lease else { continue };
             if topic.ring.publisher_active(p) {
                 topic.reclaim_publisher_row(p);
             }
             topic.ring.join_publisher(p, std::process::id());
             tracing::debug!(topic = %topic.name(), publisher = p, "publisher joined");
-            return Ok(RawPublisher { topic, index: p, hint: 0, loaned: false, id: next_id(), _lease: lease });
+            return Ok(RawPublisher {
+                topic,
+                index: p,
+                hint: 0,
+                loaned: false,
+                id: next_id(),
+                _lease: lease,
+            });
         }
-        Err(TopicError::TooManyPublishers { name: topic.name().clone(), max })
+        Err(TopicError::TooManyPublishers {
+            name: topic.name().clone(),
+            max,
+        })
     }
 
     /// The topic.
@@ -429,7 +485,10 @@ impl RawPublisher {
             }
         };
         self.loaned = true;
-        Ok(Loan { slot, owner: self.id() })
+        Ok(Loan {
+            slot,
+            owner: self.id(),
+        })
     }
 
     /// The bytes of the slot on `loan`.
@@ -438,7 +497,11 @@ impl RawPublisher {
     ///
     /// If `loan` came from another publisher.
     pub fn slot_mut(&mut self, loan: &Loan) -> &mut [u8] {
-        assert_eq!(loan.owner, self.id(), "a loan used with a publisher that did not make it");
+        assert_eq!(
+            loan.owner,
+            self.id(),
+            "a loan used with a publisher that did not make it"
+        );
         let ring = &self.topic.ring;
         let p = ring.slot_ptr(loan.slot);
         // SAFETY: the slot is on loan to this publisher (the `Loan` token cannot be forged or
@@ -454,24 +517,45 @@ impl RawPublisher {
     ///
     /// If `loan` came from another publisher.
     pub fn slot(&self, loan: &Loan) -> &[u8] {
-        assert_eq!(loan.owner, self.id(), "a loan used with a publisher that did not make it");
+        assert_eq!(
+            loan.owner,
+            self.id(),
+            "a loan used with a publisher that did not make it"
+        );
         let ring = &self.topic.ring;
         // SAFETY: as in `slot_mut`: the slot is ours alone; the shared borrow of `self` keeps
         // `slot_mut` from being called while this slice lives.
-        unsafe { std::slice::from_raw_parts(ring.slot_ptr(loan.slot).as_ptr(), ring.config().slot_size as usize) }
+        unsafe {
+            std::slice::from_raw_parts(
+                ring.slot_ptr(loan.slot).as_ptr(),
+                ring.config().slot_size as usize,
+            )
+        }
     }
 
     /// Gives an unpublished loan back.
     pub fn cancel(&mut self, loan: Loan) {
-        assert_eq!(loan.owner, self.id(), "a loan used with a publisher that did not make it");
+        assert_eq!(
+            loan.owner,
+            self.id(),
+            "a loan used with a publisher that did not make it"
+        );
         self.topic.ring.cancel_loan(loan.slot);
         self.loaned = false;
     }
 
     /// Publishes `loan`, waiting up to `timeout` for room in back-pressure mode.
     /// On error the loan is handed back.
-    pub fn publish(&mut self, loan: Loan, timeout: Option<Duration>) -> Result<u64, (PublishError, Loan)> {
-        assert_eq!(loan.owner, self.id(), "a loan used with a publisher that did not make it");
+    pub fn publish(
+        &mut self,
+        loan: Loan,
+        timeout: Option<Duration>,
+    ) -> Result<u64, (PublishError, Loan)> {
+        assert_eq!(
+            loan.owner,
+            self.id(),
+            "a loan used with a publisher that did not make it"
+        );
         let slot = loan.slot;
         let topic = &*self.topic;
         let ring = &topic.ring;
@@ -573,7 +657,9 @@ pub enum ReceiveError {
         reason: String,
     },
     /// The subscriber already holds as many samples as the topic allows.
-    #[error("this subscriber already holds {0} samples, the most the topic allows; drop one first")]
+    #[error(
+        "this subscriber already holds {0} samples, the most the topic allows; drop one first"
+    )]
     TooManyHeld(u32),
 }
 
@@ -605,8 +691,12 @@ impl RawSubscriber {
         let max = topic.ring.config().max_subscribers;
         let fd = topic.segment.fd();
         for k in 0..max {
-            let lease = Lease::try_acquire(fd, SUB_LEASE + u64::from(k))
-                .map_err(|source| TopicError::Os { op: "taking a subscriber lease", source })?;
+            let lease = Lease::try_acquire(fd, SUB_LEASE + u64::from(k)).map_err(|source| {
+                TopicError::Os {
+                    op: "taking a subscriber lease",
+                    source,
+                }
+            })?;
             let Some(lease) = lease else { continue };
             if topic.ring.subscriber_active(k) {
                 let held = topic.ring.reclaim_subscriber(k, &Futex);
@@ -627,7 +717,10 @@ impl RawSubscriber {
                 _lease: lease,
             });
         }
-        Err(TopicError::TooManySubscribers { name: topic.name().clone(), max })
+        Err(TopicError::TooManySubscribers {
+            name: topic.name().clone(),
+            max,
+        })
     }
 
     /// The topic.
@@ -653,11 +746,18 @@ impl RawSubscriber {
             Ok(Acquired::Message { seq, slot }) => {
                 self.held.set(self.held.get() + 1);
                 self.saw_publisher.set(true);
-                Ok(Received::Message(Held { seq, slot, owner: self.id() }))
+                Ok(Received::Message(Held {
+                    seq,
+                    slot,
+                    owner: self.id(),
+                }))
             }
             Ok(Acquired::Empty) => Ok(Received::Empty),
             Ok(Acquired::Lagged { skipped }) => Ok(Received::Lagged(skipped)),
-            Err(e) => Err(ReceiveError::Corrupt { name: self.topic.name().clone(), reason: e.0 }),
+            Err(e) => Err(ReceiveError::Corrupt {
+                name: self.topic.name().clone(),
+                reason: e.0,
+            }),
         }
     }
 
@@ -673,16 +773,23 @@ impl RawSubscriber {
             }
             let topic = &*self.topic;
             let mut gone = false;
-            let ready = topic.ring.wait_for_message(self.cursor.get(), &Futex, deadline, CHECK_EVERY, || {
-                // A publisher existed if we saw one, or if one joined since we did (it may have
-                // died and been reclaimed by someone else before we looked).
-                if topic.has_publisher() || topic.ring.publisher_joins() != self.joins_at_start {
-                    self.saw_publisher.set(true);
-                }
-                topic.reclaim_dead();
-                gone = self.saw_publisher.get() && !topic.has_publisher();
-                !gone
-            });
+            let ready = topic.ring.wait_for_message(
+                self.cursor.get(),
+                &Futex,
+                deadline,
+                CHECK_EVERY,
+                || {
+                    // A publisher existed if we saw one, or if one joined since we did (it may have
+                    // died and been reclaimed by someone else before we looked).
+                    if topic.has_publisher() || topic.ring.publisher_joins() != self.joins_at_start
+                    {
+                        self.saw_publisher.set(true);
+                    }
+                    topic.reclaim_dead();
+                    gone = self.saw_publisher.get() && !topic.has_publisher();
+                    !gone
+                },
+            );
             if !ready {
                 if gone && !topic.ring.ready(self.cursor.get()) {
                     return Ok(Received::Disconnected);
@@ -704,7 +811,11 @@ impl RawSubscriber {
     ///
     /// If `held` came from another subscriber.
     pub fn slot<'a>(&'a self, held: &'a Held) -> &'a [u8] {
-        assert_eq!(held.owner, self.id(), "a held slot used with a subscriber that did not take it");
+        assert_eq!(
+            held.owner,
+            self.id(),
+            "a held slot used with a subscriber that did not take it"
+        );
         let ring = &self.topic.ring;
         let p = ring.slot_ptr(held.slot);
         // SAFETY: this subscriber holds the slot (the `Held` token cannot be forged or copied
@@ -716,7 +827,11 @@ impl RawSubscriber {
 
     /// Releases `held`.
     pub fn release(&self, held: Held) {
-        assert_eq!(held.owner, self.id(), "a held slot used with a subscriber that did not take it");
+        assert_eq!(
+            held.owner,
+            self.id(),
+            "a held slot used with a subscriber that did not take it"
+        );
         self.topic.ring.release(self.index, held.slot);
         self.held.set(self.held.get().saturating_sub(1));
     }

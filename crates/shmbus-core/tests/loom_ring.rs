@@ -44,7 +44,11 @@ impl Model {
         })
         .unwrap();
         let slots = ring.ring().layout().slots as usize;
-        Arc::new(Model { ring, data: (0..slots).map(|_| UnsafeCell::new(0)).collect(), futex: MockFutex::default() })
+        Arc::new(Model {
+            ring,
+            data: (0..slots).map(|_| UnsafeCell::new(0)).collect(),
+            futex: MockFutex::default(),
+        })
     }
 
     fn ring(&self) -> &Ring {
@@ -53,7 +57,10 @@ impl Model {
 
     /// Loans, writes `value`, publishes. Single publisher: we have publish rights.
     fn send(&self, hint: &mut u32, value: u64) {
-        let slot = self.ring().loan(0, hint).expect("the pool is sized for every participant");
+        let slot = self
+            .ring()
+            .loan(0, hint)
+            .expect("the pool is sized for every participant");
         self.data[slot as usize].with_mut(|p| unsafe { *p = value });
         // SAFETY: one publishing thread per model; the slot is our loan and is written.
         let (_, freed) = unsafe { self.ring().publish(slot, &self.futex) };
@@ -102,7 +109,9 @@ fn publish_then_receive_in_order() {
                     assert_eq!(v, value_of(seq), "a sample must hold its own message");
                     got.push(seq);
                 }
-                Some(Err(skipped)) => panic!("capacity 2 cannot lag with 2 messages (skipped {skipped})"),
+                Some(Err(skipped)) => {
+                    panic!("capacity 2 cannot lag with 2 messages (skipped {skipped})")
+                }
                 None => thread::yield_now(),
             }
         }
@@ -152,7 +161,11 @@ fn overwrite_reports_lag_and_accounts_for_every_message() {
                 Err(s) => lagged += s,
             }
         }
-        assert_eq!(received + lagged, N, "every message is either received or reported as lagged");
+        assert_eq!(
+            received + lagged,
+            N,
+            "every message is either received or reported as lagged"
+        );
         assert_eq!(last, Some(N - 1), "the newest message is always readable");
     });
 }
@@ -170,7 +183,9 @@ fn blocked_subscriber_is_always_woken() {
             })
         };
         // No deadline and no periodic check: a lost wake-up deadlocks, and loom reports it.
-        let ready = m.ring().wait_for_message(cursor, &m.futex, Deadline::never(), None, || true);
+        let ready = m
+            .ring()
+            .wait_for_message(cursor, &m.futex, Deadline::never(), None, || true);
         assert!(ready);
         assert_eq!(m.try_recv(0, &mut cursor), Some(Ok((0, value_of(0)))));
         p.join().unwrap();
@@ -189,14 +204,22 @@ fn backpressure_loses_nothing_and_wakes_the_publisher() {
                 let mut hint = 0;
                 for seq in 0..N {
                     // Blocks (on the mocked futex) until the subscriber made room.
-                    assert!(m.ring().wait_for_space(&m.futex, Deadline::never(), None, || {}));
+                    assert!(m
+                        .ring()
+                        .wait_for_space(&m.futex, Deadline::never(), None, || {}));
                     m.send(&mut hint, value_of(seq));
                 }
             })
         };
         for seq in 0..N {
-            assert!(m.ring().wait_for_message(cursor, &m.futex, Deadline::never(), None, || true));
-            assert_eq!(m.try_recv(0, &mut cursor), Some(Ok((seq, value_of(seq)))), "no loss, no lag");
+            assert!(m
+                .ring()
+                .wait_for_message(cursor, &m.futex, Deadline::never(), None, || true));
+            assert_eq!(
+                m.try_recv(0, &mut cursor),
+                Some(Ok((seq, value_of(seq)))),
+                "no loss, no lag"
+            );
         }
         p.join().unwrap();
     });
@@ -209,7 +232,9 @@ fn held_sample_is_never_overwritten() {
         let mut cursor = m.ring().join_subscriber(0, 1, 0);
         let mut hint = 0;
         m.send(&mut hint, value_of(0));
-        let Acquired::Message { slot, .. } = m.ring().try_acquire(0, &mut cursor, &m.futex).unwrap() else {
+        let Acquired::Message { slot, .. } =
+            m.ring().try_acquire(0, &mut cursor, &m.futex).unwrap()
+        else {
             panic!("message 0 is there")
         };
         let p = {
@@ -259,7 +284,10 @@ fn publisher_stopping_mid_write_is_repaired() {
             let mut seen = Vec::new();
             let mut check = |r: Option<Result<(u64, u64), u64>>| match r {
                 Some(Ok((seq, v))) => {
-                    assert!(v == value_of(seq) || v == value_of(99), "torn or misplaced read");
+                    assert!(
+                        v == value_of(seq) || v == value_of(99),
+                        "torn or misplaced read"
+                    );
                     seen.push(v);
                 }
                 Some(Err(_)) => panic!("capacity 3 cannot lag with 3 sequence numbers"),
@@ -270,7 +298,11 @@ fn publisher_stopping_mid_write_is_repaired() {
             for _ in 0..3 {
                 check(m.try_recv(0, &mut cursor));
             }
-            assert_eq!(seen.last(), Some(&value_of(99)), "the successor's message arrives");
+            assert_eq!(
+                seen.last(),
+                Some(&value_of(99)),
+                "the successor's message arrives"
+            );
         });
     }
 }

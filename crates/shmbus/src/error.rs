@@ -1,9 +1,11 @@
 //! Every error the typed API returns.
 
 use shmbus_core::name::NameError;
+use shmbus_core::segment::SegmentError;
 use shmbus_core::topic::{LoanError as RawLoanError, TopicError};
 
-/// Why a publisher or subscriber could not be made.
+/// Why a publisher, subscriber, [`Mutex`](crate::Mutex), [`Semaphore`](crate::Semaphore) or
+/// [`Event`](crate::Event) could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The name is not valid.
@@ -13,7 +15,12 @@ pub enum OpenError {
     /// topic cannot honour, too many participants, a full `/dev/shm`, missing permission).
     #[error(transparent)]
     Topic(#[from] TopicError),
-    /// The message type cannot live in a slot (alignment above 64 bytes, or zero-sized).
+    /// The segment of a named mutex, semaphore or event could not be opened or created (a
+    /// wrong kind or type, a full `/dev/shm`, missing permission, ...).
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// The message (or mutex value) type cannot live in shared memory (alignment above 64
+    /// bytes; for messages, also zero-sized).
     #[error("{type_name} cannot be a message: {reason}")]
     UnsupportedType {
         /// The type.
@@ -61,10 +68,15 @@ impl<T> std::fmt::Debug for SendError<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Timeout(_) => f.write_str("Timeout(..)"),
-            SendError::TooLarge { size, capacity, .. } => {
-                f.debug_struct("TooLarge").field("size", size).field("capacity", capacity).finish_non_exhaustive()
-            }
-            SendError::Encode { reason, .. } => f.debug_struct("Encode").field("reason", reason).finish_non_exhaustive(),
+            SendError::TooLarge { size, capacity, .. } => f
+                .debug_struct("TooLarge")
+                .field("size", size)
+                .field("capacity", capacity)
+                .finish_non_exhaustive(),
+            SendError::Encode { reason, .. } => f
+                .debug_struct("Encode")
+                .field("reason", reason)
+                .finish_non_exhaustive(),
             SendError::Loan(e) => f.debug_tuple("Loan").field(e).finish(),
             SendError::Lock(e) => f.debug_tuple("Lock").field(e).finish(),
         }
@@ -75,7 +87,9 @@ impl<T> SendError<T> {
     /// The message handed back, if any.
     pub fn into_inner(self) -> Option<T> {
         match self {
-            SendError::Timeout(v) | SendError::TooLarge { value: v, .. } | SendError::Encode { value: v, .. } => Some(v),
+            SendError::Timeout(v)
+            | SendError::TooLarge { value: v, .. }
+            | SendError::Encode { value: v, .. } => Some(v),
             SendError::Loan(_) | SendError::Lock(_) => None,
         }
     }

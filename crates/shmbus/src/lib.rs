@@ -41,12 +41,17 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 mod error;
+mod sync;
 mod topic;
 
 pub use bytemuck;
 pub use error::{OpenError, RecvError, SendError};
 pub use shmbus_core::name::{Name, NameError};
 pub use shmbus_core::ring::Overflow;
-pub use shmbus_core::segment::{gc, list, SegmentError};
+pub use shmbus_core::segment::{gc, list, unlink, SegmentError};
+pub use shmbus_core::sync::{LockError, SemaphoreError, TryLockError};
 pub use shmbus_core::topic::{LoanError, TopicError};
-pub use topic::{Loan, Publisher, Sample, SerdePublisher, SerdeSubscriber, Subscriber, Topic, TopicStats};
+pub use sync::{Event, EventMode, Mutex, MutexGuard, Semaphore, SyncOptions};
+pub use topic::{
+    Loan, Publisher, Sample, SerdePublisher, SerdeSubscriber, Subscriber, Topic, TopicStats,
+};

@@ -13,7 +13,8 @@ use shmbus_core::layout::{short_type_name, Codec, TypeInfo};
 use shmbus_core::name::Name;
 use shmbus_core::ring::{counter, Overflow};
 use shmbus_core::topic::{
-    Held, LoanError, Loan as RawLoan, PublishError, RawPublisher, RawSubscriber, RawTopic, ReceiveError, Received, TopicOptions,
+    Held, Loan as RawLoan, LoanError, PublishError, RawPublisher, RawSubscriber, RawTopic,
+    ReceiveError, Received, TopicOptions,
 };
 
 use crate::error::{OpenError, RecvError, SendError};
@@ -145,7 +146,13 @@ impl Topic {
         Ok(RawTopic::open_or_create(&name, &info, &opts)?)
     }
 
-    fn type_info(&self, default_name: &str, size: u64, align: u64, codec: Codec) -> Result<TypeInfo, OpenError> {
+    fn type_info(
+        &self,
+        default_name: &str,
+        size: u64,
+        align: u64,
+        codec: Codec,
+    ) -> Result<TypeInfo, OpenError> {
         let name = self.type_name.as_deref().unwrap_or(default_name);
         TypeInfo::new(name, size, align, codec).ok_or_else(|| OpenError::UnsupportedType {
             type_name: name.to_owned(),
@@ -161,7 +168,12 @@ impl Topic {
                 reason: format!("size {size} and alignment {align}: need a non-zero size and alignment at most 64"),
             });
         }
-        let info = self.type_info(short_type_name::<T>(), size as u64, align as u64, Codec::Pod)?;
+        let info = self.type_info(
+            short_type_name::<T>(),
+            size as u64,
+            align as u64,
+            Codec::Pod,
+        )?;
         self.open(info, size as u32)
     }
 
@@ -178,25 +190,39 @@ impl Topic {
     /// Joins (creating the topic if needed) as a publisher of plain-old-data `T`.
     pub fn publisher<T: Pod>(&self) -> Result<Publisher<T>, OpenError> {
         let raw = RawPublisher::new(self.pod_topic::<T>()?)?;
-        Ok(Publisher { raw, timeout: self.publish_timeout, _t: PhantomData })
+        Ok(Publisher {
+            raw,
+            timeout: self.publish_timeout,
+            _t: PhantomData,
+        })
     }
 
     /// Joins (creating the topic if needed) as a subscriber of plain-old-data `T`.
     pub fn subscriber<T: Pod>(&self) -> Result<Subscriber<T>, OpenError> {
         let raw = RawSubscriber::new(self.pod_topic::<T>()?, self.history)?;
-        Ok(Subscriber { raw, _t: PhantomData })
+        Ok(Subscriber {
+            raw,
+            _t: PhantomData,
+        })
     }
 
     /// Joins (creating the topic if needed) as a publisher of serde-encoded `T`.
     pub fn serde_publisher<T: Serialize>(&self) -> Result<SerdePublisher<T>, OpenError> {
         let raw = RawPublisher::new(self.serde_topic::<T>()?)?;
-        Ok(SerdePublisher { raw, timeout: self.publish_timeout, _t: PhantomData })
+        Ok(SerdePublisher {
+            raw,
+            timeout: self.publish_timeout,
+            _t: PhantomData,
+        })
     }
 
     /// Joins (creating the topic if needed) as a subscriber of serde-encoded `T`.
     pub fn serde_subscriber<T: DeserializeOwned>(&self) -> Result<SerdeSubscriber<T>, OpenError> {
         let raw = RawSubscriber::new(self.serde_topic::<T>()?, self.history)?;
-        Ok(SerdeSubscriber { raw, _t: PhantomData })
+        Ok(SerdeSubscriber {
+            raw,
+            _t: PhantomData,
+        })
     }
 }
 
@@ -253,7 +279,10 @@ impl<T: Pod> Publisher<T> {
     /// Dropping the loan unpublished gives the slot back.
     pub fn loan(&mut self) -> Result<Loan<'_, T>, LoanError> {
         let raw = self.raw.loan()?;
-        Ok(Loan { publisher: self, raw: Some(raw) })
+        Ok(Loan {
+            publisher: self,
+            raw: Some(raw),
+        })
     }
 
     /// Copies `value` into a slot and publishes it; returns its sequence number.
@@ -367,7 +396,9 @@ pub struct Subscriber<T: Pod> {
 
 impl<T: Pod> fmt::Debug for Subscriber<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscriber").field("raw", &self.raw).finish()
+        f.debug_struct("Subscriber")
+            .field("raw", &self.raw)
+            .finish()
     }
 }
 
@@ -375,19 +406,31 @@ impl<T: Pod> Subscriber<T> {
     /// The next message, if there is one now. Errors: `Empty`, `Lagged`, `TooManyHeld`,
     /// `Corrupt` (see [`RecvError`]).
     pub fn try_recv(&self) -> Result<Sample<'_, T>, RecvError> {
-        receive(&self.raw, None).map(|held| Sample { sub: &self.raw, held: Some(held), _t: PhantomData })
+        receive(&self.raw, None).map(|held| Sample {
+            sub: &self.raw,
+            held: Some(held),
+            _t: PhantomData,
+        })
     }
 
     /// The next message, waiting up to `timeout`. Errors: `Timeout`, `Lagged`, `Disconnected`,
     /// `TooManyHeld`, `Corrupt`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Sample<'_, T>, RecvError> {
-        receive(&self.raw, Some(Some(timeout))).map(|held| Sample { sub: &self.raw, held: Some(held), _t: PhantomData })
+        receive(&self.raw, Some(Some(timeout))).map(|held| Sample {
+            sub: &self.raw,
+            held: Some(held),
+            _t: PhantomData,
+        })
     }
 
     /// The next message, waiting as long as a publisher lives. Errors: `Lagged`,
     /// `Disconnected` (every publisher this subscriber saw is gone), `TooManyHeld`, `Corrupt`.
     pub fn recv(&self) -> Result<Sample<'_, T>, RecvError> {
-        receive(&self.raw, Some(None)).map(|held| Sample { sub: &self.raw, held: Some(held), _t: PhantomData })
+        receive(&self.raw, Some(None)).map(|held| Sample {
+            sub: &self.raw,
+            held: Some(held),
+            _t: PhantomData,
+        })
     }
 
     /// The topic's counters.
@@ -412,7 +455,10 @@ impl<T: Pod> Sample<'_, T> {
 
 impl<T: Pod + fmt::Debug> fmt::Debug for Sample<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sample").field("seq", &self.seq()).field("value", &**self).finish()
+        f.debug_struct("Sample")
+            .field("seq", &self.seq())
+            .field("value", &**self)
+            .finish()
     }
 }
 
@@ -446,7 +492,9 @@ pub struct SerdePublisher<T: Serialize> {
 
 impl<T: Serialize> fmt::Debug for SerdePublisher<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SerdePublisher").field("raw", &self.raw).finish()
+        f.debug_struct("SerdePublisher")
+            .field("raw", &self.raw)
+            .finish()
     }
 }
 
@@ -467,11 +515,18 @@ impl<T: Serialize> SerdePublisher<T> {
             Err(postcard::Error::SerializeBufferFull) => {
                 self.raw.cancel(loan);
                 let size = postcard::experimental::serialized_size(&value).unwrap_or(usize::MAX);
-                return Err(SendError::TooLarge { value, size, capacity });
+                return Err(SendError::TooLarge {
+                    value,
+                    size,
+                    capacity,
+                });
             }
             Err(e) => {
                 self.raw.cancel(loan);
-                return Err(SendError::Encode { value, reason: e.to_string() });
+                return Err(SendError::Encode {
+                    value,
+                    reason: e.to_string(),
+                });
             }
         };
         prefix.copy_from_slice(&(len as u32).to_le_bytes());
@@ -498,7 +553,9 @@ pub struct SerdeSubscriber<T: DeserializeOwned> {
 
 impl<T: DeserializeOwned> fmt::Debug for SerdeSubscriber<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SerdeSubscriber").field("raw", &self.raw).finish()
+        f.debug_struct("SerdeSubscriber")
+            .field("raw", &self.raw)
+            .finish()
     }
 }
 
@@ -510,7 +567,10 @@ impl<T: DeserializeOwned> SerdeSubscriber<T> {
         let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
         let r = match body.get(..len) {
             Some(msg) => postcard::from_bytes(msg).map_err(|e| RecvError::Decode(e.to_string())),
-            None => Err(RecvError::Corrupt(format!("message length {len} exceeds the slot's {}", body.len()))),
+            None => Err(RecvError::Corrupt(format!(
+                "message length {len} exceeds the slot's {}",
+                body.len()
+            ))),
         };
         self.raw.release(held);
         r.map(|v| (seq, v))
@@ -523,7 +583,8 @@ impl<T: DeserializeOwned> SerdeSubscriber<T> {
 
     /// The next message, waiting up to `timeout` (see [`Subscriber::recv_timeout`]).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvError> {
-        self.decode(receive(&self.raw, Some(Some(timeout)))?).map(|(_, v)| v)
+        self.decode(receive(&self.raw, Some(Some(timeout)))?)
+            .map(|(_, v)| v)
     }
 
     /// The next message, waiting as long as a publisher lives (see [`Subscriber::recv`]).

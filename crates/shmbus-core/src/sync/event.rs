@@ -292,6 +292,14 @@ mod tests {
     /// A bound on waits that should succeed: reached only if the event is broken.
     const SAFETY_NET: Option<Duration> = Some(Duration::from_secs(10));
 
+    /// Runs a wait with [`SAFETY_NET`] as its timeout; true only if it succeeded *and* a wake-up
+    /// ended it, not the timeout (a wait that times out re-checks once more and may then succeed,
+    /// which would hide a lost wake-up).
+    fn woken(wait: impl FnOnce(Option<Duration>) -> bool) -> bool {
+        let start = Instant::now();
+        wait(SAFETY_NET) && start.elapsed() < SAFETY_NET.unwrap()
+    }
+
     fn heap(mode: EventMode, initially_set: bool) -> Arc<Event> {
         let e = Arc::new(Event::default());
         e.init(mode, initially_set);
@@ -378,7 +386,7 @@ mod tests {
         let threads: Vec<_> = (0..WAITERS)
             .map(|_| {
                 let e = Arc::clone(&e);
-                thread::spawn(move || e.wait(SAFETY_NET))
+                thread::spawn(move || woken(|t| e.wait(t)))
             })
             .collect();
         await_sleepers(&e, WAITERS);
@@ -397,7 +405,7 @@ mod tests {
         let threads: Vec<_> = (0..WAITERS)
             .map(|_| {
                 let e = Arc::clone(&e);
-                thread::spawn(move || e.wait(SAFETY_NET))
+                thread::spawn(move || woken(|t| e.wait(t)))
             })
             .collect();
         await_sleepers(&e, WAITERS);
@@ -421,7 +429,7 @@ mod tests {
             .map(|_| {
                 let (e, released) = (Arc::clone(&e), Arc::clone(&released));
                 thread::spawn(move || {
-                    let ok = e.wait(SAFETY_NET);
+                    let ok = woken(|t| e.wait(t));
                     released.fetch_add(1, Ordering::SeqCst);
                     ok
                 })
@@ -461,7 +469,7 @@ mod tests {
             thread::spawn(move || {
                 let mut released = 0;
                 loop {
-                    assert!(ping.wait(SAFETY_NET), "a ping was lost");
+                    assert!(woken(|t| ping.wait(t)), "a ping was lost");
                     released += 1;
                     if stop.load(Ordering::SeqCst) != 0 {
                         return released;
@@ -472,7 +480,7 @@ mod tests {
         };
         for _ in 0..ROUNDS {
             ping.set();
-            assert!(pong.wait(SAFETY_NET), "a pong was lost");
+            assert!(woken(|t| pong.wait(t)), "a pong was lost");
         }
         stop.store(1, Ordering::SeqCst);
         ping.set();

@@ -55,8 +55,8 @@ pub use semaphore::{Semaphore, SemaphoreError};
 
 /// How many times a waiter re-checks before it sleeps in the kernel.
 ///
-/// Each round is one [`std::hint::spin_loop`] plus a load (or a `pthread_mutex_trylock`, which
-/// only reads a busy lock word): together a few microseconds, about the cost of one futex sleep
-/// and wake-up. Short critical sections are thus waited out without a system call, and a waiter
+/// Each round is one [`std::hint::spin_loop`] plus a load of the futex or lock word (and an
+/// attempt to take it when it looks free): together a few microseconds, about the cost of one
+/// futex sleep and wake-up. Short critical sections are thus waited out without a system call, and a waiter
 /// whose peer has been preempted (this runs on machines with two cores) gives the CPU up soon.
 pub(crate) const SPIN_LIMIT: u32 = 100;

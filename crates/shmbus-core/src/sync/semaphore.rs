@@ -232,6 +232,14 @@ mod tests {
     /// A bound on waits that should succeed: reached only if the semaphore is broken.
     const SAFETY_NET: Option<Duration> = Some(Duration::from_secs(10));
 
+    /// Runs a wait with [`SAFETY_NET`] as its timeout; true only if it succeeded *and* a wake-up
+    /// ended it, not the timeout (a wait that times out re-checks once more and may then succeed,
+    /// which would hide a lost wake-up).
+    fn woken(wait: impl FnOnce(Option<Duration>) -> bool) -> bool {
+        let start = Instant::now();
+        wait(SAFETY_NET) && start.elapsed() < SAFETY_NET.unwrap()
+    }
+
     fn heap(initial: u32) -> Arc<Semaphore> {
         let s = Arc::new(Semaphore::default());
         s.init(initial);
@@ -286,10 +294,15 @@ mod tests {
         let s = heap(0);
         let waiter = {
             let s = Arc::clone(&s);
-            thread::spawn(move || s.wait(SAFETY_NET))
+            thread::spawn(move || woken(|t| s.wait(t)))
         };
         // Let the waiter get past its spin and into the kernel (not required for correctness).
+        let start = Instant::now();
         while s.sleepers.load(Ordering::SeqCst) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the waiter never slept"
+            );
             thread::yield_now();
         }
         thread::sleep(Duration::from_millis(20));
@@ -313,7 +326,7 @@ mod tests {
                 let (s, taken) = (Arc::clone(&s), Arc::clone(&taken));
                 thread::spawn(move || {
                     for _ in 0..PER_CONSUMER {
-                        assert!(s.wait(SAFETY_NET), "a post was lost");
+                        assert!(woken(|t| s.wait(t)), "a post was lost");
                         taken.fetch_add(1, Ordering::Relaxed);
                     }
                 })
@@ -352,7 +365,7 @@ mod tests {
                 let (s, inside, most) = (Arc::clone(&s), Arc::clone(&inside), Arc::clone(&most));
                 thread::spawn(move || {
                     for _ in 0..500 {
-                        assert!(s.wait(SAFETY_NET));
+                        assert!(woken(|t| s.wait(t)));
                         let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(now, Ordering::SeqCst);
                         thread::yield_now();
