@@ -5,8 +5,11 @@
 //!   for, so that a failing test leaves `/dev/shm` as it found it.
 //! - [`Peer`]: a running `shmbus-test-peer` with bounded waits on its output lines.
 //! - The message types both sides agree on ([`Msg`], [`Rec`]) and their integrity checks.
-//! - [`NamedMutex`]: a robust mutex in a named segment (the typed crate has none yet).
 //! - [`GcLock`]: keeps `gc()` from running while another test needs a stale file to stay.
+//!
+//! The named mutex of the tests is the library's own, `shmbus::Mutex<u64>`; like everything
+//! else here it needs no `unsafe`.
+#![forbid(unsafe_code)]
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -17,17 +20,14 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use shmbus::{OpenError, TopicError};
-use shmbus_core::layout::{Codec, TypeInfo};
-use shmbus_core::name::Name;
-use shmbus_core::segment::{CreateOptions, Expect, Kind, Segment, SegmentError};
-use shmbus_core::sync::{Acquired, LockError, RobustMutex};
+use shmbus_core::segment::SegmentError;
 
 /// The bound on one step of a test (a peer getting ready, a peer exiting after it was told to).
 pub const STEP: Duration = Duration::from_secs(5);
@@ -156,6 +156,7 @@ pub fn open_error_code(e: &OpenError) -> &'static str {
     match e {
         OpenError::Name(_) => "name",
         OpenError::UnsupportedType { .. } => "unsupported-type",
+        OpenError::Segment(s) => segment_error_code(s),
         OpenError::Topic(TopicError::Segment(s)) => segment_error_code(s),
         OpenError::Topic(TopicError::Qos { .. }) => "qos",
         OpenError::Topic(TopicError::Config(_)) => "config",
@@ -829,138 +830,6 @@ impl GcLock {
     /// Waits until no test needs its stale files, then holds them off.
     pub fn exclusive() -> GcLock {
         GcLock::take(true)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A named robust mutex
-// ---------------------------------------------------------------------------------------------
-
-/// A robust, process-shared mutex guarding a `u64`, in a segment of kind [`Kind::Mutex`].
-///
-/// Built from `shmbus_core` because the typed `shmbus` crate has no named mutex yet.
-#[derive(Debug)]
-pub struct NamedMutex {
-    segment: Segment,
-}
-
-/// Payload offset of the guarded value.
-const MUTEX_DATA: usize = 64;
-const MUTEX_PAYLOAD: usize = 128;
-const _: () = assert!(RobustMutex::SIZE <= MUTEX_DATA);
-
-// The error type is the library's.
-#[allow(clippy::result_large_err)]
-impl NamedMutex {
-    fn type_info() -> TypeInfo {
-        TypeInfo::new("shmbus-tests::NamedMutex<u64>", 8, 8, Codec::Pod).expect("short name")
-    }
-
-    /// Opens the mutex `name`, creating it (unlocked, value 0) if it does not exist.
-    pub fn open_or_create(name: &str) -> Result<(NamedMutex, bool), SegmentError> {
-        let name = Name::new(name).expect("valid test name");
-        let opts = CreateOptions::new(Kind::Mutex, Self::type_info(), MUTEX_PAYLOAD);
-        let (segment, created) = Segment::open_or_create(
-            &name,
-            &Expect::new(Kind::Mutex, Self::type_info()),
-            &opts,
-            |p| {
-                assert!(p.len() >= MUTEX_PAYLOAD);
-                // SAFETY: `p` is the zero-filled, page-aligned payload (so aligned for
-                // `pthread_mutex_t`) of a segment no other process can see yet, at least
-                // `RobustMutex::SIZE` bytes long; the mutex is initialised once, here, and never
-                // moved afterwards (it lives in the file).
-                unsafe { RobustMutex::init(p.as_mut_ptr().cast()) }
-                    .expect("initialising a robust mutex");
-            },
-        )?;
-        Ok((NamedMutex { segment }, created))
-    }
-
-    /// Opens the existing mutex `name`.
-    pub fn open(name: &str) -> Result<NamedMutex, SegmentError> {
-        let name = Name::new(name).expect("valid test name");
-        let segment = Segment::open(&name, &Expect::new(Kind::Mutex, Self::type_info()))?;
-        if segment.payload_len() < MUTEX_PAYLOAD {
-            return Err(SegmentError::Corrupt {
-                name,
-                reason: "payload too short for a NamedMutex".into(),
-            });
-        }
-        Ok(NamedMutex { segment })
-    }
-
-    fn mutex(&self) -> &RobustMutex {
-        // SAFETY: the payload starts with a `RobustMutex` that the creator initialised before it
-        // named the segment (the segment's kind and type were checked at open, and its payload
-        // is at least MUTEX_PAYLOAD bytes); the payload is page-aligned and stays mapped as long
-        // as `self.segment`, which the returned reference borrows.
-        unsafe { &*self.segment.payload_ptr().as_ptr().cast::<RobustMutex>() }
-    }
-
-    fn value(&self) -> &AtomicU64 {
-        // SAFETY: MUTEX_DATA + 8 <= MUTEX_PAYLOAD bytes lie inside the mapped payload; the offset
-        // is a multiple of 8 of a page-aligned address; an `AtomicU64` is valid for every bit
-        // pattern, and every process accesses this word only atomically.
-        unsafe {
-            &*self
-                .segment
-                .payload_ptr()
-                .as_ptr()
-                .add(MUTEX_DATA)
-                .cast::<AtomicU64>()
-        }
-    }
-
-    /// Locks, waiting at most `timeout`.
-    pub fn lock(&self, timeout: Duration) -> Result<NamedMutexGuard<'_>, LockError> {
-        let acquired = self.mutex().lock(Some(timeout))?;
-        Ok(NamedMutexGuard {
-            mutex: self,
-            acquired,
-            _not_send: std::marker::PhantomData,
-        })
-    }
-}
-
-/// A held [`NamedMutex`]; unlocks on drop (on the thread that locked: the guard is not `Send`).
-#[derive(Debug)]
-pub struct NamedMutexGuard<'a> {
-    mutex: &'a NamedMutex,
-    acquired: Acquired,
-    _not_send: std::marker::PhantomData<*const ()>,
-}
-
-impl NamedMutexGuard<'_> {
-    /// Whether the previous holder died holding it.
-    pub fn acquired(&self) -> Acquired {
-        self.acquired
-    }
-
-    /// The guarded value.
-    pub fn get(&self) -> u64 {
-        self.mutex.value().load(Ordering::SeqCst)
-    }
-
-    /// Sets the guarded value.
-    pub fn set(&self, v: u64) {
-        self.mutex.value().store(v, Ordering::SeqCst);
-    }
-
-    /// Marks the state consistent again after `OwnerDied`.
-    pub fn make_consistent(&mut self) -> std::io::Result<()> {
-        // SAFETY: this guard holds the mutex (it was returned by a successful lock on this
-        // thread and has not been dropped), as `make_consistent` requires.
-        unsafe { self.mutex.mutex().make_consistent() }?;
-        self.acquired = Acquired::Clean;
-        Ok(())
-    }
-}
-
-impl Drop for NamedMutexGuard<'_> {
-    fn drop(&mut self) {
-        // SAFETY: the guard holds the mutex and is not `Send`, so this is the locking thread.
-        unsafe { self.mutex.mutex().unlock() };
     }
 }
 

@@ -2,12 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use shmbus::{Overflow, RecvError, Topic};
+use shmbus::{LockError, Mutex, Overflow, RecvError, Topic};
 use shmbus_core::layout::TypeInfo;
 use shmbus_core::name::Name;
-use shmbus_core::sync::{Acquired, LockError};
 use shmbus_core::topic::{RawTopic, TopicOptions};
-use shmbus_tests::{scope, Msg, NamedMutex, Rng, STEP};
+use shmbus_tests::{scope, Msg, Rng, STEP};
 
 /// What `hold-lock` writes while it holds the mutex.
 const DIRTY: u64 = 0xD1D;
@@ -31,8 +30,8 @@ fn robust_mutex_survives_its_holder_being_killed() {
         ("true", "clean", 0)
     );
     // Keep the segment in use across the holder's death.
-    let m = NamedMutex::open(&name).expect("open the holder's mutex");
-    match m.lock(Duration::from_millis(50)) {
+    let m = Mutex::<u64>::open(&name).expect("open the holder's mutex");
+    match m.lock_timeout(Duration::from_millis(50)) {
         Err(LockError::Timeout) => {}
         other => panic!("the mutex is held: expected a timeout, got {other:?}"),
     }
@@ -57,9 +56,9 @@ fn robust_mutex_survives_its_holder_being_killed() {
 
     // Later lockers get Clean.
     {
-        let g = m.lock(STEP).expect("lock after the repair");
-        assert_eq!(g.acquired(), Acquired::Clean);
-        assert_eq!(g.get(), 0, "the repair reset the value");
+        let g = m.lock_timeout(STEP).expect("lock after the repair");
+        assert!(!g.owner_died(), "clean");
+        assert_eq!(*g, 0, "the repair reset the value");
     }
     let mut later = s.spawn("later locker", &["lock", "--name", &name]);
     assert_eq!(later.expect("acquired", STEP).get("state"), "clean");
@@ -70,14 +69,14 @@ fn robust_mutex_survives_its_holder_being_killed() {
     assert_eq!(holder2.expect("locked", STEP).get("created"), "false");
     holder2.kill();
     {
-        let mut g = m.lock(STEP).expect("lock after the second death");
-        assert_eq!((g.acquired(), g.get()), (Acquired::OwnerDied, DIRTY));
-        g.set(0);
-        g.make_consistent().expect("make consistent");
+        let mut g = m.lock_timeout(STEP).expect("lock after the second death");
+        assert_eq!((g.owner_died(), *g), (true, DIRTY));
+        *g = 0;
+        g.mark_consistent();
     }
-    assert_eq!(
-        m.lock(STEP).expect("clean again").acquired(),
-        Acquired::Clean
+    assert!(
+        !m.lock_timeout(STEP).expect("clean again").owner_died(),
+        "clean again"
     );
 
     drop(m);
@@ -93,7 +92,7 @@ fn unrepaired_robust_mutex_is_not_recoverable_for_every_later_locker() {
     let name = s.name();
     let mut holder = s.spawn("holder", &["hold-lock", "--name", &name]);
     holder.expect("locked", STEP);
-    let m = NamedMutex::open(&name).expect("open the holder's mutex");
+    let m = Mutex::<u64>::open(&name).expect("open the holder's mutex");
     holder.kill();
     let mut careless = s.spawn("careless locker", &["lock", "--name", &name]);
     assert_eq!(careless.expect("acquired", STEP).get("state"), "owner-died");
@@ -114,7 +113,7 @@ fn unrepaired_robust_mutex_is_not_recoverable_for_every_later_locker() {
         late.wait(STEP);
     }
     for i in 0..2 {
-        match m.lock(Duration::from_millis(500)) {
+        match m.lock_timeout(Duration::from_millis(500)) {
             Err(LockError::NotRecoverable) => {}
             other => panic!("lock {i} in this process: expected NotRecoverable, got {other:?}"),
         }

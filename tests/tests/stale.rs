@@ -2,10 +2,10 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use shmbus::{RecvError, Topic};
+use shmbus::{Mutex, OpenError, RecvError, Topic};
 use shmbus_core::name::Name;
 use shmbus_core::segment::{self, Kind, SegmentError};
-use shmbus_tests::{scope, shm_file, GcLock, Msg, NamedMutex, ShmEnv, STEP};
+use shmbus_tests::{scope, shm_file, GcLock, Msg, ShmEnv, STEP};
 
 /// Scenario 12: a process creates a topic and publishes into it, and is SIGKILLed. The file
 /// stays (nobody removed it), `peek` says nobody uses it, and the next `open_or_create` (here: a
@@ -69,19 +69,20 @@ fn stale_mutex_and_subscriber_topic_are_reclaimed_by_open() {
         shm_file(&name).exists(),
         "a SIGKILLed last user leaves its file behind"
     );
-    match NamedMutex::open(&name) {
-        Err(SegmentError::NotFound(_)) => {}
+    match Mutex::<u64>::open(&name) {
+        Err(OpenError::Segment(SegmentError::NotFound(_))) => {}
         other => {
             panic!("expected the stale mutex to be reclaimed and reported NotFound, got {other:?}")
         }
     }
     assert!(!shm_file(&name).exists(), "reclaimed");
-    let (m, created) = NamedMutex::open_or_create(&name).expect("a fresh mutex");
-    assert!(created);
-    let g = m.lock(STEP).expect("lock");
+    let m = Mutex::open_or_create(&name, 0u64).expect("a fresh mutex");
+    assert!(m.created());
+    let g = m.lock_timeout(STEP).expect("lock");
     assert_eq!(
-        (g.acquired(), g.get()),
-        (shmbus_core::sync::Acquired::Clean, 0)
+        (g.owner_died(), *g),
+        (false, 0),
+        "clean, with the initial value"
     );
     drop(g);
     drop(m);

@@ -1,8 +1,8 @@
 //! Attaching with another type, kind or QoS than the topic has.
 
-use shmbus::{OpenError, Overflow, SegmentError, Topic, TopicError};
+use shmbus::{Mutex, OpenError, Overflow, SegmentError, Topic, TopicError};
 use shmbus_core::segment::Kind;
-use shmbus_tests::{scope, Msg, NamedMutex, OtherMsg, Rec, SmallMsg, STEP};
+use shmbus_tests::{scope, Msg, OtherMsg, Rec, SmallMsg, STEP};
 
 fn wrong_type(r: Result<impl std::fmt::Debug, OpenError>) -> (String, String, String) {
     match r {
@@ -83,12 +83,12 @@ fn attaching_with_another_type_names_both_types() {
     other.wait(STEP);
 
     // Another kind of object under the name.
-    match NamedMutex::open(&name) {
-        Err(SegmentError::WrongKind {
+    match Mutex::<u64>::open(&name) {
+        Err(OpenError::Segment(SegmentError::WrongKind {
             expected: Kind::Mutex,
             found: Kind::Topic,
             ..
-        }) => {}
+        })) => {}
         other => panic!("expected WrongKind, got {other:?}"),
     }
 

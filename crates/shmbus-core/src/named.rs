@@ -332,6 +332,11 @@ impl Drop for RawMutex {
 ///
 /// It is not `Send`: a pthread mutex must be unlocked by the thread that locked it.
 ///
+/// ```compile_fail
+/// fn assert_send<T: Send>() {}
+/// assert_send::<shmbus_core::named::RawGuard<'static>>();
+/// ```
+///
 /// # Examples
 ///
 /// ```
@@ -895,7 +900,9 @@ mod tests {
 
         abandon();
         {
-            let g = m.try_lock().unwrap();
+            // Not `try_lock`: the scope is over once the closure has returned, possibly before
+            // the thread has exited and so released the mutex.
+            let g = m.lock(Some(Duration::from_secs(5))).unwrap();
             assert!(g.owner_died());
             // Dropped without make_consistent.
         }

@@ -3,18 +3,18 @@
 //! Every role prints machine-readable lines to stdout: a tag, then `key=value` fields (see
 //! `shmbus_tests::Line`). `ready` once it has joined; `error code=<code> msg=<text>` when
 //! something fails (and exits with status 2); a role-specific summary at the end.
+#![forbid(unsafe_code)]
 
 use std::io::BufRead;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shmbus::{
-    LoanError, Overflow, Publisher, RecvError, SendError, SerdePublisher, SerdeSubscriber,
-    Subscriber, Topic,
+    Event, EventMode, LoanError, LockError, Mutex, Overflow, Publisher, RecvError, Semaphore,
+    SendError, SerdePublisher, SerdeSubscriber, Subscriber, Topic,
 };
-use shmbus_core::sync::{Acquired, LockError};
-use shmbus_tests::{open_error_code, segment_error_code, Msg, NamedMutex, OtherMsg, Rec, SmallMsg};
+use shmbus_tests::{open_error_code, Msg, OtherMsg, Rec, SmallMsg};
 
 #[derive(Parser)]
 #[command(about = "peer process of the shmbus multi-process tests")]
@@ -37,6 +37,14 @@ enum Role {
     HoldLock(MutexArgs),
     /// Lock the named mutex once (repairing it after a dead owner with `--repair`), unlock, exit.
     Lock(LockArgs),
+    /// Wait (bounded) for a unit of the existing semaphore `--name`; print the outcome.
+    SemWait(WaitArgs),
+    /// Post `--count` units to the existing semaphore `--name`.
+    SemPost(PostArgs),
+    /// Wait (bounded) for the event `--name`; print the outcome.
+    EventWait(EventWaitArgs),
+    /// Set (or with `--reset`, reset) the existing event `--name`.
+    EventSet(EventSetArgs),
     /// Try to join a topic; print `ok` or the error.
     Open(OpenArgs),
     /// Print `ready` and sleep until killed.
@@ -205,6 +213,47 @@ struct LockArgs {
     /// After `OwnerDied`: reset the value and mark the mutex consistent before unlocking.
     #[arg(long)]
     repair: bool,
+}
+
+#[derive(Args)]
+struct WaitArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+#[derive(Args)]
+struct PostArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    Auto,
+    Manual,
+}
+
+#[derive(Args)]
+struct EventWaitArgs {
+    #[command(flatten)]
+    wait: WaitArgs,
+    /// Open (or create) an event of this mode: an event of the other mode is an error. Without
+    /// it, open the existing event whatever its mode.
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+}
+
+#[derive(Args)]
+struct EventSetArgs {
+    #[arg(long)]
+    name: String,
+    /// Reset instead of set.
+    #[arg(long)]
+    reset: bool,
 }
 
 #[derive(Args)]
@@ -576,10 +625,11 @@ fn hold(a: &HoldArgs) -> Result<(), Fail> {
     sleep_forever();
 }
 
-fn acquired_str(a: Acquired) -> &'static str {
-    match a {
-        Acquired::Clean => "clean",
-        Acquired::OwnerDied => "owner-died",
+fn acquired_str(owner_died: bool) -> &'static str {
+    if owner_died {
+        "owner-died"
+    } else {
+        "clean"
     }
 }
 
@@ -597,36 +647,102 @@ fn lock_error(e: &LockError) -> Fail {
 const DIRTY: u64 = 0xD1D;
 
 fn hold_lock(a: &MutexArgs) -> Result<(), Fail> {
-    let (m, created) =
-        NamedMutex::open_or_create(&a.name).map_err(|e| Fail::new(segment_error_code(&e), e))?;
-    let guard = m.lock(Duration::from_secs(2)).map_err(|e| lock_error(&e))?;
-    let before = guard.get();
-    guard.set(DIRTY);
+    let m = Mutex::open_or_create(&a.name, 0u64)?;
+    let mut guard = m
+        .lock_timeout(Duration::from_secs(2))
+        .map_err(|e| lock_error(&e))?;
+    let before = *guard;
+    *guard = DIRTY;
     println!(
-        "locked created={created} acquired={} value={before}",
-        acquired_str(guard.acquired())
+        "locked created={} acquired={} value={before}",
+        m.created(),
+        acquired_str(guard.owner_died())
     );
     sleep_forever();
 }
 
 fn lock(a: &LockArgs) -> Result<(), Fail> {
-    let m = NamedMutex::open(&a.name).map_err(|e| Fail::new(segment_error_code(&e), e))?;
+    let m = Mutex::<u64>::open(&a.name)?;
     let mut guard = m
-        .lock(Duration::from_millis(a.timeout_ms))
+        .lock_timeout(Duration::from_millis(a.timeout_ms))
         .map_err(|e| lock_error(&e))?;
-    let acquired = guard.acquired();
+    let owner_died = guard.owner_died();
     println!(
         "acquired state={} value={}",
-        acquired_str(acquired),
-        guard.get()
+        acquired_str(owner_died),
+        *guard
     );
-    if acquired == Acquired::OwnerDied && a.repair {
-        guard.set(0);
-        guard.make_consistent().map_err(|e| Fail::new("os", e))?;
+    if owner_died && a.repair {
+        *guard = 0;
+        guard.mark_consistent();
         println!("repaired");
     }
     drop(guard);
     println!("unlocked");
+    Ok(())
+}
+
+/// Prints `result outcome=<got|timeout> elapsed_ms=<ms>` for a wait that began at `start`.
+fn print_result(got: bool, got_word: &str, start: Instant) {
+    println!(
+        "result outcome={} elapsed_ms={}",
+        if got { got_word } else { "timeout" },
+        start.elapsed().as_millis()
+    );
+}
+
+fn sem_wait(a: &WaitArgs) -> Result<(), Fail> {
+    let sem = Semaphore::open(&a.name)?;
+    println!("ready value={}", sem.value());
+    let start = Instant::now();
+    let got = sem.wait_timeout(Duration::from_millis(a.timeout_ms));
+    print_result(got, "acquired", start);
+    Ok(())
+}
+
+fn sem_post(a: &PostArgs) -> Result<(), Fail> {
+    let sem = Semaphore::open(&a.name)?;
+    for _ in 0..a.count {
+        sem.post().map_err(|e| Fail::new("overflow", e))?;
+    }
+    println!("posted count={}", a.count);
+    Ok(())
+}
+
+fn mode_str(m: EventMode) -> &'static str {
+    match m {
+        EventMode::AutoReset => "auto",
+        EventMode::ManualReset => "manual",
+    }
+}
+
+fn event_wait(a: &EventWaitArgs) -> Result<(), Fail> {
+    let event = match a.mode {
+        None => Event::open(&a.wait.name)?,
+        Some(m) => {
+            let mode = match m {
+                ModeArg::Auto => EventMode::AutoReset,
+                ModeArg::Manual => EventMode::ManualReset,
+            };
+            Event::open_or_create(&a.wait.name, mode, false)?
+        }
+    };
+    println!("ready mode={}", mode_str(event.mode()));
+    let start = Instant::now();
+    let got = event.wait_timeout(Duration::from_millis(a.wait.timeout_ms));
+    print_result(got, "woken", start);
+    Ok(())
+}
+
+fn event_set(a: &EventSetArgs) -> Result<(), Fail> {
+    let event = Event::open(&a.name)?;
+    if a.reset {
+        event.reset();
+        println!("reset");
+    } else {
+        event.set();
+        println!("set");
+    }
     Ok(())
 }
 
@@ -705,6 +821,10 @@ fn main() -> ExitCode {
         Role::Hold(a) => hold(a),
         Role::HoldLock(a) => hold_lock(a),
         Role::Lock(a) => lock(a),
+        Role::SemWait(a) => sem_wait(a),
+        Role::SemPost(a) => sem_post(a),
+        Role::EventWait(a) => event_wait(a),
+        Role::EventSet(a) => event_set(a),
         Role::Open(a) => open(a),
         Role::Idle => {
             println!("ready");
