@@ -9,6 +9,8 @@
 //! | [`liveness`] | kernel-backed liveness of participants (open-file-description locks) |
 //! | [`futex`], [`sync`] | futex wait/wake, robust mutex, semaphore, event living inside segments |
 //! | [`ring`] | the topic protocol: slot pool, publication ring, subscriber table |
+//! | [`array`], [`dtype`] | named N-d arrays; element types |
+//! | [`pool`] | array pools: blocks in separate segments behind topic descriptors |
 //!
 //! Most users want the typed API of the `shmbus` crate instead.
 //!
@@ -22,12 +24,17 @@ compile_error!(
     "shmbus supports Linux only: it relies on futexes, tmpfs and open-file-description locks"
 );
 
+#[cfg(not(loom))]
+pub mod array;
+pub mod dtype;
 pub mod futex;
 pub mod layout;
 pub mod liveness;
 pub mod name;
 #[cfg(not(loom))]
 pub mod named;
+#[cfg(not(loom))]
+pub mod pool;
 mod primitive;
 pub mod ring;
 pub mod segment;

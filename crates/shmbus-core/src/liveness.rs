@@ -70,6 +70,22 @@ impl Lease {
         }
     }
 
+    /// Takes a *shared* lease on `byte`: any number of holders at once, each visible to
+    /// [`is_held`] from other open file descriptions (used to say "I have this mapped").
+    pub fn shared(fd: BorrowedFd<'_>, byte: u64) -> io::Result<Lease> {
+        let file = File::options()
+            .read(true)
+            .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        let byte = lease_byte(byte)?;
+        lock_op(
+            file.as_fd(),
+            libc::F_OFD_SETLK,
+            libc::F_RDLCK as libc::c_short,
+            byte,
+        )?;
+        Ok(Lease { file, byte })
+    }
+
     /// The lease byte, relative to [`LEASE_BASE`].
     pub fn byte(&self) -> u64 {
         (self.byte - LEASE_BASE) as u64

@@ -57,15 +57,42 @@ impl Name {
     /// under the kernel's 255-byte limit).
     pub const MAX_LEN: usize = 200;
 
+    /// The longest name of an object shmbus derives from another (a topic's array pool
+    /// segments): the file name stays within the kernel's 255 bytes.
+    pub const MAX_DERIVED_LEN: usize = 255 - FILE_PREFIX.len();
+
     /// Validates `name`.
     pub fn new(name: &str) -> Result<Self, NameError> {
+        Self::validate(name, Self::MAX_LEN)
+    }
+
+    /// The name `self` + `.` + `suffix`, for objects derived from this one (such as the
+    /// segments of a topic's array pool). It may exceed [`Name::MAX_LEN`] up to
+    /// [`Name::MAX_DERIVED_LEN`].
+    ///
+    /// ```
+    /// use shmbus_core::name::Name;
+    /// let topic = Name::new("camera").unwrap();
+    /// assert_eq!(topic.child("pool.1f.0").unwrap().as_str(), "camera.pool.1f.0");
+    /// ```
+    pub fn child(&self, suffix: &str) -> Result<Name, NameError> {
+        Self::validate(&format!("{}.{suffix}", self.0), Self::MAX_DERIVED_LEN)
+    }
+
+    /// A label naming a file outside the shared-memory directory (`file:PATH`), used only to
+    /// name such a segment in errors and logs; it is not a valid name and names no shm file.
+    pub(crate) fn label_for_path(path: &std::path::Path) -> Name {
+        Name(format!("file:{}", path.display()))
+    }
+
+    fn validate(name: &str, max: usize) -> Result<Self, NameError> {
         if name.is_empty() {
             return Err(NameError::Empty);
         }
-        if name.len() > Self::MAX_LEN {
+        if name.len() > max {
             return Err(NameError::TooLong {
                 len: name.len(),
-                max: Self::MAX_LEN,
+                max,
             });
         }
         for (index, ch) in name.char_indices() {
@@ -92,7 +119,7 @@ impl Name {
     /// The name behind a file name of the shared-memory directory, if it is a shmbus one.
     pub fn from_file_name(file: &str) -> Option<Name> {
         file.strip_prefix(FILE_PREFIX)
-            .and_then(|n| Name::new(n).ok())
+            .and_then(|n| Name::validate(n, Self::MAX_DERIVED_LEN).ok())
     }
 }
 

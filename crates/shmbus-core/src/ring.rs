@@ -67,6 +67,9 @@ const LOAN_SHIFT: u32 = 57;
 const SEQ_INVALID: u64 = u64::MAX;
 /// `Entry::slot` of a message lost with its publisher.
 const HOLE: u64 = u64::MAX;
+/// `Entry::slot` of a message its publisher withdrew before anyone read it ([`Ring::retire`]),
+/// to reuse its slot's resources; readers count it as lag.
+const RETIRED: u64 = u64::MAX - 1;
 
 /// Subscriber/publisher table entry states.
 const FREE: u32 = 0;
@@ -899,6 +902,17 @@ impl Ring {
                     }
                     continue;
                 }
+                if slot == RETIRED {
+                    if e.seq.load(Ordering::Acquire) != n + 1 {
+                        continue;
+                    }
+                    *cursor = n + 1;
+                    self.store_cursor(k, n + 1, notifier);
+                    self.subscriber(k).lagged.fetch_add(1, Ordering::Relaxed);
+                    self.counter(counter::LAGGED)
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(Acquired::Lagged { skipped: 1 });
+                }
                 if slot >= u64::from(self.layout.slots) {
                     if e.seq.load(Ordering::Acquire) != n + 1 {
                         continue; // torn read of an entry being rewritten
@@ -931,7 +945,11 @@ impl Ring {
                     }
                 };
                 if held {
-                    if e.seq.load(Ordering::Acquire) == n + 1 {
+                    // The entry must still name this message *and* this slot: `retire` rewrites
+                    // an entry's slot while keeping its sequence number.
+                    if e.seq.load(Ordering::Acquire) == n + 1
+                        && e.slot.load(Ordering::Acquire) == u64::from(slot)
+                    {
                         *cursor = n + 1;
                         self.store_cursor(k, n + 1, notifier);
                         return Ok(Acquired::Message { seq: n, slot });
@@ -991,6 +1009,47 @@ impl Ring {
         } else {
             s1 > cursor
         }
+    }
+
+    /// Whether `slot` is free: out of the ring, held by nobody, on loan to nobody.
+    ///
+    /// A publisher that is the only one to loan from this ring may conclude that whatever it
+    /// attached to the slot's last message (an array block) is no longer referenced.
+    pub fn slot_is_free(&self, slot: u32) -> bool {
+        // Acquire: the holders' reads of the slot (and of what it references) happen before
+        // whatever the caller does next with it.
+        self.state(slot).load(Ordering::Acquire) == 0
+    }
+
+    /// Withdraws message `seq`, published in `slot` and not yet evicted, so that its slot is
+    /// freed early: readers that have not taken it yet see it as lost (lag of one); readers that
+    /// hold it keep it until they release it. Returns whether the slot is free now (`false`:
+    /// someone holds it, or `seq` is no longer in the ring at `slot`).
+    ///
+    /// # Safety
+    ///
+    /// The caller has publish rights, as for [`Ring::publish`].
+    pub unsafe fn retire(&self, seq: u64, slot: u32) -> bool {
+        let h = self.header();
+        let tail = h.tail.load(Ordering::Relaxed);
+        let cap = u64::from(self.layout.config.capacity);
+        if seq >= tail || seq + cap < tail {
+            return false;
+        }
+        let e = self.entry(seq);
+        if e.seq.load(Ordering::Relaxed) != seq + 1
+            || e.slot.load(Ordering::Relaxed) != u64::from(slot)
+        {
+            return false;
+        }
+        // Rewrite the entry as in `publish` (seqlock), keeping its sequence number: a reader that
+        // sets its bit after this sees `RETIRED` in the slot word and lets go.
+        e.seq.store(SEQ_INVALID, Ordering::Relaxed);
+        fence(Ordering::Release);
+        e.slot.store(RETIRED, Ordering::Relaxed);
+        e.seq.store(seq + 1, Ordering::Release);
+        let prev = self.state(slot).fetch_and(!RING_BIT, Ordering::AcqRel);
+        prev == RING_BIT
     }
 
     /// Releases subscriber `k`'s hold of `slot`.

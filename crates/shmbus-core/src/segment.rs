@@ -442,6 +442,46 @@ impl Segment {
         opts: &CreateOptions,
         init: impl FnOnce(&mut [u8]),
     ) -> Result<Segment, SegmentError> {
+        Self::create_at(name, shm_path(name), opts, init)
+    }
+
+    /// Creates a segment backed by the regular file `path` (outside the shared-memory
+    /// directory), for data that must outlive a reboot. Same atomic creation as
+    /// [`Segment::create`]; such a segment is always [`Lifetime::Persistent`]. Call
+    /// [`Segment::flush`] to write it to disk.
+    pub fn create_file(
+        path: &Path,
+        opts: &CreateOptions,
+        init: impl FnOnce(&mut [u8]),
+    ) -> Result<Segment, SegmentError> {
+        let opts = CreateOptions {
+            lifetime: Lifetime::Persistent,
+            ..opts.clone()
+        };
+        Self::create_at(&Name::label_for_path(path), path.to_owned(), &opts, init)
+    }
+
+    /// Opens a segment backed by the regular file `path` (see [`Segment::create_file`]).
+    pub fn open_file(path: &Path, expect: &Expect) -> Result<Segment, SegmentError> {
+        let name = Name::label_for_path(path);
+        let deadline = Deadline::after(Some(expect.timeout));
+        loop {
+            if let Some(seg) = Self::try_open(&name, path.to_owned(), expect, &deadline)? {
+                return Ok(seg);
+            }
+        }
+    }
+
+    fn create_at(
+        name: &Name,
+        path: PathBuf,
+        opts: &CreateOptions,
+        init: impl FnOnce(&mut [u8]),
+    ) -> Result<Segment, SegmentError> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
         let bad = |reason: &str| SegmentError::InvalidSize {
             name: name.clone(),
             reason: reason.to_owned(),
@@ -452,13 +492,29 @@ impl Segment {
             .filter(|&t| t <= isize::MAX as usize)
             .ok_or_else(|| bad("payload too large for this machine"))?;
 
-        // A file with no name yet: nobody can open it, and it vanishes if we die.
-        let fd = rfs::open(
-            SHM_DIR,
-            OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
-            Mode::from_raw_mode(opts.mode & 0o777),
-        )
-        .map_err(os(name, "create (O_TMPFILE)"))?;
+        // A file with no name yet: nobody can open it, and it vanishes if we die. A file system
+        // without O_TMPFILE gets a hidden temporary name instead, removed once linked.
+        let mode = Mode::from_raw_mode(opts.mode & 0o777);
+        let (fd, temp) =
+            match rfs::open(&dir, OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC, mode) {
+                Ok(fd) => (fd, None),
+                Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {
+                    let temp = dir.join(format!(
+                        ".{}.tmp-{}-{}",
+                        path.file_name().map_or("x".into(), |f| f.to_string_lossy()),
+                        std::process::id(),
+                        now_ns()
+                    ));
+                    let fd = rfs::open(
+                        &temp,
+                        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                        mode,
+                    )
+                    .map_err(os(name, "create"))?;
+                    (fd, Some(TempName(temp)))
+                }
+                Err(e) => return Err(os(name, "create (O_TMPFILE)")(e)),
+            };
         // The umask may have narrowed the mode; set exactly what was asked for.
         rfs::fchmod(&fd, Mode::from_raw_mode(opts.mode & 0o777)).map_err(os(name, "fchmod"))?;
         // Our shared lock, held before the file has a name, so that no prober ever finds it
@@ -470,7 +526,7 @@ impl Segment {
             Err(Errno::NOSPC) => {
                 return Err(SegmentError::OutOfSpace {
                     name: name.clone(),
-                    dir: SHM_DIR.to_owned(),
+                    dir: dir.display().to_string(),
                     requested: total as u64,
                 })
             }
@@ -481,7 +537,7 @@ impl Segment {
         let map = map_fd(&fd, total, false).map_err(os(name, "mmap"))?;
         let mut seg = Segment {
             name: name.clone(),
-            path: PathBuf::from(SHM_DIR).join(name.file_name()),
+            path,
             fd,
             map,
             len: total,
@@ -519,14 +575,22 @@ impl Segment {
         };
         init(payload);
         seg.header().state.store(state::READY, Ordering::Release);
-        let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&seg.fd));
-        if let Err(e) = rfs::linkat(
-            rfs::CWD,
-            proc_path.as_str(),
-            rfs::CWD,
-            &seg.path,
-            rfs::AtFlags::SYMLINK_FOLLOW,
-        ) {
+        let linked = match &temp {
+            Some(TempName(t)) => rfs::link(t, &seg.path),
+            None => {
+                let proc_path =
+                    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&seg.fd));
+                rfs::linkat(
+                    rfs::CWD,
+                    proc_path.as_str(),
+                    rfs::CWD,
+                    &seg.path,
+                    rfs::AtFlags::SYMLINK_FOLLOW,
+                )
+            }
+        };
+        drop(temp);
+        if let Err(e) = linked {
             // Not named: nobody else can know it, so it must not be "left" by name. Unmapping
             // and closing frees it.
             seg.lifetime = Lifetime::Persistent;
@@ -543,7 +607,7 @@ impl Segment {
     pub fn open(name: &Name, expect: &Expect) -> Result<Segment, SegmentError> {
         let deadline = Deadline::after(Some(expect.timeout));
         loop {
-            match Self::try_open(name, expect, &deadline)? {
+            match Self::try_open(name, shm_path(name), expect, &deadline)? {
                 Some(seg) => return Ok(seg),
                 // Raced with a leaver or reclaimed a stale one: look again.
                 None => continue,
@@ -580,10 +644,10 @@ impl Segment {
     /// One attempt; `Ok(None)` means "retry".
     fn try_open(
         name: &Name,
+        path: PathBuf,
         expect: &Expect,
         deadline: &Deadline,
     ) -> Result<Option<Segment>, SegmentError> {
-        let path = PathBuf::from(SHM_DIR).join(name.file_name());
         let flags = if expect.read_only {
             OFlags::RDONLY
         } else {
@@ -768,6 +832,39 @@ impl Segment {
         self.fd.as_fd()
     }
 
+    /// Writes the mapping back to its file and waits for the write (`msync(MS_SYNC)`); for
+    /// file-backed segments ([`Segment::create_file`]), whose data must reach the disk.
+    pub fn flush(&self) -> Result<(), SegmentError> {
+        // SAFETY: `map`/`len` describe this handle's own live mapping; msync reads no Rust
+        // object and changes no memory.
+        unsafe { mm::msync(self.map.as_ptr().cast(), self.len, mm::MsyncFlags::SYNC) }
+            .map_err(os(&self.name, "msync"))?;
+        rfs::fsync(&self.fd).map_err(os(&self.name, "fsync"))
+    }
+
+    /// Locks the segment's pages in RAM (`mlock`) so they are never swapped out; fails with
+    /// [`SegmentError::Os`] when `RLIMIT_MEMLOCK` is too low. Unmapping unlocks.
+    pub fn lock_memory(&self) -> Result<(), SegmentError> {
+        // SAFETY: the range is this handle's own live mapping; mlock changes no contents.
+        unsafe { mm::mlock(self.map.as_ptr().cast(), self.len) }.map_err(|e| SegmentError::Os {
+            name: self.name.clone(),
+            op: "mlock (is RLIMIT_MEMLOCK, `ulimit -l`, large enough?)",
+            source: e.into(),
+        })
+    }
+
+    /// Undoes [`Segment::lock_memory`].
+    pub fn unlock_memory(&self) -> Result<(), SegmentError> {
+        // SAFETY: as in `lock_memory`.
+        unsafe { mm::munlock(self.map.as_ptr().cast(), self.len) }
+            .map_err(os(&self.name, "munlock"))
+    }
+
+    /// The file behind the segment.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Removes the name if it still names this very file (not a successor of the same name).
     fn unlink_if_same(&self) {
         if same_file(&self.fd, &self.path) {
@@ -817,15 +914,24 @@ fn map_fd(fd: &OwnedFd, len: usize, read_only: bool) -> Result<NonNull<u8>, Errn
     NonNull::new(p.cast()).ok_or(Errno::NOMEM)
 }
 
+/// A temporary file name, removed when dropped.
+struct TempName(PathBuf);
+
+impl Drop for TempName {
+    fn drop(&mut self) {
+        let _ = rfs::unlink(&self.0);
+    }
+}
+
 /// Removes the name `name`. Processes that have it mapped keep using it; the memory is freed
 /// when the last of them unmaps it.
 pub fn unlink(name: &Name) -> Result<(), SegmentError> {
-    rfs::unlink(PathBuf::from(SHM_DIR).join(name.file_name())).map_err(os(name, "unlink"))
+    rfs::unlink(shm_path(name)).map_err(os(name, "unlink"))
 }
 
 /// Whether the segment `name` exists.
 pub fn exists(name: &Name) -> bool {
-    PathBuf::from(SHM_DIR).join(name.file_name()).exists()
+    shm_path(name).exists()
 }
 
 /// The names of every shmbus segment, sorted.
@@ -863,7 +969,7 @@ pub struct SegmentInfo {
 
 /// Reads a segment's header without joining it (used by tools).
 pub fn peek(name: &Name) -> Result<SegmentInfo, SegmentError> {
-    let path = PathBuf::from(SHM_DIR).join(name.file_name());
+    let path = shm_path(name);
     let fd = rfs::open(
         &path,
         OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,

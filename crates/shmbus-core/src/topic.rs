@@ -533,6 +533,25 @@ impl RawPublisher {
         }
     }
 
+    /// Whether `slot` is free (see [`Ring::slot_is_free`]). On a topic with one publisher, that
+    /// publisher may reuse whatever its last message in `slot` referenced.
+    pub fn slot_is_free(&self, slot: u32) -> bool {
+        slot < self.topic.ring.layout().slots && self.topic.ring.slot_is_free(slot)
+    }
+
+    /// Withdraws this publisher's message `seq` in `slot` if nobody has taken it yet (see
+    /// [`Ring::retire`]); returns whether the slot is free now. Only on a topic with a single
+    /// publisher (elsewhere it does nothing and returns `false`).
+    pub fn retire(&mut self, seq: u64, slot: u32) -> bool {
+        let ring = &self.topic.ring;
+        if ring.config().max_publishers != 1 || slot >= ring.layout().slots {
+            return false;
+        }
+        // SAFETY: on a single-publisher topic the holder of its only publisher lease (this
+        // publisher) has publish rights, and `&mut self` keeps it from publishing meanwhile.
+        unsafe { ring.retire(seq, slot) }
+    }
+
     /// Gives an unpublished loan back.
     pub fn cancel(&mut self, loan: Loan) {
         assert_eq!(

@@ -62,6 +62,17 @@ pub enum SendError<T> {
     /// The multi-publisher lock failed.
     #[error("the publish lock failed: {0}")]
     Lock(shmbus_core::sync::LockError),
+    /// No block of an array pool could be loaned.
+    #[error(transparent)]
+    Pool(shmbus_core::pool::PoolLoanError),
+    /// The data given does not match the shape asked for.
+    #[error("the shape holds {expected} elements; {found} were given")]
+    Shape {
+        /// Elements the shape holds.
+        expected: usize,
+        /// Elements given.
+        found: usize,
+    },
 }
 
 impl<T> std::fmt::Debug for SendError<T> {
@@ -79,6 +90,12 @@ impl<T> std::fmt::Debug for SendError<T> {
                 .finish_non_exhaustive(),
             SendError::Loan(e) => f.debug_tuple("Loan").field(e).finish(),
             SendError::Lock(e) => f.debug_tuple("Lock").field(e).finish(),
+            SendError::Pool(e) => f.debug_tuple("Pool").field(e).finish(),
+            SendError::Shape { expected, found } => f
+                .debug_struct("Shape")
+                .field("expected", expected)
+                .field("found", found)
+                .finish(),
         }
     }
 }
@@ -90,7 +107,34 @@ impl<T> SendError<T> {
             SendError::Timeout(v)
             | SendError::TooLarge { value: v, .. }
             | SendError::Encode { value: v, .. } => Some(v),
-            SendError::Loan(_) | SendError::Lock(_) => None,
+            SendError::Loan(_)
+            | SendError::Lock(_)
+            | SendError::Pool(_)
+            | SendError::Shape { .. } => None,
+        }
+    }
+
+    /// The same error with the handed-back value mapped by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> SendError<U> {
+        match self {
+            SendError::Timeout(v) => SendError::Timeout(f(v)),
+            SendError::TooLarge {
+                value,
+                size,
+                capacity,
+            } => SendError::TooLarge {
+                value: f(value),
+                size,
+                capacity,
+            },
+            SendError::Encode { value, reason } => SendError::Encode {
+                value: f(value),
+                reason,
+            },
+            SendError::Loan(e) => SendError::Loan(e),
+            SendError::Lock(e) => SendError::Lock(e),
+            SendError::Pool(e) => SendError::Pool(e),
+            SendError::Shape { expected, found } => SendError::Shape { expected, found },
         }
     }
 }
@@ -124,4 +168,21 @@ pub enum RecvError {
     /// A serde message could not be decoded.
     #[error("the message could not be decoded: {0}")]
     Decode(String),
+    /// An array message's block descriptor was refused (unknown segment, stale generation,
+    /// out of bounds, ...); the message is skipped.
+    #[error("message {seq} has an invalid block descriptor: {reason}")]
+    BadDescriptor {
+        /// The message's sequence number.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The array holds another element type than the one asked for.
+    #[error("the array holds {found} elements, not {expected}")]
+    WrongDtype {
+        /// The dtype asked for.
+        expected: shmbus_core::dtype::Dtype,
+        /// The dtype found.
+        found: shmbus_core::dtype::Dtype,
+    },
 }

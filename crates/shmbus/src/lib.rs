@@ -35,19 +35,31 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Large arrays (camera frames, tensors) travel through **array topics**: the publisher writes
+//! each array once into a block of its pool, the slot carries a small descriptor, and every
+//! subscriber reads the block in place ([`Topic::array_publisher`]). Named N-d arrays that any
+//! process attaches by name are [`SharedArray`]s.
+//!
 //! Alongside topics, [`Mutex`], [`Semaphore`] and [`Event`] live in named segments that any
 //! process opens by name.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod array;
 mod error;
+mod frames;
 mod sync;
 mod topic;
 
+pub use array::{ArrayError, ArrayOptions, Element, ReadOnlyArray, SharedArray};
 pub use bytemuck;
 pub use error::{OpenError, RecvError, SendError};
+pub use frames::{ArrayLoan, ArrayPublisher, ArraySample, ArraySubscriber, PoolLoanError};
+pub use shmbus_core::dtype::Dtype;
 pub use shmbus_core::name::{Name, NameError};
+pub use shmbus_core::pool::PoolStats;
 pub use shmbus_core::ring::Overflow;
+pub use shmbus_core::segment::Lifetime;
 pub use shmbus_core::segment::{gc, list, unlink, SegmentError};
 pub use shmbus_core::sync::{LockError, SemaphoreError, TryLockError};
 pub use shmbus_core::topic::{LoanError, TopicError};

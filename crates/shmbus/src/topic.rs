@@ -11,13 +11,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shmbus_core::layout::{short_type_name, Codec, TypeInfo};
 use shmbus_core::name::Name;
+use shmbus_core::pool::{PoolOptions, PoolPublisher, PoolSubscriber};
 use shmbus_core::ring::{counter, Overflow};
 use shmbus_core::topic::{
     Held, Loan as RawLoan, LoanError, PublishError, RawPublisher, RawSubscriber, RawTopic,
-    ReceiveError, Received, TopicOptions,
+    ReceiveError, Received, TopicError, TopicOptions,
 };
 
 use crate::error::{OpenError, RecvError, SendError};
+use crate::frames::{self, ArrayPublisher, ArraySubscriber};
 
 /// Bytes before a serde message in its slot: its encoded length, as a little-endian `u32`.
 const LEN_PREFIX: usize = 4;
@@ -57,6 +59,7 @@ pub struct Topic {
     history: u32,
     publish_timeout: Option<Duration>,
     type_name: Option<String>,
+    pool: PoolOptions,
 }
 
 impl Topic {
@@ -69,7 +72,29 @@ impl Topic {
             history: 0,
             publish_timeout: Some(Duration::from_secs(1)),
             type_name: None,
+            pool: PoolOptions::default(),
         }
+    }
+
+    /// Array topics: blocks per new pool segment (default 4).
+    pub fn pool_blocks_per_segment(mut self, n: u32) -> Self {
+        self.pool.blocks_per_segment = n;
+        self
+    }
+
+    /// Array topics: most bytes of blocks the publisher's pool holds (default 1 GiB). Beyond
+    /// it the overflow policy applies: overwrite withdraws the oldest unread array,
+    /// back-pressure waits for a block to come back.
+    pub fn pool_max_bytes(mut self, bytes: u64) -> Self {
+        self.pool.max_bytes = bytes;
+        self
+    }
+
+    /// Array topics: how long a departing publisher waits for subscribers to map the blocks of
+    /// arrays still in flight (default 2 s).
+    pub fn pool_linger(mut self, t: Duration) -> Self {
+        self.pool.linger = t;
+        self
     }
 
     /// Ring entries: how many published messages stay readable (default 16).
@@ -187,6 +212,47 @@ impl Topic {
         Ok(RawTopic::open_or_create(&name, &info, &opts)?)
     }
 
+    fn array_topic<M: Pod>(&self) -> Result<Arc<RawTopic>, OpenError> {
+        let meta = size_of::<M>();
+        if align_of::<M>() > 64 || meta > u32::MAX as usize / 2 {
+            return Err(OpenError::UnsupportedType {
+                type_name: short_type_name::<M>().to_owned(),
+                reason: "array metadata needs an alignment of at most 64".into(),
+            });
+        }
+        let default = format!("array+{}", short_type_name::<M>());
+        let size = frames::slot_size::<M>();
+        let info = self.type_info(&default, size as u64, 64, Codec::Pod)?;
+        self.open(info, size as u32)
+    }
+
+    /// Joins (creating the topic if needed) as the publisher of N-d arrays with metadata `M`
+    /// (`()` for none). An array topic has one publisher; see [`ArrayPublisher`].
+    pub fn array_publisher<M: Pod>(&self) -> Result<ArrayPublisher<M>, OpenError> {
+        let mut this = self.clone();
+        this.opts.max_publishers = Some(1);
+        let topic = this.array_topic::<M>()?;
+        if topic.config().max_publishers != 1 {
+            return Err(OpenError::Topic(TopicError::Qos {
+                name: topic.name().clone(),
+                what: "max publishers",
+                requested: "1 (an array topic)".into(),
+                found: topic.config().max_publishers.to_string(),
+            }));
+        }
+        let pool = PoolPublisher::new(topic, self.pool.clone())?;
+        Ok(ArrayPublisher::new(pool, self.publish_timeout))
+    }
+
+    /// Joins (creating the topic if needed) as a subscriber of N-d arrays with metadata `M`.
+    pub fn array_subscriber<M: Pod>(&self) -> Result<ArraySubscriber<M>, OpenError> {
+        let mut this = self.clone();
+        this.opts.max_publishers = None;
+        let topic = this.array_topic::<M>()?;
+        let pool = PoolSubscriber::new(topic, self.history)?;
+        Ok(ArraySubscriber::new(pool))
+    }
+
     /// Joins (creating the topic if needed) as a publisher of plain-old-data `T`.
     pub fn publisher<T: Pod>(&self) -> Result<Publisher<T>, OpenError> {
         let raw = RawPublisher::new(self.pod_topic::<T>()?)?;
@@ -239,7 +305,7 @@ pub struct TopicStats {
     pub backpressure_waits: u64,
 }
 
-fn stats(topic: &RawTopic) -> TopicStats {
+pub(crate) fn stats(topic: &RawTopic) -> TopicStats {
     let r = topic.ring();
     TopicStats {
         published: r.counter_value(counter::PUBLISHED),
