@@ -590,6 +590,21 @@ impl Drop for Scope {
         for f in &self.files {
             let _ = std::fs::remove_file(f);
         }
+        // Objects derived from our names (an array topic's pool segments: `<name>.pool.*`).
+        let prefixes: Vec<String> = self
+            .names
+            .iter()
+            .map(|n| format!("{}{n}.", shmbus_core::name::FILE_PREFIX))
+            .collect();
+        if let Ok(dir) = std::fs::read_dir(shmbus_core::segment::SHM_DIR) {
+            for e in dir.flatten() {
+                let file = e.file_name();
+                let file = file.to_string_lossy();
+                if prefixes.iter().any(|p| file.starts_with(p.as_str())) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 }
 
@@ -865,4 +880,68 @@ mod tests {
         assert_eq!(l.get("msg"), "a b=c d");
         assert_eq!(Line::parse("ready").tag, "ready");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames (array topics)
+// ---------------------------------------------------------------------------------------------
+
+/// Metadata sent with every test frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct FrameMeta {
+    /// The frame's index in its stream.
+    pub index: u64,
+    /// Bytes of the frame.
+    pub len: u64,
+}
+
+/// Byte `i` of frame `index`: cheap, and different for every frame and position.
+pub fn frame_byte(index: u64, i: usize) -> u8 {
+    ((i as u32).wrapping_mul(2_654_435_761) ^ (index as u32).wrapping_mul(40_503)) as u8
+        ^ (i >> 8) as u8
+}
+
+/// Fills `bytes` as frame `index`.
+pub fn fill_frame(index: u64, bytes: &mut [u8]) {
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = frame_byte(index, i);
+    }
+}
+
+/// The first position where `bytes` is not frame `index`.
+pub fn check_frame(index: u64, bytes: &[u8]) -> Option<usize> {
+    bytes
+        .iter()
+        .enumerate()
+        .position(|(i, &b)| b != frame_byte(index, i))
+}
+
+/// The dtype (`"u8"` or `"f32"`) and shape of frame `index`: `base` (u8) unless `varying`,
+/// when sizes and dtypes rotate through four kinds.
+pub fn frame_shape(index: u64, base: &[usize], varying: bool) -> (&'static str, Vec<usize>) {
+    if !varying {
+        return ("u8", base.to_vec());
+    }
+    match index % 4 {
+        0 => ("u8", base.to_vec()),
+        1 => ("u8", vec![17, 33, 3]),
+        2 => ("f32", vec![1000]),
+        _ => ("u8", vec![base.iter().product::<usize>() * 2]),
+    }
+}
+
+/// Resident memory figures of process `pid` from `/proc/PID/status`, in KiB:
+/// `(VmRSS, RssAnon, RssShmem)`.
+pub fn rss_kib(pid: u32) -> (u64, u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"), field("RssShmem:"))
 }

@@ -647,6 +647,29 @@ impl PoolPublisher {
         self.collect();
     }
 
+    /// Withdraws the oldest in-flight message whose block fits `len` and that nobody holds
+    /// (with `read_only`: that every subscriber has read, or any if there is no subscriber);
+    /// returns its block.
+    fn retire_oldest(&mut self, len: usize, read_only: bool) -> Option<BlockRef> {
+        let read_before = if read_only {
+            self.publisher
+                .topic()
+                .ring()
+                .min_cursor()
+                .unwrap_or(u64::MAX)
+        } else {
+            u64::MAX
+        };
+        let i = (0..self.in_flight.len()).find(|&i| {
+            let m = &self.in_flight[i];
+            m.seq < read_before
+                && self.size_of_block(m.block) >= len
+                && self.publisher.retire(m.seq, m.slot)
+        })?;
+        self.stats.retired += 1;
+        self.in_flight.remove(i).map(|m| m.block)
+    }
+
     /// Finds a block of at least `len` bytes, applying the overflow policy when the pool is
     /// exhausted.
     fn find_block(
@@ -670,21 +693,16 @@ impl PoolPublisher {
         if let Some(b) = self.take_free(len, true) {
             return Ok(b);
         }
+        // Messages every subscriber has read stay in the ring only as history for late
+        // joiners: their blocks are the first to take back, under either policy.
+        if let Some(b) = self.retire_oldest(len, true) {
+            return Ok(b);
+        }
         match self.publisher.topic().config().overflow {
             Overflow::Overwrite => {
-                // Withdraw the oldest message nobody has taken whose block fits.
-                let mut i = 0;
-                while i < self.in_flight.len() {
-                    let m = &self.in_flight[i];
-                    if self.size_of_block(m.block) >= len {
-                        let (seq, slot, block) = (m.seq, m.slot, m.block);
-                        if self.publisher.retire(seq, slot) {
-                            self.in_flight.remove(i);
-                            self.stats.retired += 1;
-                            return Ok(block);
-                        }
-                    }
-                    i += 1;
+                // Withdraw the oldest message nobody holds, read or not.
+                if let Some(b) = self.retire_oldest(len, false) {
+                    return Ok(b);
                 }
                 self.collect();
                 if let Some(b) = self.take_free(len, true) {
@@ -707,6 +725,9 @@ impl PoolPublisher {
                         self.collect();
                     }
                     if let Some(b) = self.take_free(len, true) {
+                        return Ok(b);
+                    }
+                    if let Some(b) = self.retire_oldest(len, true) {
                         return Ok(b);
                     }
                 }
@@ -865,6 +886,29 @@ impl PoolPublisher {
                 },
             )),
         }
+    }
+
+    /// Publishes `desc` as it is, with no block behind it: what a buggy or hostile process
+    /// with the topic mapped could write. For tests of descriptor validation and for tools.
+    #[doc(hidden)]
+    pub fn publish_raw(
+        &mut self,
+        desc: &BlockDescriptor,
+        timeout: Option<Duration>,
+    ) -> Result<u64, PoolLoanError> {
+        let loan = self.publisher.loan()?;
+        let slot = self.publisher_slot_mut(&loan);
+        // SAFETY: as in `publish`: our slot, large enough, 64-aligned.
+        unsafe { slot.as_mut_ptr().cast::<BlockDescriptor>().write(*desc) };
+        self.publisher.publish(loan, timeout).map_err(|(_, loan)| {
+            self.publisher.cancel(loan);
+            PoolLoanError::Exhausted {
+                topic: self.publisher.topic().name().clone(),
+                needed: 0,
+                pool_bytes: self.bytes,
+                max_bytes: self.opts.max_bytes,
+            }
+        })
     }
 
     /// Gives an unpublished loan back.

@@ -601,7 +601,9 @@ impl Ring {
     }
 
     /// The smallest cursor among active subscribers.
-    fn min_cursor(&self) -> Option<u64> {
+    /// The lowest cursor of the active subscribers: every message before it has been read by
+    /// all of them (`None`: no subscriber).
+    pub fn min_cursor(&self) -> Option<u64> {
         (0..self.layout.config.max_subscribers)
             .map(|k| self.subscriber(k))
             .filter(|e| e.state.load(Ordering::Acquire) == ACTIVE)
@@ -1039,7 +1041,10 @@ impl Ring {
         let e = self.entry(seq);
         if e.seq.load(Ordering::Relaxed) != seq + 1
             || e.slot.load(Ordering::Relaxed) != u64::from(slot)
+            || self.state(slot).load(Ordering::Relaxed) != RING_BIT
         {
+            // Gone from the ring, or held: a held message is left alone (a reader that takes
+            // it between this check and the rewrite below keeps it, see the module docs).
             return false;
         }
         // Rewrite the entry as in `publish` (seqlock), keeping its sequence number: a reader that

@@ -34,6 +34,7 @@ pub enum OpenError {
 ///
 /// `Debug` does not need `T: Debug`: it shows the variant, not the message.
 #[derive(thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError<T> {
     /// Back-pressure: the slowest live subscriber did not make room before the timeout.
     #[error("timed out waiting for a slow subscriber to make room")]
@@ -144,6 +145,7 @@ impl<T> SendError<T> {
 /// [`try_recv`](crate::Subscriber::try_recv) returns `Empty` where
 /// [`recv_timeout`](crate::Subscriber::recv_timeout) returns `Timeout`; `recv` returns neither.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecvError {
     /// No new message (non-blocking receive).
     #[error("no new message")]

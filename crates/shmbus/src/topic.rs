@@ -303,6 +303,10 @@ pub struct TopicStats {
     pub lost: u64,
     /// Times a publisher waited for a slow subscriber.
     pub backpressure_waits: u64,
+    /// Subscribers joined right now.
+    pub subscribers: u32,
+    /// Publishers joined right now.
+    pub publishers: u32,
 }
 
 pub(crate) fn stats(topic: &RawTopic) -> TopicStats {
@@ -312,6 +316,12 @@ pub(crate) fn stats(topic: &RawTopic) -> TopicStats {
         lagged: r.counter_value(counter::LAGGED),
         lost: r.counter_value(counter::LOST),
         backpressure_waits: r.counter_value(counter::BACKPRESSURE_WAITS),
+        subscribers: (0..r.config().max_subscribers)
+            .filter(|&k| r.subscriber_active(k))
+            .count() as u32,
+        publishers: (0..r.config().max_publishers)
+            .filter(|&p| r.publisher_active(p))
+            .count() as u32,
     }
 }
 

@@ -10,6 +10,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[path = "shmbus-test-peer/arrays.rs"]
+mod arrays;
 use shmbus::{
     Event, EventMode, LoanError, LockError, Mutex, Overflow, Publisher, RecvError, Semaphore,
     SendError, SerdePublisher, SerdeSubscriber, Subscriber, Topic,
@@ -53,6 +56,18 @@ enum Role {
     Gc(GcArgs),
     /// Create and drop the topic `--topic` as fast as possible for `--for-ms`; print a summary.
     Churn(ChurnArgs),
+    /// Publish `--count` verifiable frames on an array topic.
+    FramesPub(arrays::FramesPubArgs),
+    /// Receive and verify frames; print a summary.
+    FramesSub(arrays::FramesSubArgs),
+    /// Take `--hold` frames and keep them until killed (`check` re-verifies them).
+    FramesHold(arrays::FramesHoldArgs),
+    /// Publish a real frame, forged descriptors, and a real frame again.
+    FramesForge(arrays::ForgeArgs),
+    /// Create a named array.
+    ArrayCreate(arrays::ArrayCreateArgs),
+    /// Attach a named array; print its shape and sum.
+    ArrayAttach(arrays::ArrayAttachArgs),
 }
 
 #[derive(Args)]
@@ -291,6 +306,7 @@ fn send_error<T>(e: &SendError<T>) -> Fail {
         SendError::Loan(LoanError::PoolExhausted(_)) => "pool-exhausted",
         SendError::Loan(LoanError::AlreadyLoaned) => "already-loaned",
         SendError::Lock(_) => "lock",
+        _ => "send",
     };
     Fail::new(code, e)
 }
@@ -304,6 +320,7 @@ fn recv_code(e: &RecvError) -> &'static str {
         RecvError::TooManyHeld(_) => "too-many-held",
         RecvError::Corrupt(_) => "recv-corrupt",
         RecvError::Decode(_) => "decode",
+        _ => "recv",
     }
 }
 
@@ -832,6 +849,12 @@ fn main() -> ExitCode {
         }
         Role::Gc(a) => gc(a),
         Role::Churn(a) => churn(a),
+        Role::FramesPub(a) => arrays::frames_pub(a),
+        Role::FramesSub(a) => arrays::frames_sub(a),
+        Role::FramesHold(a) => arrays::frames_hold(a),
+        Role::FramesForge(a) => arrays::frames_forge(a),
+        Role::ArrayCreate(a) => arrays::array_create(a),
+        Role::ArrayAttach(a) => arrays::array_attach(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

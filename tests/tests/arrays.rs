@@ -1,0 +1,472 @@
+//! Named arrays and array topics across processes: frames intact, pool exhaustion under each
+//! overflow policy, a consumer killed holding blocks, a 1 GiB array shared without a copy,
+//! wrong dtypes, forged descriptors, lifetimes.
+
+use std::time::Duration;
+
+use shmbus::{ArrayError, Overflow, PoolLoanError, RecvError, SharedArray, Topic};
+use shmbus_core::segment::Lifetime;
+use shmbus_tests::{check_frame, fill_frame, rss_kib, scope, FrameMeta, GcLock, ShmEnv, STEP};
+
+fn summary(p: &mut shmbus_tests::Peer) -> shmbus_tests::Line {
+    p.finish("summary", Duration::from_secs(30))
+}
+
+/// Frames of rotating sizes and dtypes (up to 2 × 480×640×3 bytes) cross to two subscriber
+/// processes; every byte of every frame is verified by both, in order, none lost.
+#[test]
+fn every_frame_arrives_intact_in_two_processes() {
+    let mut s = scope!("frames");
+    let name = s.name();
+    let topic = [
+        "--topic",
+        &name,
+        "--overflow",
+        "back-pressure",
+        "--capacity",
+        "8",
+    ];
+    let shape = ["--shape", "480,640,3", "--varying"];
+    let mut subs: Vec<_> = (0..2)
+        .map(|i| {
+            let mut args = vec!["frames-sub", "--count", "120"];
+            args.extend(topic);
+            args.extend(shape);
+            let mut p = s.spawn(&format!("sub{i}"), &args);
+            p.expect("ready", STEP);
+            p
+        })
+        .collect();
+    let mut args = vec!["frames-pub", "--count", "120", "--wait-subscribers", "2"];
+    args.extend(topic);
+    args.extend(shape);
+    let mut publisher = s.spawn("pub", &args);
+    let done = publisher.finish("done", Duration::from_secs(30));
+    assert_eq!(done.num("sent"), 120);
+    for sub in &mut subs {
+        let sum = summary(sub);
+        assert_eq!(
+            (sum.num("received"), sum.num("lagged"), sum.num("bad")),
+            (120, 0, 0),
+            "{}",
+            sum.raw
+        );
+        assert_eq!(sum.num("last"), 119);
+    }
+    // Frames of four kinds need at least one segment per size class, and LIFO reuse keeps the
+    // pool small: far fewer blocks than frames.
+    assert!(done.num("segments") >= 3, "{}", done.raw);
+    assert!(done.num("blocks") < 60, "blocks are reused: {}", done.raw);
+}
+
+/// A publisher (this process) whose pool may hold only 4 blocks, on an overwrite topic, while
+/// a subscriber process holds 2 frames and another never reads: publishing goes on by
+/// withdrawing the oldest unread frames; the held frames are never touched; a late reader sees
+/// lag, then intact recent frames.
+#[test]
+fn pool_exhaustion_under_overwrite_withdraws_the_oldest_unread() {
+    let mut s = scope!("poolow");
+    let name = s.name();
+    let topic = Topic::builder(&name)
+        .capacity(8)
+        .overflow(Overflow::Overwrite)
+        .pool_blocks_per_segment(2)
+        .pool_max_bytes(4 * 65536);
+    let mut publ = topic.array_publisher::<FrameMeta>().expect("publisher");
+    let reader = topic.array_subscriber::<FrameMeta>().expect("reader");
+    let mut holder = s.spawn(
+        "holder",
+        &[
+            "frames-hold",
+            "--topic",
+            &name,
+            "--hold",
+            "2",
+            "--max-held",
+            "2",
+        ],
+    );
+    holder.expect("ready", STEP);
+    let send = |publ: &mut shmbus::ArrayPublisher<FrameMeta>, index: u64| {
+        let mut loan = publ.loan::<u8>(&[65536]).expect("a block");
+        let (block, meta) = loan.parts_mut();
+        fill_frame(index, block);
+        *meta = FrameMeta { index, len: 65536 };
+        loan.publish().expect("overwrite never refuses");
+    };
+    send(&mut publ, 0);
+    send(&mut publ, 1);
+    let held = holder.expect("held", STEP);
+    assert_eq!(held.get("indices"), "0,1");
+    for index in 2..50 {
+        send(&mut publ, index);
+    }
+    let st = publ.pool_stats();
+    assert_eq!(st.blocks, 4, "the pool did not grow past its limit: {st:?}");
+    assert!(st.retired >= 40, "unread frames were withdrawn: {st:?}");
+    holder.send("check");
+    let checked = holder.expect("checked", STEP);
+    assert_eq!(
+        (checked.num("held"), checked.num("bad")),
+        (2, 0),
+        "held frames untouched"
+    );
+    // The reader joined before frame 0 and never read: it lags, then reads recent frames intact.
+    let mut lagged = 0;
+    let mut got = Vec::new();
+    loop {
+        match reader.try_recv() {
+            Ok(f) => {
+                assert_eq!(check_frame(f.meta().index, f.bytes()), None);
+                got.push(f.meta().index);
+            }
+            Err(RecvError::Lagged(n)) => lagged += n,
+            Err(RecvError::Empty) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(lagged >= 40, "lagged {lagged}");
+    assert_eq!(got.last(), Some(&49), "the newest frame is there: {got:?}");
+}
+
+/// Back-pressure: a pool of 2 blocks, both held by a subscriber process; the next loan waits
+/// for the publish timeout and reports exhaustion. The holder is SIGKILLed: its blocks come
+/// back and publishing goes on without the pool growing.
+#[test]
+fn pool_exhaustion_under_back_pressure_waits_and_a_killed_holder_returns_its_blocks() {
+    let mut s = scope!("poolbp");
+    let name = s.name();
+    let topic = Topic::builder(&name)
+        .capacity(8)
+        .overflow(Overflow::BackPressure)
+        .pool_blocks_per_segment(2)
+        .pool_max_bytes(2 * 65536)
+        .publish_timeout(Some(Duration::from_millis(300)));
+    let mut publ = topic.array_publisher::<FrameMeta>().expect("publisher");
+    let mut holder = s.spawn(
+        "holder",
+        &[
+            "frames-hold",
+            "--topic",
+            &name,
+            "--hold",
+            "2",
+            "--max-held",
+            "2",
+        ],
+    );
+    holder.expect("ready", STEP);
+    for index in 0..2 {
+        let mut loan = publ.loan::<u8>(&[65536]).expect("a block");
+        fill_frame(index, loan.as_mut_slice());
+        loan.publish().expect("room");
+    }
+    holder.expect("held", STEP);
+    let t = std::time::Instant::now();
+    match publ.loan::<u8>(&[65536]) {
+        Err(PoolLoanError::Exhausted { needed, .. }) => assert_eq!(needed, 65536),
+        other => panic!("expected exhaustion, got {other:?}"),
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "it waited for a block"
+    );
+    assert!(publ.pool_stats().waits >= 1);
+
+    holder.kill();
+    for index in 2..10 {
+        let mut loan = publ
+            .loan::<u8>(&[65536])
+            .expect("the killed holder's blocks came back");
+        fill_frame(index, loan.as_mut_slice());
+        loan.publish().expect("no subscriber left to hold us back");
+    }
+    assert_eq!(
+        publ.pool_stats().blocks,
+        2,
+        "no growth: the same two blocks"
+    );
+}
+
+/// A consumer SIGKILLed while holding blocks on an overwrite topic with room to spare: the
+/// pool stops growing once the dead consumer's blocks are reclaimed.
+#[test]
+fn blocks_held_by_a_killed_consumer_come_back() {
+    let mut s = scope!("poolkill");
+    let name = s.name();
+    let topic = Topic::builder(&name)
+        .capacity(2)
+        .pool_blocks_per_segment(1)
+        .pool_max_bytes(4 * 4096);
+    let mut publ = topic.array_publisher::<FrameMeta>().expect("publisher");
+    let mut holder = s.spawn(
+        "holder",
+        &[
+            "frames-hold",
+            "--topic",
+            &name,
+            "--hold",
+            "2",
+            "--max-held",
+            "2",
+        ],
+    );
+    holder.expect("ready", STEP);
+    let mut send = |index: u64| {
+        let mut loan = publ.loan::<u8>(&[4096]).expect("a block");
+        fill_frame(index, loan.as_mut_slice());
+        loan.publish().expect("published");
+    };
+    send(0);
+    send(1);
+    holder.expect("held", STEP);
+    holder.kill();
+    for index in 2..40 {
+        send(index);
+    }
+    let st = publ.pool_stats();
+    assert!(st.blocks <= 4, "{st:?}");
+    assert_eq!(
+        st.retired, 0,
+        "no frame had to be withdrawn: the dead consumer's blocks came back: {st:?}"
+    );
+}
+
+/// A 1 GiB array created here is attached by another process that touches every page: the
+/// segment's file holds 1 GiB once, and both processes' resident pages are those shared pages
+/// (`RssShmem`), with no private copy (`RssAnon` stays small).
+#[test]
+fn a_1gib_array_is_shared_without_a_copy() {
+    use std::os::unix::fs::MetadataExt;
+    const GIB: usize = 1 << 30;
+    const GIB_KIB: u64 = (GIB / 1024) as u64;
+    let mut s = scope!("gib");
+    let name = s.name();
+    let mut a = SharedArray::<u8>::options()
+        .scoped()
+        .create(&name, &[GIB])
+        .expect("a 1 GiB array");
+    for page in a.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    let (_, _, my_shmem) = rss_kib(std::process::id());
+    assert!(my_shmem >= GIB_KIB * 99 / 100, "ours: {my_shmem} KiB");
+    let mut peer = s.spawn(
+        "toucher",
+        &["array-attach", "--name", &name, "--touch-and-hold"],
+    );
+    let t = peer.expect("touched", Duration::from_secs(60));
+    assert_eq!(t.num("len"), GIB as u64);
+    assert_eq!(t.num("sum"), (GIB / 4096) as u64, "it sees our writes");
+    let (rss, anon, shmem) = (t.num("rss_kib"), t.num("anon_kib"), t.num("shmem_kib"));
+    assert!(
+        shmem >= GIB_KIB * 99 / 100,
+        "the peer's resident pages are the shared ones: {}",
+        t.raw
+    );
+    assert!(
+        anon < 64 * 1024,
+        "the peer made no private copy: {} (rss {rss} KiB)",
+        t.raw
+    );
+    // The memory behind both mappings: the file's blocks, 1 GiB (plus header pages), once.
+    let file = std::fs::metadata(shmbus_tests::shm_file(&name)).expect("the file");
+    let allocated = file.blocks() * 512;
+    assert!(
+        (GIB as u64..GIB as u64 + (1 << 20)).contains(&allocated),
+        "{allocated} bytes allocated"
+    );
+    peer.kill();
+}
+
+/// Attaching with a wrong element type fails in the other process with a typed error naming
+/// both dtypes; with the right one it sees the creator's data.
+#[test]
+fn wrong_dtype_on_attach_is_a_typed_error() {
+    let mut s = scope!("dtype");
+    let name = s.name();
+    let mut a = SharedArray::<f32>::options()
+        .scoped()
+        .create(&name, &[3, 4])
+        .expect("create");
+    a.fill(0.5);
+    let mut wrong = s.spawn("u8", &["array-attach", "--name", &name, "--dtype", "u8"]);
+    let e = wrong.expect("error", STEP);
+    assert_eq!(e.get("code"), "wrong-dtype", "{}", e.raw);
+    assert!(
+        e.raw.contains("float32") && e.raw.contains("uint8"),
+        "{}",
+        e.raw
+    );
+    let mut right = s.spawn("f32", &["array-attach", "--name", &name, "--dtype", "f32"]);
+    let ok = right.finish("attached", STEP);
+    assert_eq!((ok.get("shape"), ok.get("sum")), ("3x4", "6"));
+    match SharedArray::<u16>::attach(&name) {
+        Err(ArrayError::WrongDtype { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A publisher process sends a real frame, eleven forged descriptors (bad magic, dtype, rank,
+/// length, unknown pool and segments, block and byte bounds, stale and future generations) and
+/// a real frame: the subscriber refuses each forgery with a reason and reads both real frames.
+#[test]
+fn forged_descriptors_are_rejected() {
+    let mut s = scope!("forge");
+    let name = s.name();
+    let sub = Topic::builder(&name)
+        .array_subscriber::<FrameMeta>()
+        .expect("subscriber");
+    let mut forger = s.spawn("forger", &["frames-forge", "--topic", &name]);
+    forger.expect("ready", STEP);
+    let done = forger.expect("done", STEP);
+    let n = done.num("forged");
+    let first = sub.recv_timeout(STEP).expect("the real frame");
+    assert_eq!(first.meta().index, 0);
+    assert_eq!(check_frame(0, first.bytes()), None);
+    drop(first);
+    let mut reasons = Vec::new();
+    for _ in 0..n {
+        match sub.recv_timeout(STEP) {
+            Err(RecvError::BadDescriptor { reason, .. }) => reasons.push(reason),
+            other => panic!("a forged descriptor got through: {other:?}"),
+        }
+    }
+    let last = sub
+        .recv_timeout(STEP)
+        .expect("the real frame after the forgeries");
+    assert_eq!(last.meta().index, 1);
+    assert_eq!(check_frame(1, last.bytes()), None);
+    let all = reasons.join("\n");
+    for needle in [
+        "magic",
+        "dtype",
+        "dimensions",
+        "does not match",
+        "unknown",
+        "out of range",
+        "block 1000",
+        "overrun",
+        "stale generation",
+    ] {
+        assert!(
+            all.contains(needle),
+            "no reason mentions {needle:?}:\n{all}"
+        );
+    }
+}
+
+/// Lifetimes: a persistent array outlives its creator; a scoped one goes with its last user;
+/// `delete` removes the name while attachments stay valid; `gc()` never removes a persistent
+/// array; listing shows both.
+#[test]
+fn persistent_and_scoped_arrays_and_delete() {
+    let mut s = scope!("arrlife");
+    let env = ShmEnv::private_or_global(&mut s);
+    let _gc = (!env.is_private()).then(GcLock::shared);
+    let (persistent, scoped) = (s.name(), s.name());
+    let mut p = env.spawn(
+        &mut s,
+        "persistent",
+        &["array-create", "--name", &persistent, "--fill", "3"],
+    );
+    p.finish("created", STEP);
+    let mut q = env.spawn(
+        &mut s,
+        "scoped",
+        &["array-create", "--name", &scoped, "--scoped", "--hold"],
+    );
+    q.expect("created", STEP);
+    assert!(env.file(&persistent).exists(), "outlives its creator");
+    assert!(env.file(&scoped).exists());
+    q.kill(); // a scoped array whose only user was killed is stale
+    let removed = env.gc(&mut s);
+    assert!(
+        removed.iter().any(|f| f.ends_with(&scoped)),
+        "gc removed the stale scoped array: {removed:?}"
+    );
+    assert!(
+        !removed.iter().any(|f| f.ends_with(&persistent)),
+        "gc never removes a persistent array: {removed:?}"
+    );
+    assert!(env.file(&persistent).exists());
+
+    if env.is_private() {
+        // The rest uses this process's /dev/shm; a private one is not visible here.
+        return;
+    }
+    let a = SharedArray::<u8>::attach(&persistent).expect("attach");
+    assert_eq!(a.lifetime(), Lifetime::Persistent);
+    let listed = shmbus::array::list().expect("list");
+    let me = listed
+        .iter()
+        .find(|i| i.name.as_str() == persistent)
+        .expect("listed");
+    assert_eq!(
+        (me.shape.as_slice(), me.lifetime),
+        (&[4, 5][..], Lifetime::Persistent)
+    );
+    shmbus::array::delete(&persistent).expect("delete");
+    assert!(!env.file(&persistent).exists(), "the name is gone");
+    assert!(a.iter().all(|&b| b == 3), "the attachment is still valid");
+    assert!(matches!(
+        SharedArray::<u8>::attach(&persistent),
+        Err(ArrayError::Segment(shmbus::SegmentError::NotFound(_)))
+    ));
+}
+
+/// A file-backed array: written, flushed, dropped by every process; attached again later from
+/// another process with its data; deleted.
+#[test]
+fn file_backed_array_keeps_its_data() {
+    let mut s = scope!("arrfile");
+    let path = std::env::temp_dir().join(format!("shmbus-test-{}-array", std::process::id()));
+    s.track_file(path.clone());
+    let url = format!("file://{}", path.display());
+    {
+        let mut a = SharedArray::<u8>::create(&url, &[64, 64]).expect("create a file array");
+        a.fill(2);
+        a.flush().expect("msync");
+    }
+    assert!(path.exists(), "a file array is persistent");
+    let mut peer = s.spawn("reader", &["array-attach", "--name", &url]);
+    let ok = peer.finish("attached", STEP);
+    assert_eq!(ok.num("sum"), 64 * 64 * 2);
+    assert!(matches!(
+        SharedArray::<u8>::create(&url, &[1]),
+        Err(ArrayError::Segment(shmbus::SegmentError::AlreadyExists(_)))
+    ));
+    shmbus::array::delete(&url).expect("delete");
+    assert!(!path.exists());
+}
+
+/// A read-only attachment reads but cannot be turned writable; bad shapes are typed errors.
+#[test]
+fn read_only_attach_and_bad_shapes() {
+    let mut s = scope!("arrro");
+    let name = s.name();
+    let _a = SharedArray::<u8>::options()
+        .scoped()
+        .create(&name, &[8])
+        .expect("create");
+    let mut ro = s.spawn("ro", &["array-attach", "--name", &name, "--read-only"]);
+    assert_eq!(ro.finish("attached", STEP).get("sum"), "0");
+    let any = shmbus::array::AnyArray::attach_with(&name, true, None).expect("attach ro");
+    assert!(matches!(
+        any.into_typed::<u8>(),
+        Err(ArrayError::ReadOnly(_))
+    ));
+    let other = s.name();
+    assert!(matches!(
+        SharedArray::<u64>::create(&other, &[usize::MAX / 4, 8]),
+        Err(ArrayError::Shape { .. })
+    ));
+    assert!(matches!(
+        SharedArray::<u8>::create(&other, &[1; 33]),
+        Err(ArrayError::Shape { .. })
+    ));
+    assert!(matches!(
+        SharedArray::<u8>::create("bad/name", &[1]),
+        Err(ArrayError::Name(_))
+    ));
+}
