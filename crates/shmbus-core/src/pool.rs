@@ -811,24 +811,34 @@ impl PoolPublisher {
     /// If `loan` came from another publisher.
     pub fn parts_mut(&mut self, loan: &BlockLoan) -> (&mut [u8], &mut [u8]) {
         self.check_owner(loan);
-        let seg = &self.segments[loan.block.segment as usize];
-        let p = seg.block_ptr(loan.block.block);
+        let block = self.segments[loan.block.segment as usize].block_ptr(loan.block.block);
+        let ring = self.publisher.topic().ring();
+        let slot = ring.slot_ptr(loan.loan.slot());
+        let slot_size = ring.config().slot_size as usize;
         // SAFETY: the block was free (its last message's slot was free, or it was never used)
-        // when loaned and is on loan to this publisher alone until publish/cancel consume the
-        // `BlockLoan`, which cannot be forged or copied; subscribers read it only after the
-        // publish. `len <= block_size` by construction; the segment lives as long as `self`.
-        let block = unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), loan.len) };
-        let slot = self.publisher_slot_mut(&loan.loan);
-        (block, &mut slot[DESCRIPTOR_SIZE..])
+        // when loaned, and it and the slot are on loan to this publisher alone until publish or
+        // cancel consume the `BlockLoan`, which cannot be forged or copied; subscribers read
+        // them only after the publish. `len <= block_size` and `DESCRIPTOR_SIZE <= slot_size`
+        // (checked when joining); the two ranges lie in different mappings, both alive as long
+        // as `self`, whose `&mut` borrow the slices carry.
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(block.as_ptr(), loan.len),
+                std::slice::from_raw_parts_mut(
+                    slot.as_ptr().add(DESCRIPTOR_SIZE),
+                    slot_size - DESCRIPTOR_SIZE,
+                ),
+            )
+        }
     }
 
-    fn publisher_slot_mut(&self, loan: &Loan) -> &mut [u8] {
-        let ring = self.publisher.topic().ring();
-        let p = ring.slot_ptr(loan.slot());
-        // SAFETY: the slot is on loan to this publisher (the `Loan` token inside a `BlockLoan`
-        // is ours, checked by the caller); it spans `slot_size` bytes of the topic mapping.
-        // Callers hold `&mut self` or hand out the slice together with disjoint block memory.
-        unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), ring.config().slot_size as usize) }
+    /// Writes `desc` at the start of the slot on `loan`.
+    fn write_descriptor(&mut self, loan: &Loan, desc: &BlockDescriptor) {
+        let p = self.publisher.topic().ring().slot_ptr(loan.slot());
+        // SAFETY: the slot is on loan to this publisher (checked by the callers, who hold the
+        // `Loan`), at least DESCRIPTOR_SIZE bytes (checked when joining) and 64-aligned
+        // (BlockDescriptor needs 8); nobody else reads or writes it before the publish.
+        unsafe { p.cast::<BlockDescriptor>().as_ptr().write(*desc) };
     }
 
     /// Publishes the loaned array; on error (back-pressure timeout) the loan is handed back.
@@ -853,10 +863,7 @@ impl PoolPublisher {
         for (d, &s) in desc.shape.iter_mut().zip(&loan.shape) {
             *d = s as u64;
         }
-        let slot = self.publisher_slot_mut(&loan.loan);
-        // SAFETY: the slot is ours (see `publisher_slot_mut`) and at least DESCRIPTOR_SIZE
-        // bytes (checked when joining); slots are 64-aligned, BlockDescriptor needs 8.
-        unsafe { slot.as_mut_ptr().cast::<BlockDescriptor>().write(desc) };
+        self.write_descriptor(&loan.loan, &desc);
         let BlockLoan {
             loan: slot_loan,
             block,
@@ -897,9 +904,7 @@ impl PoolPublisher {
         timeout: Option<Duration>,
     ) -> Result<u64, PoolLoanError> {
         let loan = self.publisher.loan()?;
-        let slot = self.publisher_slot_mut(&loan);
-        // SAFETY: as in `publish`: our slot, large enough, 64-aligned.
-        unsafe { slot.as_mut_ptr().cast::<BlockDescriptor>().write(*desc) };
+        self.write_descriptor(&loan, desc);
         self.publisher.publish(loan, timeout).map_err(|(_, loan)| {
             self.publisher.cancel(loan);
             PoolLoanError::Exhausted {
