@@ -8,6 +8,36 @@ use shmbus::{ArrayError, Overflow, PoolLoanError, RecvError, SharedArray, Topic}
 use shmbus_core::segment::Lifetime;
 use shmbus_tests::{check_frame, fill_frame, rss_kib, scope, FrameMeta, GcLock, ShmEnv, STEP};
 
+/// A subscriber process that takes two frames and keeps them until killed.
+fn spawn_holder(s: &mut shmbus_tests::Scope, name: &str) -> shmbus_tests::Peer {
+    let mut holder = s.spawn(
+        "holder",
+        &[
+            "frames-hold",
+            "--topic",
+            name,
+            "--hold",
+            "2",
+            "--max-held",
+            "2",
+        ],
+    );
+    holder.expect("ready", STEP);
+    holder
+}
+
+/// Publishes frame `index` of `len` bytes through `publ`.
+fn send_frame(publ: &mut shmbus::ArrayPublisher<FrameMeta>, index: u64, len: usize) {
+    let mut loan = publ.loan::<u8>(&[len]).expect("a block");
+    let (block, meta) = loan.parts_mut();
+    fill_frame(index, block);
+    *meta = FrameMeta {
+        index,
+        len: len as u64,
+    };
+    loan.publish().expect("published");
+}
+
 fn summary(p: &mut shmbus_tests::Peer) -> shmbus_tests::Line {
     p.finish("summary", Duration::from_secs(30))
 }
@@ -74,32 +104,13 @@ fn pool_exhaustion_under_overwrite_withdraws_the_oldest_unread() {
         .pool_max_bytes(4 * 65536);
     let mut publ = topic.array_publisher::<FrameMeta>().expect("publisher");
     let reader = topic.array_subscriber::<FrameMeta>().expect("reader");
-    let mut holder = s.spawn(
-        "holder",
-        &[
-            "frames-hold",
-            "--topic",
-            &name,
-            "--hold",
-            "2",
-            "--max-held",
-            "2",
-        ],
-    );
-    holder.expect("ready", STEP);
-    let send = |publ: &mut shmbus::ArrayPublisher<FrameMeta>, index: u64| {
-        let mut loan = publ.loan::<u8>(&[65536]).expect("a block");
-        let (block, meta) = loan.parts_mut();
-        fill_frame(index, block);
-        *meta = FrameMeta { index, len: 65536 };
-        loan.publish().expect("overwrite never refuses");
-    };
-    send(&mut publ, 0);
-    send(&mut publ, 1);
+    let mut holder = spawn_holder(&mut s, &name);
+    send_frame(&mut publ, 0, 65536);
+    send_frame(&mut publ, 1, 65536);
     let held = holder.expect("held", STEP);
     assert_eq!(held.get("indices"), "0,1");
     for index in 2..50 {
-        send(&mut publ, index);
+        send_frame(&mut publ, index, 65536);
     }
     let st = publ.pool_stats();
     assert_eq!(st.blocks, 4, "the pool did not grow past its limit: {st:?}");
@@ -143,24 +154,9 @@ fn pool_exhaustion_under_back_pressure_waits_and_a_killed_holder_returns_its_blo
         .pool_max_bytes(2 * 65536)
         .publish_timeout(Some(Duration::from_millis(300)));
     let mut publ = topic.array_publisher::<FrameMeta>().expect("publisher");
-    let mut holder = s.spawn(
-        "holder",
-        &[
-            "frames-hold",
-            "--topic",
-            &name,
-            "--hold",
-            "2",
-            "--max-held",
-            "2",
-        ],
-    );
-    holder.expect("ready", STEP);
-    for index in 0..2 {
-        let mut loan = publ.loan::<u8>(&[65536]).expect("a block");
-        fill_frame(index, loan.as_mut_slice());
-        loan.publish().expect("room");
-    }
+    let mut holder = spawn_holder(&mut s, &name);
+    send_frame(&mut publ, 0, 65536);
+    send_frame(&mut publ, 1, 65536);
     holder.expect("held", STEP);
     let t = std::time::Instant::now();
     match publ.loan::<u8>(&[65536]) {
@@ -175,11 +171,8 @@ fn pool_exhaustion_under_back_pressure_waits_and_a_killed_holder_returns_its_blo
 
     holder.kill();
     for index in 2..10 {
-        let mut loan = publ
-            .loan::<u8>(&[65536])
-            .expect("the killed holder's blocks came back");
-        fill_frame(index, loan.as_mut_slice());
-        loan.publish().expect("no subscriber left to hold us back");
+        // The killed holder's blocks came back; no subscriber is left to hold us back.
+        send_frame(&mut publ, index, 65536);
     }
     assert_eq!(
         publ.pool_stats().blocks,
@@ -199,30 +192,13 @@ fn blocks_held_by_a_killed_consumer_come_back() {
         .pool_blocks_per_segment(1)
         .pool_max_bytes(4 * 4096);
     let mut publ = topic.array_publisher::<FrameMeta>().expect("publisher");
-    let mut holder = s.spawn(
-        "holder",
-        &[
-            "frames-hold",
-            "--topic",
-            &name,
-            "--hold",
-            "2",
-            "--max-held",
-            "2",
-        ],
-    );
-    holder.expect("ready", STEP);
-    let mut send = |index: u64| {
-        let mut loan = publ.loan::<u8>(&[4096]).expect("a block");
-        fill_frame(index, loan.as_mut_slice());
-        loan.publish().expect("published");
-    };
-    send(0);
-    send(1);
+    let mut holder = spawn_holder(&mut s, &name);
+    send_frame(&mut publ, 0, 4096);
+    send_frame(&mut publ, 1, 4096);
     holder.expect("held", STEP);
     holder.kill();
     for index in 2..40 {
-        send(index);
+        send_frame(&mut publ, index, 4096);
     }
     let st = publ.pool_stats();
     assert!(st.blocks <= 4, "{st:?}");

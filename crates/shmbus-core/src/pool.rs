@@ -641,6 +641,16 @@ impl PoolPublisher {
         Ok(true)
     }
 
+    /// Collects freed blocks, reclaiming dead participants first if that was last done more
+    /// than `max_age` ago.
+    fn refresh(&mut self, max_age: Duration) {
+        if self.last_reclaim.elapsed() > max_age {
+            self.reclaim_dead_now();
+        } else {
+            self.collect();
+        }
+    }
+
     fn reclaim_dead_now(&mut self) {
         self.publisher.topic().reclaim_dead();
         self.last_reclaim = Instant::now();
@@ -677,12 +687,8 @@ impl PoolPublisher {
         len: usize,
         timeout: Option<Duration>,
     ) -> Result<BlockRef, PoolLoanError> {
-        if self.last_reclaim.elapsed() > Duration::from_millis(100) {
-            // Blocks held by subscribers that died come back once their rows are reclaimed.
-            self.reclaim_dead_now();
-        } else {
-            self.collect();
-        }
+        // Blocks held by subscribers that died come back once their rows are reclaimed.
+        self.refresh(Duration::from_millis(100));
         if let Some(b) = self.take_free(len, false) {
             return Ok(b);
         }
@@ -719,11 +725,7 @@ impl PoolPublisher {
                         None => nap,
                     });
                     nap = (nap * 2).min(Duration::from_millis(1));
-                    if self.last_reclaim.elapsed() > Duration::from_millis(50) {
-                        self.reclaim_dead_now();
-                    } else {
-                        self.collect();
-                    }
+                    self.refresh(Duration::from_millis(50));
                     if let Some(b) = self.take_free(len, true) {
                         return Ok(b);
                     }
