@@ -695,13 +695,15 @@ impl PoolPublisher {
         if self.grow(len)? {
             return Ok(self.take_free(len, true).expect("a fresh segment fits"));
         }
-        self.reclaim_dead_now();
-        if let Some(b) = self.take_free(len, true) {
+        // Messages every subscriber has read stay in the ring only as history for late
+        // joiners: their blocks are the first to take back, under either policy. (A pool at its
+        // limit takes this path on every loan, so it must stay cheap: no syscall.)
+        if let Some(b) = self.retire_oldest(len, true) {
             return Ok(b);
         }
-        // Messages every subscriber has read stay in the ring only as history for late
-        // joiners: their blocks are the first to take back, under either policy.
-        if let Some(b) = self.retire_oldest(len, true) {
+        // Dead subscribers' holds, at most every 10 ms (a few `fcntl`s per participant).
+        self.refresh(Duration::from_millis(10));
+        if let Some(b) = self.take_free(len, true) {
             return Ok(b);
         }
         match self.publisher.topic().config().overflow {
