@@ -105,10 +105,41 @@ pub struct BlockDescriptor {
 
 const _: () = assert!(size_of::<BlockDescriptor>() <= DESCRIPTOR_SIZE);
 
+/// The shape of a block's array: at most [`MAX_BLOCK_NDIM`] dimensions, stored inline (no
+/// allocation per message).
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct Shape {
+    dims: [usize; MAX_BLOCK_NDIM],
+    ndim: usize,
+}
+
+impl Shape {
+    /// `dims` as a shape, if it has at most [`MAX_BLOCK_NDIM`] dimensions.
+    pub fn new(dims: &[usize]) -> Option<Shape> {
+        let mut shape = Shape {
+            dims: [0; MAX_BLOCK_NDIM],
+            ndim: dims.len(),
+        };
+        shape.dims.get_mut(..dims.len())?.copy_from_slice(dims);
+        Some(shape)
+    }
+
+    /// The extent of each dimension.
+    pub fn as_slice(&self) -> &[usize] {
+        &self.dims[..self.ndim]
+    }
+}
+
+impl fmt::Debug for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_slice(), f)
+    }
+}
+
 impl BlockDescriptor {
     /// The dtype and shape, if well formed (known dtype, at most [`MAX_BLOCK_NDIM`] dimensions
     /// that fit in `usize`, `len` equal to their bytes).
-    pub fn array(&self) -> Result<(Dtype, Vec<usize>), String> {
+    pub fn array(&self) -> Result<(Dtype, Shape), String> {
         if self.magic != DESCRIPTOR_MAGIC {
             return Err(format!(
                 "bad magic {:#x}: not a block descriptor",
@@ -121,11 +152,14 @@ impl BlockDescriptor {
         if ndim > MAX_BLOCK_NDIM {
             return Err(format!("{ndim} dimensions (at most {MAX_BLOCK_NDIM})"));
         }
-        let shape = self.shape[..ndim]
-            .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| format!("dimension {d} too large")))
-            .collect::<Result<Vec<_>, _>>()?;
-        match byte_len(&shape, dtype.itemsize()) {
+        let mut shape = Shape {
+            dims: [0; MAX_BLOCK_NDIM],
+            ndim,
+        };
+        for (to, &d) in shape.dims.iter_mut().zip(&self.shape[..ndim]) {
+            *to = usize::try_from(d).map_err(|_| format!("dimension {d} too large"))?;
+        }
+        match byte_len(shape.as_slice(), dtype.itemsize()) {
             Some(n) if n as u64 == self.len => Ok((dtype, shape)),
             _ => Err(format!(
                 "length {} does not match shape {shape:?} of {dtype}",
@@ -378,7 +412,7 @@ impl PoolSegment {
         liveness::is_held(self.seg.fd(), MAPPER_LEASE).unwrap_or(true)
     }
 
-    /// Segment bytes.
+    /// Bytes of each block.
     pub fn block_size(&self) -> usize {
         self.block_size
     }
@@ -405,7 +439,7 @@ pub struct BlockLoan {
     block: BlockRef,
     generation: u64,
     dtype: Dtype,
-    shape: Vec<usize>,
+    shape: Shape,
     len: usize,
     owner: u64,
 }
@@ -417,7 +451,7 @@ impl BlockLoan {
     }
     /// The array's shape.
     pub fn shape(&self) -> &[usize] {
-        &self.shape
+        self.shape.as_slice()
     }
     /// The array's bytes.
     pub fn len(&self) -> usize {
@@ -510,6 +544,17 @@ pub fn sweep_stale(topic: &Name) -> usize {
     removed
 }
 
+/// An array topic's slots must hold a descriptor.
+fn check_slots(topic: &RawTopic) -> Result<(), TopicError> {
+    let slot_size = topic.config().slot_size;
+    if (slot_size as usize) < DESCRIPTOR_SIZE {
+        return Err(TopicError::Config(format!(
+            "slots of {slot_size} bytes cannot hold a {DESCRIPTOR_SIZE}-byte block descriptor"
+        )));
+    }
+    Ok(())
+}
+
 impl PoolPublisher {
     /// Joins `topic` as its publisher of arrays. The topic must allow one publisher only and
     /// have slots of at least [`DESCRIPTOR_SIZE`] bytes.
@@ -522,12 +567,7 @@ impl PoolPublisher {
                 c.max_publishers
             )));
         }
-        if (c.slot_size as usize) < DESCRIPTOR_SIZE {
-            return Err(TopicError::Config(format!(
-                "slots of {} bytes cannot hold a {DESCRIPTOR_SIZE}-byte block descriptor",
-                c.slot_size
-            )));
-        }
+        check_slots(&topic)?;
         if opts.blocks_per_segment == 0 || !(1..=MAX_POOL_SEGMENTS).contains(&opts.max_segments) {
             return Err(TopicError::Config(format!(
                 "blocks_per_segment must be at least 1 and max_segments 1..={MAX_POOL_SEGMENTS}"
@@ -761,9 +801,9 @@ impl PoolPublisher {
             dtype,
             reason: reason.to_owned(),
         };
-        if shape.len() > MAX_BLOCK_NDIM {
+        let Some(inline) = Shape::new(shape) else {
             return Err(shape_err(&format!("more than {MAX_BLOCK_NDIM} dimensions")));
-        }
+        };
         let len = byte_len(shape, dtype.itemsize()).ok_or_else(|| shape_err("too many bytes"))?;
         let block = self.find_block(len, timeout)?;
         let loan = match self.publisher.loan() {
@@ -794,7 +834,7 @@ impl PoolPublisher {
             block,
             generation,
             dtype,
-            shape: shape.to_vec(),
+            shape: inline,
             len,
             owner: self.id,
         })
@@ -846,6 +886,9 @@ impl PoolPublisher {
     }
 
     /// Publishes the loaned array; on error (back-pressure timeout) the loan is handed back.
+    // The error hands the loan back by value; it is rare (a timeout) and boxing it would cost
+    // an allocation on that path for no gain on the hot one.
+    #[allow(clippy::result_large_err)]
     pub fn publish(
         &mut self,
         loan: BlockLoan,
@@ -860,11 +903,11 @@ impl PoolPublisher {
             block: loan.block.block,
             generation: loan.generation,
             len: loan.len as u64,
-            ndim: loan.shape.len() as u32,
+            ndim: loan.shape.ndim as u32,
             reserved: 0,
             shape: [0; MAX_BLOCK_NDIM],
         };
-        for (d, &s) in desc.shape.iter_mut().zip(&loan.shape) {
+        for (d, &s) in desc.shape.iter_mut().zip(loan.shape.as_slice()) {
             *d = s as u64;
         }
         self.write_descriptor(&loan.loan, &desc);
@@ -963,7 +1006,7 @@ pub struct HeldBlock<'a> {
     segment: Arc<PoolSegment>,
     desc: BlockDescriptor,
     dtype: Dtype,
-    shape: Vec<usize>,
+    shape: Shape,
 }
 
 impl fmt::Debug for HeldBlock<'_> {
@@ -991,7 +1034,7 @@ impl HeldBlock<'_> {
     }
     /// The array's shape.
     pub fn shape(&self) -> &[usize] {
-        &self.shape
+        self.shape.as_slice()
     }
     /// The array's bytes, in place (page-aligned).
     pub fn bytes(&self) -> &[u8] {
@@ -1018,6 +1061,9 @@ impl Drop for HeldBlock<'_> {
 }
 
 /// What a [`PoolSubscriber`] receive found.
+// Returned by value once per message: boxing the large variant would add the allocation per
+// message that the inline `Shape` exists to avoid.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum BlockReceived<'a> {
     /// An array.
@@ -1066,12 +1112,7 @@ impl fmt::Debug for PoolSubscriber {
 impl PoolSubscriber {
     /// Joins `topic` as a subscriber of arrays.
     pub fn new(topic: Arc<RawTopic>, history: u32) -> Result<PoolSubscriber, TopicError> {
-        if (topic.config().slot_size as usize) < DESCRIPTOR_SIZE {
-            return Err(TopicError::Config(format!(
-                "slots of {} bytes cannot hold a {DESCRIPTOR_SIZE}-byte block descriptor",
-                topic.config().slot_size
-            )));
-        }
+        check_slots(&topic)?;
         Ok(PoolSubscriber {
             subscriber: RawSubscriber::new(topic, history)?,
             cache: RefCell::new(Vec::new()),
@@ -1133,7 +1174,7 @@ impl PoolSubscriber {
     fn resolve(
         &self,
         held: &Held,
-    ) -> Result<(Arc<PoolSegment>, BlockDescriptor, Dtype, Vec<usize>), String> {
+    ) -> Result<(Arc<PoolSegment>, BlockDescriptor, Dtype, Shape), String> {
         let slot = self.subscriber.slot(held);
         // SAFETY: the slot is held (nobody writes it) and at least DESCRIPTOR_SIZE bytes
         // (checked when joining); BlockDescriptor is plain integers, so any bytes are a value,

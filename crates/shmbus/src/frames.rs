@@ -168,6 +168,8 @@ impl<'a, T: Element, M: Pod> ArrayLoan<'a, T, M> {
     /// # Errors
     ///
     /// In back-pressure mode, [`SendError::Timeout`] with the loan handed back.
+    // The error hands the loan back by value on a rare path (a back-pressure timeout).
+    #[allow(clippy::result_large_err)]
     pub fn publish(mut self) -> Result<u64, SendError<ArrayLoan<'a, T, M>>> {
         let raw = self.raw.take().expect("published once");
         let timeout = self.publisher.timeout;

@@ -185,27 +185,11 @@ pub(crate) fn frames_pub(a: &FramesPubArgs) -> Result<(), Fail> {
     let base = shape(&a.shape);
     for index in 0..a.count {
         let (dtype, shape) = frame_shape(index, &base, a.varying);
-        let r = if dtype == "u8" {
-            let mut loan = publisher.loan::<u8>(&shape).map_err(pool_error)?;
-            let (block, meta) = loan.parts_mut();
-            fill_frame(index, block);
-            *meta = FrameMeta {
-                index,
-                len: block.len() as u64,
-            };
-            loan.publish().map(drop).map_err(|e| send_code(&e))
+        if dtype == "u8" {
+            send_frame::<u8>(&mut publisher, index, &shape)?;
         } else {
-            let mut loan = publisher.loan::<f32>(&shape).map_err(pool_error)?;
-            let (block, meta) = loan.parts_mut();
-            let bytes: &mut [u8] = bytemuck::cast_slice_mut(block);
-            fill_frame(index, bytes);
-            *meta = FrameMeta {
-                index,
-                len: bytes.len() as u64,
-            };
-            loan.publish().map(drop).map_err(|e| send_code(&e))
-        };
-        r?;
+            send_frame::<f32>(&mut publisher, index, &shape)?;
+        }
     }
     let st = publisher.pool_stats();
     println!(
@@ -216,6 +200,23 @@ pub(crate) fn frames_pub(a: &FramesPubArgs) -> Result<(), Fail> {
         super::sleep_forever();
     }
     Ok(())
+}
+
+/// Loans a block of `T` of `shape`, fills its bytes as frame `index`, publishes.
+fn send_frame<T: shmbus::Element>(
+    publisher: &mut shmbus::ArrayPublisher<FrameMeta>,
+    index: u64,
+    shape: &[usize],
+) -> Result<(), Fail> {
+    let mut loan = publisher.loan::<T>(shape).map_err(pool_error)?;
+    let (block, meta) = loan.parts_mut();
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(block);
+    fill_frame(index, bytes);
+    *meta = FrameMeta {
+        index,
+        len: bytes.len() as u64,
+    };
+    loan.publish().map(drop).map_err(|e| send_code(&e))
 }
 
 fn pool_error(e: shmbus::PoolLoanError) -> Fail {
