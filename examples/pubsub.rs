@@ -56,7 +56,9 @@ fn topics(prefix: &str) -> (Topic, Topic) {
     // Back-pressure: a slow subscriber holds the publisher back instead of missing messages.
     let pose = Topic::builder(&format!("{prefix}.pose"))
         .capacity(256)
-        .overflow(Overflow::BackPressure);
+        .overflow(Overflow::BackPressure)
+        // Publish times, for `shmbus hz` to show latency.
+        .timestamps(true);
     let status = Topic::builder(&format!("{prefix}.status"))
         .capacity(64)
         .overflow(Overflow::BackPressure)

@@ -131,6 +131,8 @@ pub struct RingConfig {
     pub max_held: u32,
     /// Overflow policy.
     pub overflow: Overflow,
+    /// Whether publishers record each message's publish time (see [`Ring::set_stamp`]).
+    pub timestamps: bool,
 }
 
 impl RingConfig {
@@ -163,10 +165,12 @@ pub struct RingHeader {
     max_loans: u64,
     max_held: u64,
     overflow: u64,
+    /// 1 when publishers record publish times, else 0.
+    timestamps: u64,
     /// How many times a publisher joined, ever (`Release` increments): lets a subscriber tell
     /// that a publisher existed even if another process reclaimed its row before it looked.
     publisher_joins: AtomicU64,
-    _pad0: [u8; 56],
+    _pad0: [u8; 48],
     /// Next sequence number to publish; written by the holder of publish rights (`Release`).
     tail: AtomicU64,
     _pad1: [u8; 120],
@@ -226,6 +230,9 @@ pub struct RingLayout {
     pub entries: usize,
     /// Offset of the slot state words.
     pub states: usize,
+    /// Offset of the per-slot publish times (`slots` words when `timestamps` is set, else
+    /// none).
+    pub stamps: usize,
     /// Offset of the subscriber table.
     pub subscribers: usize,
     /// Offset of the publisher table.
@@ -274,7 +281,9 @@ impl RingLayout {
         let entries = size_of::<RingHeader>();
         let states = align_up(entries + config.capacity as usize * size_of::<Entry>(), 64)
             .ok_or_else(too_big)?;
-        let subscribers = align_up(states + slots as usize * 8, 64).ok_or_else(too_big)?;
+        let stamps = align_up(states + slots as usize * 8, 64).ok_or_else(too_big)?;
+        let stamp_words = if config.timestamps { slots as usize } else { 0 };
+        let subscribers = align_up(stamps + stamp_words * 8, 64).ok_or_else(too_big)?;
         let publishers =
             subscribers + config.max_subscribers as usize * size_of::<SubscriberEntry>();
         let data = align_up(
@@ -292,6 +301,7 @@ impl RingLayout {
             slots,
             entries,
             states,
+            stamps,
             subscribers,
             publishers,
             data,
@@ -310,6 +320,7 @@ pub struct Ring {
     header: NonNull<RingHeader>,
     entries: NonNull<Entry>,
     states: NonNull<AtomicU64>,
+    stamps: NonNull<AtomicU64>,
     subscribers: NonNull<SubscriberEntry>,
     publishers: NonNull<PublisherEntry>,
     data: NonNull<u8>,
@@ -385,6 +396,7 @@ impl Ring {
         h.max_loans = u64::from(c.max_loans);
         h.max_held = u64::from(c.max_held);
         h.overflow = c.overflow.to_raw();
+        h.timestamps = u64::from(c.timestamps);
     }
 
     /// Reads and validates the configuration of the topic at `base`, which must hold `len`
@@ -414,6 +426,11 @@ impl Ring {
             max_held: small(h.max_held, "max_held")?,
             overflow: Overflow::from_raw(h.overflow)
                 .ok_or_else(|| CorruptRing(format!("overflow = {}", h.overflow)))?,
+            timestamps: match h.timestamps {
+                0 => false,
+                1 => true,
+                t => return Err(CorruptRing(format!("timestamps = {t}"))),
+            },
         };
         let layout = RingLayout::new(config).map_err(|e| CorruptRing(e.0))?;
         if layout.config != config || u64::from(layout.slots) != h.slots {
@@ -450,6 +467,7 @@ impl Ring {
                 header: base.cast(),
                 entries: base.add(layout.entries).cast(),
                 states: base.add(layout.states).cast(),
+                stamps: base.add(layout.stamps).cast(),
                 subscribers: base.add(layout.subscribers).cast(),
                 publishers: base.add(layout.publishers).cast(),
                 data: base.add(layout.data),
@@ -484,6 +502,30 @@ impl Ring {
         assert!(slot < self.layout.slots, "slot index out of range");
         // SAFETY: slot < slots (checked), and the state array is mapped for our lifetime.
         unsafe { &*self.states.as_ptr().add(slot as usize) }
+    }
+
+    fn stamp(&self, slot: u32) -> &AtomicU64 {
+        assert!(slot < self.layout.slots, "slot index out of range");
+        // SAFETY: slot < slots (checked), and the stamp array is mapped for our lifetime.
+        unsafe { &*self.stamps.as_ptr().add(slot as usize) }
+    }
+
+    /// Records `ns` as the publish time of the message about to be published in `slot`, which
+    /// is on loan to the caller. The [`Ring::publish`] that follows makes it visible with the
+    /// message; topics without `timestamps` ignore it.
+    pub fn set_stamp(&self, slot: u32, ns: u64) {
+        if self.layout.config.timestamps {
+            self.stamp(slot).store(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// The publish time recorded for the message in `slot`, which the caller holds (`None`:
+    /// the topic does not record times).
+    pub fn stamp_of(&self, slot: u32) -> Option<u64> {
+        self.layout
+            .config
+            .timestamps
+            .then(|| self.stamp(slot).load(Ordering::Relaxed))
     }
 
     fn subscriber(&self, k: u32) -> &SubscriberEntry {
@@ -1201,12 +1243,19 @@ unsafe fn write_atomics(base: NonNull<u8>, layout: &RingLayout) {
                 slot: AtomicU64::new(0),
             });
         }
+        let parts: &[usize] = if layout.config.timestamps {
+            &[layout.states, layout.stamps]
+        } else {
+            &[layout.states]
+        };
         for i in 0..layout.slots as usize {
-            base.as_ptr()
-                .add(layout.states)
-                .cast::<AtomicU64>()
-                .add(i)
-                .write(AtomicU64::new(0));
+            for &part in parts {
+                base.as_ptr()
+                    .add(part)
+                    .cast::<AtomicU64>()
+                    .add(i)
+                    .write(AtomicU64::new(0));
+            }
         }
         for i in 0..layout.config.max_subscribers as usize {
             let e = base
@@ -1263,6 +1312,35 @@ mod tests {
             max_loans: 1,
             max_held: 1,
             overflow,
+            timestamps: false,
+        }
+    }
+
+    #[test]
+    fn publish_times_travel_with_the_message_only_when_asked_for() {
+        let off = HeapRing::new(cfg(4, Overflow::Overwrite)).unwrap();
+        let on = HeapRing::new(RingConfig {
+            timestamps: true,
+            ..cfg(4, Overflow::Overwrite)
+        })
+        .unwrap();
+        assert_eq!(off.ring().layout().stamps, off.ring().layout().subscribers);
+        assert!(on.ring().layout().subscribers > on.ring().layout().stamps);
+        for (h, want) in [(&off, None), (&on, Some(1234))] {
+            let r = h.ring();
+            let mut hint = 0;
+            let mut cursor = r.join_subscriber(0, 1, 0);
+            let s = r.loan(0, &mut hint).unwrap();
+            r.set_stamp(s, 1234);
+            // SAFETY: single-threaded test: we have publish rights and the loan of `s`.
+            unsafe { r.publish(s, &Futex) };
+            match r.try_acquire(0, &mut cursor, &Futex).unwrap() {
+                Acquired::Message { slot, .. } => {
+                    assert_eq!(r.stamp_of(slot), want);
+                    r.release(0, slot);
+                }
+                other => panic!("expected a message, got {other:?}"),
+            }
         }
     }
 

@@ -59,7 +59,7 @@ pub const MAGIC: [u8; 8] = *b"SHMBUS\0\x01";
 
 /// Version of the on-shm format described in `docs/architecture.md`. Bumped on any change of
 /// any layout; a segment of another version is refused with [`SegmentError::Version`].
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Bytes reserved for the header; the payload starts here (page-aligned).
 pub const HEADER_SIZE: usize = 4096;

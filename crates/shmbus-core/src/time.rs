@@ -41,3 +41,20 @@ impl Deadline {
         self.remaining() == Some(Duration::ZERO)
     }
 }
+
+/// Nanoseconds on `CLOCK_MONOTONIC`: the clock every process of the machine shares, used for
+/// message publish times.
+///
+/// # Examples
+///
+/// ```
+/// let a = shmbus_core::time::monotonic_ns();
+/// assert!(shmbus_core::time::monotonic_ns() >= a);
+/// ```
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    // A monotonic clock is never negative; the sum fits in u64 for 584 years of uptime.
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}

@@ -21,7 +21,7 @@ use crate::name::Name;
 use crate::ring::{Acquired, Overflow, Ring, RingConfig, RingLayout};
 use crate::segment::{CreateOptions, Expect, Kind, Lifetime, Segment, SegmentError};
 use crate::sync::{self, RobustMutex};
-use crate::time::Deadline;
+use crate::time::{monotonic_ns, Deadline};
 
 /// A process-unique id tying loans and holds to the handle that made them.
 fn next_id() -> u64 {
@@ -58,6 +58,9 @@ pub struct TopicOptions {
     pub max_held: Option<u32>,
     /// Overflow policy (default [`Overflow::Overwrite`]).
     pub overflow: Option<Overflow>,
+    /// Whether publishers record each message's publish time (default `false`; costs one
+    /// clock read per publish). `Some(true)` is a requirement on an existing topic.
+    pub timestamps: Option<bool>,
     /// File mode when creating (default `0o600`).
     pub mode: Option<u32>,
     /// How long to wait for a segment that is not ready (default 500 ms).
@@ -77,6 +80,7 @@ impl TopicOptions {
             max_loans: 1,
             max_held: self.max_held.unwrap_or(2),
             overflow: self.overflow.unwrap_or(Overflow::Overwrite),
+            timestamps: self.timestamps.unwrap_or(false),
         })
     }
 
@@ -103,6 +107,9 @@ impl TopicOptions {
         )?;
         at_least("max publishers", self.max_publishers, found.max_publishers)?;
         at_least("max held samples", self.max_held, found.max_held)?;
+        if self.timestamps == Some(true) && !found.timestamps {
+            return qos("timestamps", "on".into(), "off".into());
+        }
         match self.overflow {
             Some(o) if o != found.overflow => qos(
                 "overflow policy",
@@ -210,7 +217,7 @@ impl RawTopic {
             u64::from(layout.config.max_publishers),
             matches!(layout.config.overflow, Overflow::BackPressure) as u64,
             u64::from(layout.slots),
-            0,
+            u64::from(layout.config.timestamps),
             0,
         ];
         let mut expect = Expect::new(Kind::Topic, type_info.clone());
@@ -601,6 +608,9 @@ impl RawPublisher {
             topic.reclaim_dead();
         });
         let result = if room {
+            if ring.config().timestamps {
+                ring.set_stamp(slot, monotonic_ns());
+            }
             // SAFETY: publish rights: with one publisher row we hold its lease; with several we
             // hold the robust publish mutex. `slot` is our loan, written by the caller. In
             // back-pressure mode we just saw room while holding the rights.
@@ -842,6 +852,21 @@ impl RawSubscriber {
         // the token lives. It spans `slot_size` bytes inside the mapping that lives as long as
         // `self.topic`, and the returned slice borrows both `self` and the token.
         unsafe { std::slice::from_raw_parts(p.as_ptr(), ring.config().slot_size as usize) }
+    }
+
+    /// When the message in `held` was published ([`monotonic_ns`](crate::time::monotonic_ns)
+    /// of the publisher), if the topic records publish times.
+    ///
+    /// # Panics
+    ///
+    /// If `held` came from another subscriber.
+    pub fn published_at(&self, held: &Held) -> Option<u64> {
+        assert_eq!(
+            held.owner,
+            self.id(),
+            "a held slot used with a subscriber that did not take it"
+        );
+        self.topic.ring.stamp_of(held.slot)
     }
 
     /// Releases `held`.

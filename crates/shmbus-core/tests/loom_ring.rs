@@ -41,6 +41,7 @@ impl Model {
             max_loans: 1,
             max_held: 1,
             overflow,
+            timestamps: false,
         })
         .unwrap();
         let slots = ring.ring().layout().slots as usize;
