@@ -959,6 +959,12 @@ pub struct SegmentInfo {
     pub total_size: u64,
     /// Creator's process id.
     pub creator_pid: u32,
+    /// Creation time, nanoseconds since the Unix epoch (0 if unknown).
+    pub created_unix_ns: u64,
+    /// Permission bits the creator asked for.
+    pub mode: u32,
+    /// Payload bytes laid out by the creator.
+    pub payload_size: u64,
     /// Whether some process uses the segment (holds its lock).
     pub in_use: bool,
     /// Kind-specific figures.
@@ -1007,6 +1013,9 @@ pub fn peek(name: &Name) -> Result<SegmentInfo, SegmentError> {
             lifetime: h.lifetime().ok_or_else(|| corrupt("unknown lifetime"))?,
             total_size: h.total_size,
             creator_pid: h.creator_pid,
+            created_unix_ns: h.created_unix_ns,
+            mode: h.mode,
+            payload_size: h.payload_size,
             in_use,
             params: h.params,
             counters: std::array::from_fn(|i| h.counters[i].load(Ordering::Relaxed)),
