@@ -1,0 +1,664 @@
+//! `ls`, `inspect`, `rm` and `gc`.
+
+use serde::Serialize;
+use shmbus_core::name::{Name, FILE_PREFIX};
+use shmbus_core::segment::{self, Expect, Kind, Segment, SegmentError, SegmentInfo};
+
+use crate::error::CliError;
+use crate::names;
+use crate::output::{age, size, utc, Out, Table};
+use crate::survey::{
+    self, array_view, counters_from_header, is_stale, participants, pid_exists, pool_segments,
+    pool_view, problem, qos_from_header, ArrayView, Counters, Entry, Holders, Owner, PoolView,
+    PublisherRow, Qos, SubscriberRow, TypeView, OPEN_TIMEOUT,
+};
+
+// ---------------------------------------------------------------------------------------------
+// ls
+// ---------------------------------------------------------------------------------------------
+
+/// `shmbus ls [PREFIX]`.
+pub(crate) fn ls(out: &mut Out, prefix: Option<&str>, json: bool) -> Result<(), CliError> {
+    let entries = survey::survey(prefix)?;
+    if json {
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            objects: &'a [Entry],
+        }
+        return out.json_pretty(&Doc { objects: &entries });
+    }
+    if entries.is_empty() {
+        return out.line(
+            match prefix {
+                Some(p) => format!("no shmbus objects whose name starts with `{p}`"),
+                None => "no shmbus objects".into(),
+            }
+            .as_str(),
+        );
+    }
+    let mut t = Table::new(&[
+        "KIND", "NAME", "TYPE", "SIZE", "PUB", "SUB", "OWNERS", "STALE", "NOTE",
+    ]);
+    for e in &entries {
+        let count = |n: Option<u32>| n.map_or("-".into(), |n| n.to_string());
+        t.row(vec![
+            e.kind.clone(),
+            e.name.clone(),
+            type_cell(e),
+            e.size.map_or("?".into(), size),
+            count(e.publishers),
+            count(e.subscribers),
+            owners_cell(&e.owners),
+            if e.stale { "yes" } else { "no" }.into(),
+            note_cell(e),
+        ]);
+    }
+    out.put(&t.render(0))
+}
+
+fn type_cell(e: &Entry) -> String {
+    if let (Some(dtype), Some(shape)) = (&e.dtype, &e.shape) {
+        return format!("{dtype}{shape:?}");
+    }
+    if let Some(dtype) = &e.dtype {
+        return dtype.clone();
+    }
+    match &e.type_info {
+        Some(t) if e.kind == "pool" => format!("blocks ({})", t.name),
+        Some(t) if t.codec == "postcard" => format!("{} (serde)", t.name),
+        Some(t) => t.name.clone(),
+        None => "?".into(),
+    }
+}
+
+fn owners_cell(owners: &[Owner]) -> String {
+    if owners.is_empty() {
+        return "-".into();
+    }
+    let mut pids: Vec<String> = Vec::new();
+    for o in owners {
+        let s = if o.alive {
+            o.pid.to_string()
+        } else {
+            format!("{}(dead)", o.pid)
+        };
+        if !pids.contains(&s) {
+            pids.push(s);
+        }
+    }
+    pids.join(",")
+}
+
+fn note_cell(e: &Entry) -> String {
+    if let Some(p) = &e.problem {
+        return p.clone();
+    }
+    let mut notes = Vec::new();
+    if e.lifetime == Some("persistent") {
+        notes.push("persistent".to_owned());
+    }
+    if let Some(t) = &e.topic {
+        notes.push(format!("pool of {t}"));
+    }
+    if e.stale {
+        notes.push("no live process: gc removes it".to_owned());
+    }
+    notes.join("; ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// inspect
+// ---------------------------------------------------------------------------------------------
+
+/// What `inspect` prints.
+#[derive(Debug, Serialize)]
+struct Inspect {
+    name: String,
+    kind: String,
+    format_version: Option<u32>,
+    #[serde(rename = "type")]
+    type_info: Option<TypeView>,
+    lifetime: Option<&'static str>,
+    size: Option<u64>,
+    payload_size: Option<u64>,
+    mode: Option<String>,
+    creator_pid: Option<u32>,
+    creator_alive: Option<bool>,
+    created_unix_ns: Option<u64>,
+    created: Option<String>,
+    in_use: Option<bool>,
+    stale: bool,
+    owners: Vec<Owner>,
+    topic: Option<TopicDetail>,
+    array: Option<ArrayView>,
+    pool: Option<PoolView>,
+    problem: Option<String>,
+}
+
+/// The topic part of `inspect`.
+#[derive(Debug, Serialize)]
+struct TopicDetail {
+    qos: Qos,
+    counters: Counters,
+    /// Whether the rows below were read (not for a stale topic: attaching would remove it).
+    participants_read: bool,
+    publishers: Vec<PublisherRow>,
+    subscribers: Vec<SubscriberRow>,
+    note: Option<String>,
+    pool_segments: Vec<String>,
+}
+
+/// `shmbus inspect NAME`.
+pub(crate) fn inspect(out: &mut Out, typed: &str, json: bool) -> Result<(), CliError> {
+    let name = names::existing(typed)?;
+    let holders = Holders::scan();
+    let mut doc = Inspect {
+        name: name.as_str().to_owned(),
+        kind: "?".into(),
+        format_version: None,
+        type_info: None,
+        lifetime: None,
+        size: None,
+        payload_size: None,
+        mode: None,
+        creator_pid: None,
+        creator_alive: None,
+        created_unix_ns: None,
+        created: None,
+        in_use: None,
+        stale: false,
+        owners: holders.of(&name),
+        topic: None,
+        array: None,
+        pool: None,
+        problem: None,
+    };
+    match segment::peek(&name) {
+        Err(SegmentError::NotFound(_)) => return Err(names::not_found(name.as_str())),
+        Err(e) => {
+            if let SegmentError::Version { found, .. } = &e {
+                doc.format_version = Some(*found);
+            }
+            doc.size = std::fs::metadata(segment::shm_path(&name))
+                .ok()
+                .map(|m| m.len());
+            doc.problem = Some(problem(&e));
+        }
+        Ok(info) => fill(&mut doc, &name, &info),
+    }
+    if json {
+        return out.json_pretty(&doc);
+    }
+    out.put(&render_inspect(&doc))
+}
+
+fn fill(doc: &mut Inspect, name: &Name, info: &SegmentInfo) {
+    doc.kind = info.kind.as_str().into();
+    doc.format_version = Some(segment::FORMAT_VERSION);
+    doc.type_info = Some(TypeView::from(&info.type_info));
+    doc.lifetime = Some(match info.lifetime {
+        segment::Lifetime::Scoped => "scoped",
+        segment::Lifetime::Persistent => "persistent",
+    });
+    doc.size = Some(info.total_size);
+    doc.payload_size = Some(info.payload_size);
+    doc.mode = Some(format!("{:04o}", info.mode));
+    doc.creator_pid = Some(info.creator_pid);
+    doc.creator_alive = Some(pid_exists(info.creator_pid));
+    if info.created_unix_ns != 0 {
+        doc.created_unix_ns = Some(info.created_unix_ns);
+        doc.created = Some(utc(info.created_unix_ns));
+    }
+    doc.in_use = Some(info.in_use);
+    doc.stale = is_stale(info);
+    match info.kind {
+        Kind::Topic => {
+            let pools = pool_segments(name)
+                .into_iter()
+                .map(|n| n.as_str().to_owned())
+                .collect();
+            let mut detail = TopicDetail {
+                qos: qos_from_header(info),
+                counters: counters_from_header(info),
+                participants_read: false,
+                publishers: Vec::new(),
+                subscribers: Vec::new(),
+                note: None,
+                pool_segments: pools,
+            };
+            if info.in_use {
+                match participants(name, info) {
+                    Ok(p) => {
+                        detail.qos = p.qos;
+                        detail.counters = p.counters;
+                        detail.publishers = p.publishers;
+                        detail.subscribers = p.subscribers;
+                        detail.participants_read = true;
+                    }
+                    Err(e) => detail.note = Some(format!("participants not read: {e}")),
+                }
+            } else {
+                detail.note = Some(
+                    "no live process uses this topic: participants not read (attaching would \
+                     remove it); `shmbus gc` removes it"
+                        .into(),
+                );
+            }
+            doc.topic = Some(detail);
+        }
+        Kind::Array => doc.array = array_view(info),
+        Kind::Pool => doc.pool = pool_view(info),
+        _ => {}
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn render_inspect(d: &Inspect) -> String {
+    let mut s = format!("{} {}\n", d.kind, d.name);
+    let mut kv = Table::new(&["", ""]);
+    let mut add = |k: &str, v: String| kv.row(vec![k.to_owned(), v]);
+    if let Some(p) = &d.problem {
+        add("problem", p.clone());
+    }
+    if let Some(t) = &d.type_info {
+        add(
+            "type",
+            format!(
+                "{} ({}, size {}, align {}, fingerprint {})",
+                t.name, t.codec, t.size, t.align, t.fingerprint
+            ),
+        );
+    }
+    if let Some(v) = d.format_version {
+        add("format", format!("version {v}"));
+    }
+    if let Some(l) = d.lifetime {
+        add("lifetime", l.into());
+    }
+    if let Some(sz) = d.size {
+        let payload = d
+            .payload_size
+            .map(|p| format!(", payload {p} bytes"))
+            .unwrap_or_default();
+        let mode = d
+            .mode
+            .as_ref()
+            .map(|m| format!(", mode {m}"))
+            .unwrap_or_default();
+        add("size", format!("{} ({sz} bytes{payload}){mode}", size(sz)));
+    }
+    if let Some(pid) = d.creator_pid {
+        let alive = if d.creator_alive == Some(true) {
+            "running"
+        } else {
+            "exited"
+        };
+        let when = d
+            .created_unix_ns
+            .map(|ns| format!("{} ({}), ", utc(ns), age(ns)))
+            .unwrap_or_default();
+        add("created", format!("{when}by pid {pid} ({alive})"));
+    }
+    if let Some(u) = d.in_use {
+        add(
+            "in use",
+            format!("{}; stale: {}", yes(u), yes(d.stale))
+                + if d.stale {
+                    " (no live process; `shmbus gc` removes it)"
+                } else {
+                    ""
+                },
+        );
+    }
+    if !d.owners.is_empty() {
+        let pids: Vec<String> = d.owners.iter().map(|o| o.pid.to_string()).collect();
+        add("open by", format!("pids {}", pids.join(", ")));
+    }
+    if let Some(a) = &d.array {
+        add("dtype", format!("{} ({} bytes each)", a.dtype, a.itemsize));
+        add(
+            "shape",
+            a.shape
+                .as_ref()
+                .map_or("? (not readable without attaching)".into(), |s| {
+                    format!("{s:?}")
+                }),
+        );
+        add(
+            "strides",
+            a.strides
+                .as_ref()
+                .map_or("?".into(), |s| format!("{s:?} bytes (C order)")),
+        );
+        if let Some(b) = a.data_bytes {
+            add("data", format!("{} ({b} bytes)", size(b)));
+        }
+    }
+    if let Some(p) = &d.pool {
+        add("pool of", format!("topic {}", p.topic));
+        add("pool id", format!("{} (segment {})", p.pool_id, p.index));
+        add(
+            "blocks",
+            format!(
+                "{} × {} ({} bytes each)",
+                p.block_count,
+                size(p.block_size),
+                p.block_size
+            ),
+        );
+    }
+    s.push_str(
+        &kv.render(2)
+            .lines()
+            .skip(1)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    );
+    if let Some(t) = &d.topic {
+        let q = &t.qos;
+        s.push_str("QoS\n");
+        let mut kv = Table::new(&["", ""]);
+        let mut add = |k: &str, v: String| kv.row(vec![k.to_owned(), v]);
+        add("capacity", format!("{} messages", q.capacity));
+        add(
+            "slot size",
+            format!("{} bytes ({} slots)", q.slot_size, q.slots),
+        );
+        add("max subscribers", q.max_subscribers.to_string());
+        add("max publishers", q.max_publishers.to_string());
+        if let Some(h) = q.max_held {
+            add("max held", format!("{h} per subscriber"));
+        }
+        add("overflow", q.overflow.into());
+        add("timestamps", if q.timestamps { "on" } else { "off" }.into());
+        s.push_str(
+            &kv.render(2)
+                .lines()
+                .skip(1)
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        );
+        let c = &t.counters;
+        s.push_str("Counters\n");
+        let mut kv = Table::new(&["", ""]);
+        kv.row(vec!["published".into(), c.published.to_string()]);
+        kv.row(vec!["lagged".into(), c.lagged.to_string()]);
+        kv.row(vec!["lost".into(), c.lost.to_string()]);
+        kv.row(vec![
+            "back-pressure waits".into(),
+            c.backpressure_waits.to_string(),
+        ]);
+        s.push_str(
+            &kv.render(2)
+                .lines()
+                .skip(1)
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        );
+        if t.participants_read {
+            s.push_str(&format!("Publishers ({})\n", t.publishers.len()));
+            let mut pt = Table::new(&["ROW", "PID", "ALIVE"]);
+            for p in &t.publishers {
+                pt.row(vec![
+                    p.row.to_string(),
+                    p.pid.to_string(),
+                    yes(p.alive).into(),
+                ]);
+            }
+            if !pt.is_empty() {
+                s.push_str(&pt.render(2));
+            }
+            s.push_str(&format!("Subscribers ({})\n", t.subscribers.len()));
+            let mut st = Table::new(&["ROW", "PID", "ALIVE", "CURSOR", "LAG", "LAGGED"]);
+            for r in &t.subscribers {
+                st.row(vec![
+                    r.row.to_string(),
+                    r.pid.to_string(),
+                    yes(r.alive).into(),
+                    r.cursor.to_string(),
+                    r.lag.to_string(),
+                    r.lagged.to_string(),
+                ]);
+            }
+            if !st.is_empty() {
+                s.push_str(&st.render(2));
+            }
+        }
+        if let Some(n) = &t.note {
+            s.push_str(&format!("Note: {n}\n"));
+        }
+        if !t.pool_segments.is_empty() {
+            s.push_str(&format!("Pool segments ({})\n", t.pool_segments.len()));
+            for p in &t.pool_segments {
+                s.push_str(&format!("  {p}\n"));
+            }
+        }
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// rm
+// ---------------------------------------------------------------------------------------------
+
+/// One removed object.
+#[derive(Debug, Serialize)]
+struct Removed {
+    name: String,
+    kind: String,
+    note: Option<String>,
+}
+
+/// One object `rm` left in place, and why.
+#[derive(Debug, Serialize)]
+struct Kept {
+    name: String,
+    reason: String,
+}
+
+#[derive(Debug, Serialize, Default)]
+struct RmReport {
+    removed: Vec<Removed>,
+    kept: Vec<Kept>,
+}
+
+fn users(owners: &[Owner]) -> String {
+    let mut pids: Vec<u32> = owners.iter().filter(|o| o.alive).map(|o| o.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    match pids.as_slice() {
+        [] => "a process this user cannot see".into(),
+        [p] => format!("process {p}"),
+        ps => format!(
+            "{} processes ({})",
+            ps.len(),
+            ps.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// `shmbus rm NAME... [--force]`: every name is checked before anything is removed.
+pub(crate) fn rm(out: &mut Out, typed: &[String], force: bool, json: bool) -> Result<(), CliError> {
+    let holders = Holders::scan();
+    let mut plan = Vec::new();
+    for t in typed {
+        let name = names::existing(t)?;
+        let peeked = segment::peek(&name);
+        let (in_use, kind, owners) = match &peeked {
+            Ok(info) => {
+                let owners = match (info.kind, info.in_use) {
+                    (Kind::Topic, true) => survey::entry(&name, &holders)
+                        .map(|e| e.owners)
+                        .unwrap_or_default(),
+                    _ => holders.of(&name),
+                };
+                (info.in_use, info.kind.as_str().to_owned(), owners)
+            }
+            Err(_) => {
+                let owners = holders.of(&name);
+                (!owners.is_empty(), "?".to_owned(), owners)
+            }
+        };
+        if in_use && !force {
+            return Err(CliError::InUse {
+                name: name.as_str().to_owned(),
+                users: users(&owners),
+            });
+        }
+        plan.push((name, peeked, in_use, kind, owners));
+    }
+    let mut report = RmReport::default();
+    for (name, peeked, in_use, kind, owners) in plan {
+        segment::unlink(&name)?;
+        let note = match &peeked {
+            Err(e) => Some(format!(
+                "it was not a readable shmbus segment ({})",
+                problem(e)
+            )),
+            Ok(_) if in_use => Some(format!(
+                "still mapped by {}: they keep using it until they let go; new openers create \
+                 a new one",
+                users(&owners)
+            )),
+            Ok(_) => None,
+        };
+        report.removed.push(Removed {
+            name: name.as_str().to_owned(),
+            kind: kind.clone(),
+            note,
+        });
+        if kind == "topic" {
+            for pool in pool_segments(&name) {
+                match segment::peek(&pool) {
+                    Ok(info) if info.in_use => report.kept.push(Kept {
+                        name: pool.as_str().to_owned(),
+                        reason: format!(
+                            "pool segment of `{}` in use by {} (its array publisher or \
+                             subscribers); the last of them removes it when it lets go",
+                            name,
+                            users(&holders.of(&pool))
+                        ),
+                    }),
+                    Err(SegmentError::NotFound(_)) => {}
+                    _ => {
+                        segment::unlink(&pool)?;
+                        report.removed.push(Removed {
+                            name: pool.as_str().to_owned(),
+                            kind: "pool".into(),
+                            note: Some(format!("unused pool segment of `{name}`")),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if json {
+        return out.json_pretty(&report);
+    }
+    for r in &report.removed {
+        let note = r
+            .note
+            .as_ref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        out.line(&format!("removed {} `{}`{note}", r.kind, r.name))?;
+    }
+    for k in &report.kept {
+        out.line(&format!("kept `{}`: {}", k.name, k.reason))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// gc
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+struct GcReport {
+    removed: Vec<Removed>,
+}
+
+/// `shmbus gc [PREFIX]`: removes every scoped object no live process uses (only those whose
+/// name starts with `PREFIX`, if given). Persistent objects and files that are not shmbus
+/// segments of this format version are kept.
+pub(crate) fn gc(out: &mut Out, prefix: Option<&str>, json: bool) -> Result<(), CliError> {
+    // Kinds, for the report: gc itself only returns file names.
+    let before: Vec<Entry> = survey::survey(prefix)?;
+    let kind_of = |name: &str| {
+        before
+            .iter()
+            .find(|e| e.name == name)
+            .map_or("?".to_owned(), |e| e.kind.clone())
+    };
+    let removed: Vec<String> = match prefix {
+        None => segment::gc()
+            .map_err(CliError::list)?
+            .into_iter()
+            .filter_map(|f| f.strip_prefix(FILE_PREFIX).map(str::to_owned))
+            .collect(),
+        Some(_) => before
+            .iter()
+            .filter(|e| e.stale)
+            .filter_map(|e| Name::new(&e.name).ok())
+            .filter(reclaim_if_stale)
+            .map(|n| n.as_str().to_owned())
+            .collect(),
+    };
+    let report = GcReport {
+        removed: removed
+            .iter()
+            .map(|n| Removed {
+                name: n.clone(),
+                kind: kind_of(n),
+                note: None,
+            })
+            .collect(),
+    };
+    if json {
+        return out.json_pretty(&report);
+    }
+    if report.removed.is_empty() {
+        return out.line("nothing to remove: every scoped object has a live user");
+    }
+    out.line(&format!(
+        "removed {} object{} no live process used:",
+        report.removed.len(),
+        if report.removed.len() == 1 { "" } else { "s" }
+    ))?;
+    let mut t = Table::new(&["KIND", "NAME"]);
+    for r in &report.removed {
+        t.row(vec![r.kind.clone(), r.name.clone()]);
+    }
+    out.put(&t.render(2))
+}
+
+/// Removes `name` if it is scoped and unused, the way every opener does: opening a stale
+/// segment marks it closed and unlinks it. Returns whether it is gone.
+fn reclaim_if_stale(name: &Name) -> bool {
+    let Ok(info) = segment::peek(name) else {
+        return false;
+    };
+    if !is_stale(&info) {
+        return false;
+    }
+    let expect = Expect {
+        kind: info.kind,
+        type_info: None,
+        read_only: false,
+        timeout: OPEN_TIMEOUT,
+    };
+    match Segment::open(name, &expect) {
+        // Someone started using it meanwhile; our handle goes as any user's does.
+        Ok(seg) => drop(seg),
+        Err(SegmentError::NotFound(_)) => {}
+        Err(_) => return false,
+    }
+    !segment::exists(name)
+}

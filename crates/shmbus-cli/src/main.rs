@@ -1,0 +1,232 @@
+//! `shmbus`: see, check and clean up the shmbus objects of this machine.
+//!
+//! ```text
+//! shmbus ls [PREFIX]                      every object: kind, type, size, users, stale or not
+//! shmbus inspect NAME                     header, QoS, counters, publishers and subscribers
+//! shmbus echo TOPIC [--count N] [--as SPEC] [--timeout SECS]
+//!                                         print messages (JSON when the layout is known, else hex)
+//! shmbus hz TOPIC [--window N] [--duration SECS]
+//!                                         message rate, intervals and publish-to-receive latency
+//! shmbus rm NAME... [--force]             remove objects (and a topic's unused pool segments)
+//! shmbus gc [PREFIX]                      remove every scoped object no live process uses
+//! ```
+//!
+//! Names are shmbus names (`demo.frames`), not file names; `/dev/shm/shmbus.demo.frames` is
+//! accepted too. An unknown name fails with suggestions ("did you mean ...?"). Exit status: 0 on
+//! success, 1 on an error (one line on standard error), 2 on a usage error.
+//!
+//! Looking never changes anything: `ls` and `inspect` read headers, and attach to a topic some
+//! process uses without joining it (a stale topic is not attached at all, since opening it would
+//! reclaim it). `echo` and `hz` join as an ordinary subscriber that reads new messages only; on
+//! a back-pressure topic a slow reader holds the publisher back like any subscriber.
+//!
+//! # Decoding messages (`echo`)
+//!
+//! A topic records its type's name, size, alignment and codec. `echo` decodes by itself the
+//! types it knows by name: `u8`..`u64`, `i8`..`i64`, `f32`, `f64`, `bool`, `String`/`&str`, and
+//! `Vec<T>`, `Option<T>`, `[T; N]` of those, in `Pod` or serde (postcard) topics. Array topics
+//! (type `array+<metadata>`) print their block descriptor (dtype, shape, pool, segment, block,
+//! generation) and the metadata bytes in hex. Anything else is a hex dump, unless `--as` gives
+//! the layout, as fields in order or as one type:
+//!
+//! ```text
+//! --as 'seq:u64,x:f64,y:f64,theta:f64'         a #[repr(C)] Pod struct (padding computed)
+//! --as 'seq:u64,mode:string,warnings:[string]' a serde struct (postcard)
+//! --as 'frame:u64,width:u32,height:u32,send_ns:u64'  an array topic's metadata
+//! ```
+//!
+//! Types: `u8 u16 u32 u64 i8 i16 i32 i64 f32 f64 bool string`, `[T]` (sequence), `[T; N]`,
+//! `T?` (option), `{a:T,b:U}` (nested struct). A `Pod` layout must have the topic's type size.
+//! Bytes that do not decode are reported with the offset of the problem and dumped in hex.
+//!
+//! # JSON (`--json`)
+//!
+//! `ls`, `inspect`, `rm`, `gc` and `hz` print one JSON document; `echo` prints one document
+//! per line (JSON Lines). Field names are stable; absent values are `null`.
+//!
+//! - `ls`: `{"objects": [Entry]}`, Entry = `name`, `kind` (`topic`, `array`, `pool`, `queue`,
+//!   `mutex`, `semaphore`, `event`, `value`, or `?` when the header is unreadable), `type`
+//!   (`{name, size, align, codec, fingerprint}`), `dtype`, `shape` (arrays), `size` (file
+//!   bytes), `lifetime` (`scoped`/`persistent`), `in_use`, `stale` (scoped and no live user:
+//!   `gc` removes it), `publishers`, `subscribers` (topics), `owners` (`[{pid, alive, role}]`,
+//!   role `publisher`, `subscriber` or `attached`), `creator_pid`, `topic` (pools: the topic
+//!   they serve), `problem` (`corrupt: ...`, another format version, ...).
+//! - `inspect`: `name`, `kind`, `format_version`, `type`, `lifetime`, `size`, `payload_size`,
+//!   `mode`, `creator_pid`, `creator_alive`, `created_unix_ns`, `created`, `in_use`, `stale`,
+//!   `owners`, `problem`, and by kind `topic` (`qos` {capacity, slot_size, slots,
+//!   max_subscribers, max_publishers, max_held, overflow, timestamps}, `counters` {published,
+//!   lagged, lost, backpressure_waits}, `participants_read`, `publishers` [{row, pid, alive}],
+//!   `subscribers` [{row, pid, alive, cursor, lag, lagged}], `note`, `pool_segments`), `array`
+//!   {dtype, itemsize, shape, strides, data_bytes} or `pool` {topic, pool_id, index,
+//!   block_size, block_count}.
+//! - `rm`: `{"removed": [{name, kind, note}], "kept": [{name, reason}]}`; `gc`:
+//!   `{"removed": [{name, kind, note}]}`.
+//! - `hz`: `{topic, messages, lagged, elapsed_s, window, rate_hz, interval_s, latency_ns,
+//!   latency_note}`, the last three statistics as `{mean, min, max, std_dev}`. With `--json`,
+//!   `hz` runs for `--duration` (5 s by default) and prints once.
+//! - `echo`: per message `{seq, value}` (decoded), `{seq, array, meta | meta_hex}` (array
+//!   topics), or `{seq, hex, note}`; `error` when decoding failed; `{"lagged": n}` when
+//!   messages were missed.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod decode;
+mod error;
+mod names;
+mod output;
+mod spec;
+mod survey;
+mod watch;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CliError;
+use crate::output::Out;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "shmbus",
+    version,
+    about = "See, check and clean up shmbus topics, arrays and locks on this machine"
+)]
+struct Cli {
+    /// Print JSON for scripts instead of tables (one document; one per line for `echo`).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List every shmbus object: kind, type, size, users, and whether it is stale.
+    Ls {
+        /// Only names that start with this.
+        prefix: Option<String>,
+    },
+    /// Show an object's header, QoS, counters and participants.
+    Inspect {
+        /// The object's shmbus name.
+        name: String,
+    },
+    /// Print a topic's messages: JSON when the layout is known, otherwise a hex dump.
+    Echo {
+        /// The topic.
+        topic: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// The message layout, e.g. 'seq:u64,x:f64' or 'seq:u64,mode:string,warnings:[string]'.
+        #[arg(long = "as", value_name = "SPEC")]
+        layout: Option<String>,
+        /// Give up (exit status 1) when no message comes for this many seconds.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+    },
+    /// Measure a topic's message rate and publish-to-receive latency.
+    Hz {
+        /// The topic.
+        topic: String,
+        /// Intervals the statistics are computed over.
+        #[arg(long, default_value_t = 10_000)]
+        window: usize,
+        /// Stop after this many seconds (default: run until interrupted; 5 with --json).
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
+    },
+    /// Remove objects by name (a topic's unused pool segments with it).
+    Rm {
+        /// The objects' shmbus names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Remove objects that live processes still use (they keep their mapping).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove every scoped object that no live process uses; persistent ones are kept.
+    Gc {
+        /// Only names that start with this.
+        prefix: Option<String>,
+    },
+}
+
+fn seconds(s: Option<f64>, what: &str) -> Result<Option<Duration>, CliError> {
+    s.map(|s| {
+        Duration::try_from_secs_f64(s)
+            .map_err(|_| CliError::Usage(format!("--{what} must be a number of seconds >= 0")))
+    })
+    .transpose()
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let mut out = Out::new();
+    let json = cli.json;
+    match cli.command {
+        Command::Ls { prefix } => commands::ls(&mut out, prefix.as_deref(), json)?,
+        Command::Inspect { name } => commands::inspect(&mut out, &name, json)?,
+        Command::Echo {
+            topic,
+            count,
+            layout,
+            timeout,
+        } => watch::echo(
+            &mut out,
+            &topic,
+            count,
+            layout.as_deref(),
+            seconds(timeout, "timeout")?,
+            json,
+        )?,
+        Command::Hz {
+            topic,
+            window,
+            duration,
+        } => {
+            let duration = match seconds(duration, "duration")? {
+                None if json => Some(Duration::from_secs(5)),
+                d => d,
+            };
+            watch::hz(&mut out, &topic, window, duration, json)?
+        }
+        Command::Rm { names, force } => commands::rm(&mut out, &names, force, json)?,
+        Command::Gc { prefix } => commands::gc(&mut out, prefix.as_deref(), json)?,
+    }
+    out.flush()
+}
+
+/// A remark on standard error that is not an error.
+pub(crate) fn note(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "shmbus: {msg}");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) | Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "shmbus: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "shmbus", "echo", "t", "--as", "a:u8", "--count", "3", "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert!(Cli::try_parse_from(["shmbus", "rm"]).is_err());
+    }
+}
