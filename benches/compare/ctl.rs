@@ -1,0 +1,230 @@
+//! What the processes of one run share besides the systems under test: a memfd mapping (for
+//! start barriers, acknowledgements and the bare floors), CPU pinning, and spin waits that give up.
+//!
+//! The mapping is an anonymous `memfd` inherited across `exec` (no name in `/dev/shm`, so
+//! nothing can leak), laid out as:
+//!
+//! - 64 control lines of 128 bytes each (one word per line: no false sharing);
+//! - from [`DATA_OFFSET`], the floors' data: a ring of 64-byte slots, or bulk blocks.
+
+use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+
+use crate::Res;
+
+/// Bytes per control line.
+const LINE: usize = 128;
+/// Number of control lines.
+pub(crate) const LINES: usize = 64;
+/// Where the floors' data starts (page-aligned).
+pub(crate) const DATA_OFFSET: usize = 1 << 20;
+
+/// Control lines (indices into the mapping).
+pub(crate) mod line {
+    /// Peers add 1 once they are ready.
+    pub(crate) const READY: usize = 0;
+    /// The leader sets 1 once its ports exist (peers open theirs after).
+    pub(crate) const LEADER: usize = 1;
+    /// Floor ping / pong words.
+    pub(crate) const PING: usize = 2;
+    /// See [`PING`].
+    pub(crate) const PONG: usize = 3;
+    /// Producer position of a floor ring.
+    pub(crate) const HEAD: usize = 6;
+    /// Consumer position of a floor ring.
+    pub(crate) const TAIL: usize = 7;
+    /// Fan-out: subscriber `k` acknowledges message `i` at `ACK + k`.
+    pub(crate) const ACK: usize = 8;
+    /// Fan-out: subscriber `k` stores its receive time at `RECV_NS + k`.
+    pub(crate) const RECV_NS: usize = 16;
+    /// Fan-out floor: the published sequence number.
+    pub(crate) const FAN_SEQ: usize = 24;
+}
+
+/// A shared mapping that child processes inherit.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    ptr: NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is only accessed through atomics and raw pointers whose use the scenarios
+// coordinate; it is shared with other processes anyway.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// A fresh zero-filled mapping of `DATA_OFFSET + data` bytes, inheritable by children.
+    pub(crate) fn create(data: usize) -> Res<Shared> {
+        // No CLOEXEC: the peer processes find it at the same descriptor number.
+        let fd = memfd_create("shmbus-compare", MemfdFlags::empty())?;
+        let len = DATA_OFFSET + data;
+        ftruncate(&fd, len as u64)?;
+        Self::map(fd, len)
+    }
+
+    /// Maps the inherited descriptor `fd` of a mapping `len` bytes long.
+    pub(crate) fn inherit(fd: i32, len: usize) -> Res<Shared> {
+        // Refuse descriptors that are not open, rather than adopting a random one.
+        rustix::io::fcntl_getfd(
+            // SAFETY: only used for the duration of this call, while `fd` is open or not.
+            unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) },
+        )?;
+        // SAFETY: the parent passed the number of a memfd it left open across exec; this
+        // process owns its copy of that descriptor and nothing else uses it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Self::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> Res<Shared> {
+        // SAFETY: a fresh shared mapping of a memfd of `len` bytes; no existing memory is
+        // replaced (null hint without MAP_FIXED).
+        let p = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )?
+        };
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or("mmap returned null")?;
+        Ok(Shared { ptr, len, fd })
+    }
+
+    /// The descriptor number children inherit.
+    pub(crate) fn fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// Length of the mapping.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The 64-bit word of control line `i`.
+    pub(crate) fn word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < LINES);
+        // SAFETY: line `i` lies within the first LINES × LINE bytes of the mapping, is 128-byte
+        // aligned (the mapping is page-aligned), and lives as long as `self`.
+        unsafe { &*self.ptr.as_ptr().add(i * LINE).cast::<AtomicU64>() }
+    }
+
+    /// The 32-bit word at the start of control line `i` (futex words).
+    pub(crate) fn word32(&self, i: usize) -> &AtomicU32 {
+        assert!(i < LINES);
+        // SAFETY: as for `word`; 4-byte alignment holds a fortiori.
+        unsafe { &*self.ptr.as_ptr().add(i * LINE).cast::<AtomicU32>() }
+    }
+
+    /// `len` bytes of the data area from `offset`, as 64-bit words.
+    ///
+    /// Callers coordinate who writes which words (as the protocols under test do); the words
+    /// are atomics so that concurrent access is never undefined behaviour.
+    pub(crate) fn data_words(&self, offset: usize, len: usize) -> &[AtomicU64] {
+        assert!(offset % 8 == 0 && len % 8 == 0);
+        assert!(DATA_OFFSET + offset + len <= self.len);
+        // SAFETY: the range lies within the mapping (checked), is 8-byte aligned (the data area
+        // is page-aligned and `offset` a multiple of 8), and lives as long as `self`; every bit
+        // pattern is a valid `AtomicU64`.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ptr
+                    .as_ptr()
+                    .add(DATA_OFFSET + offset)
+                    .cast::<AtomicU64>(),
+                len / 8,
+            )
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping; every reference into it borrows `self`.
+        let _ = unsafe { munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Pins the calling process to `cpu`.
+pub(crate) fn pin(cpu: usize) -> Res<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set)?;
+    Ok(())
+}
+
+/// How many CPUs this process may run on.
+pub(crate) fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
+/// How long any wait for a peer lasts before the run is declared broken.
+pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Spins until `done` returns true, calling `idle` between polls; fails after
+/// [`PEER_TIMEOUT`] (a dead peer must not hang the harness).
+pub(crate) fn spin_until(mut done: impl FnMut() -> bool, mut idle: impl FnMut()) -> Res<()> {
+    let start = Instant::now();
+    let mut n = 0u32;
+    while !done() {
+        idle();
+        n = n.wrapping_add(1);
+        if n % 1024 == 0 && start.elapsed() > PEER_TIMEOUT {
+            return Err("timed out waiting for a peer process".into());
+        }
+    }
+    Ok(())
+}
+
+/// Marks this peer ready.
+pub(crate) fn announce_ready(shared: &Shared) {
+    shared.word(line::READY).fetch_add(1, Ordering::Release);
+}
+
+/// Tells the peers that the leader's ports exist.
+pub(crate) fn leader_ready(shared: &Shared) {
+    shared.word(line::LEADER).store(1, Ordering::Release);
+}
+
+/// Waits for [`leader_ready`].
+pub(crate) fn wait_leader(shared: &Shared) -> Res<()> {
+    spin_until(
+        || shared.word(line::LEADER).load(Ordering::Acquire) == 1,
+        || std::thread::sleep(Duration::from_micros(50)),
+    )
+}
+
+/// Waits until `n` peers announced themselves.
+pub(crate) fn wait_ready(shared: &Shared, n: u64) -> Res<()> {
+    spin_until(
+        || shared.word(line::READY).load(Ordering::Acquire) >= n,
+        || std::thread::sleep(Duration::from_micros(50)),
+    )
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: comparable across processes.
+pub(crate) fn now_ns() -> u64 {
+    shmbus::monotonic_ns()
+}
+
+/// How long a sender of the wake scenarios waits before each message, so that the receiver
+/// has certainly gone to sleep (spin-then-sleep receivers spin for a few microseconds).
+const SETTLE: Duration = Duration::from_micros(100);
+
+/// Busy-waits [`SETTLE`] (not sleeping: the sender's own wake-up must not be measured).
+pub(crate) fn settle() {
+    let until = Instant::now() + SETTLE;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}

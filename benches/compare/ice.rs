@@ -1,0 +1,446 @@
+//! iceoryx2 0.10, written as its examples write it: loan, write, send; receive; for sleeping
+//! receivers, a sample plus an event notification.
+
+use std::hint::{black_box, spin_loop};
+use std::time::{Duration, Instant};
+
+use iceoryx2::port::listener::Listener;
+use iceoryx2::port::notifier::Notifier;
+use iceoryx2::port::subscriber::Subscriber;
+use iceoryx2::port::update_connections::UpdateConnections;
+use iceoryx2::prelude::*;
+use iceoryx2::sample::Sample;
+
+use crate::ctl::{self, now_ns, PEER_TIMEOUT};
+use crate::floor::{ack, collect_acks, yield_now};
+use crate::{Measured, Res, Run};
+
+/// A 64-byte message.
+#[derive(Debug, Clone, Copy, ZeroCopySend)]
+#[repr(C)]
+struct Msg64 {
+    seq: u64,
+    body: [u64; 7],
+}
+
+fn node() -> Res<Node<ipc::Service>> {
+    // No config file is expected: the defaults are what a user gets; say nothing about them.
+    set_log_level(LogLevel::Error);
+    Ok(NodeBuilder::new()
+        .signal_handling_mode(SignalHandlingMode::Disabled)
+        .create::<ipc::Service>()
+        .map_err(|e| format!("iceoryx2 node: {e:?}"))?)
+}
+
+/// What iceoryx2 keeps on the machine beyond its nodes' lives: a global management segment in
+/// `/dev/shm` and a directory in the temporary directory. The harness removes them at the end
+/// if they were not there at the start (no other iceoryx2 user on the machine).
+#[derive(Debug)]
+pub(crate) struct Residue {
+    shm_before: bool,
+    tmp_before: bool,
+}
+
+const TMP_DIR: &str = "/tmp/iceoryx2";
+
+fn iox2_files() -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("iox2_"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Residue {
+    pub(crate) fn before() -> Residue {
+        Residue {
+            shm_before: !iox2_files().is_empty(),
+            tmp_before: std::path::Path::new(TMP_DIR).exists(),
+        }
+    }
+
+    pub(crate) fn remove(&self) {
+        cleanup();
+        if !self.shm_before {
+            for f in iox2_files() {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        if !self.tmp_before {
+            let _ = std::fs::remove_dir_all(TMP_DIR);
+        }
+    }
+}
+
+/// Removes what iceoryx2 nodes of dead processes left behind (peers killed by a failed run).
+fn cleanup() {
+    if let Ok(node) = node() {
+        let _ = node.try_cleanup_dead_nodes();
+    }
+}
+
+fn service_name(run: &Run<'_>, what: &str) -> Res<ServiceName> {
+    ServiceName::new(&format!("{}/{what}", run.tag)).map_err(|e| format!("{e:?}").into())
+}
+
+fn err<E: std::fmt::Debug>(
+    what: &'static str,
+) -> impl Fn(E) -> Box<dyn std::error::Error + Send + Sync> {
+    move |e| format!("iceoryx2 {what}: {e:?}").into()
+}
+
+/// Polls `sub` until a sample arrives.
+fn poll<T: std::fmt::Debug + ZeroCopySend>(
+    sub: &Subscriber<ipc::Service, T, ()>,
+    mut idle: impl FnMut(),
+) -> Res<Sample<ipc::Service, T, ()>> {
+    let start = Instant::now();
+    let mut n = 0u32;
+    loop {
+        if let Some(s) = sub.receive().map_err(err("receive"))? {
+            return Ok(s);
+        }
+        idle();
+        n = n.wrapping_add(1);
+        if n % 1024 == 0 && start.elapsed() > PEER_TIMEOUT {
+            return Err("timed out waiting for a peer process".into());
+        }
+    }
+}
+
+/// Sleeps on `listener` until a sample is there.
+fn sleep_recv<T: std::fmt::Debug + ZeroCopySend>(
+    sub: &Subscriber<ipc::Service, T, ()>,
+    listener: &Listener<ipc::Service>,
+) -> Res<Sample<ipc::Service, T, ()>> {
+    let deadline = Instant::now() + PEER_TIMEOUT;
+    loop {
+        if let Some(s) = sub.receive().map_err(err("receive"))? {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            return Err("timed out waiting for a peer process".into());
+        }
+        listener
+            .timed_wait(|_| {}, Duration::from_millis(100))
+            .map_err(err("wait"))?;
+    }
+}
+
+pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<Option<Measured>> {
+    let node = node()?;
+    let (out, inp) = if leader {
+        ("ping", "pong")
+    } else {
+        ("pong", "ping")
+    };
+    if !leader {
+        ctl::wait_leader(run.shared)?;
+    }
+    let open = |what: &str| -> Res<_> {
+        node.service_builder(&service_name(run, what)?)
+            .publish_subscribe::<u64>()
+            .open_or_create()
+            .map_err(err("service"))
+    };
+    let out_svc = open(out)?;
+    let in_svc = open(inp)?;
+    let publisher = out_svc
+        .publisher_builder()
+        .create()
+        .map_err(err("publisher"))?;
+    let subscriber = in_svc
+        .subscriber_builder()
+        .create()
+        .map_err(err("subscriber"))?;
+    // Sleeping receivers: an event service per direction.
+    let events = |what: &str| -> Res<_> {
+        node.service_builder(&service_name(run, &format!("{what}.event"))?)
+            .event()
+            .open_or_create()
+            .map_err(err("event service"))
+    };
+    let (notifier, listener): (
+        Option<Notifier<ipc::Service>>,
+        Option<Listener<ipc::Service>>,
+    ) = if blocking {
+        let out_ev = events(out)?;
+        let in_ev = events(inp)?;
+        (
+            Some(
+                out_ev
+                    .notifier_builder()
+                    .create()
+                    .map_err(err("notifier"))?,
+            ),
+            Some(in_ev.listener_builder().create().map_err(err("listener"))?),
+        )
+    } else {
+        (None, None)
+    };
+    if leader {
+        ctl::leader_ready(run.shared);
+        ctl::wait_ready(run.shared, 1)?;
+    } else {
+        ctl::announce_ready(run.shared);
+    }
+    let send = |v: u64| -> Res<()> {
+        let sample = publisher.loan_uninit().map_err(err("loan"))?;
+        sample.write_payload(v).send().map_err(err("send"))?;
+        if let Some(n) = &notifier {
+            n.notify().map_err(err("notify"))?;
+        }
+        Ok(())
+    };
+    let recv = |want: u64| -> Res<()> {
+        let s = match &listener {
+            Some(l) => sleep_recv(&subscriber, l)?,
+            None => poll(&subscriber, spin_loop)?,
+        };
+        if *s.payload() != want {
+            return Err(format!("expected {want}, got {}", s.payload()).into());
+        }
+        Ok(())
+    };
+    let mut rt = Vec::with_capacity(run.iters as usize);
+    for i in 1..=run.total() {
+        if leader {
+            if blocking {
+                ctl::settle();
+            }
+            let t = Instant::now();
+            send(i)?;
+            recv(i)?;
+            if i > run.warmup {
+                rt.push(t.elapsed().as_nanos() as u64);
+            }
+        } else {
+            recv(i)?;
+            send(i)?;
+        }
+    }
+    // The peer's last sample must be read before its publisher goes.
+    if leader {
+        done_reading(run);
+    } else {
+        wait_until_read(run)?;
+    }
+    Ok(leader.then_some(Measured::RoundTrips(rt)))
+}
+
+pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    let node = node()?;
+    if !leader {
+        ctl::wait_leader(run.shared)?;
+    }
+    let svc = node
+        .service_builder(&service_name(run, "stream")?)
+        .publish_subscribe::<Msg64>()
+        .enable_safe_overflow(false)
+        .subscriber_max_buffer_size(256)
+        .open_or_create()
+        .map_err(err("service"))?;
+    let n = run.total();
+    if leader {
+        let sub = svc
+            .subscriber_builder()
+            .buffer_size(256)
+            .create()
+            .map_err(err("subscriber"))?;
+        ctl::leader_ready(run.shared);
+        ctl::wait_ready(run.shared, 1)?;
+        connect(run, &sub)?;
+        let mut times = Vec::new();
+        for i in 0..n {
+            if i == run.warmup || (i > run.warmup && (i - run.warmup) % run.window == 0) {
+                times.push(now_ns());
+            }
+            let s = poll(&sub, spin_loop)?;
+            let m = s.payload();
+            if m.seq != i {
+                return Err(format!("expected message {i}, got {}", m.seq).into());
+            }
+            black_box(m.body.iter().fold(m.seq, |a, &b| a.wrapping_add(b)));
+        }
+        times.push(now_ns());
+        done_reading(run);
+        Ok(Some(Measured::Windows(times)))
+    } else {
+        let publisher = svc
+            .publisher_builder()
+            .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+            .create()
+            .map_err(err("publisher"))?;
+        ctl::announce_ready(run.shared);
+        wait_connected(run)?;
+        for i in 0..n {
+            let mut body = [0u64; 7];
+            for (k, w) in body.iter_mut().enumerate() {
+                *w = i ^ k as u64;
+            }
+            let sample = publisher.loan_uninit().map_err(err("loan"))?;
+            sample
+                .write_payload(Msg64 { seq: i, body })
+                .send()
+                .map_err(err("send"))?;
+        }
+        wait_until_read(run)?;
+        Ok(None)
+    }
+}
+
+/// The consumer attaches to the producer's publisher before the producer sends: a blocking
+/// publisher drops what it sends to a subscriber that has not connected yet.
+fn connect(run: &Run<'_>, sub: &impl UpdateConnections) -> Res<()> {
+    sub.update_connections().map_err(err("connect"))?;
+    run.shared
+        .word(ctl::line::HEAD)
+        .store(1, std::sync::atomic::Ordering::Release);
+    Ok(())
+}
+
+fn wait_connected(run: &Run<'_>) -> Res<()> {
+    ctl::spin_until(
+        || {
+            run.shared
+                .word(ctl::line::HEAD)
+                .load(std::sync::atomic::Ordering::Acquire)
+                == 1
+        },
+        || std::thread::sleep(Duration::from_micros(100)),
+    )
+}
+
+/// A producer's last samples must be read before its publisher goes (iceoryx2 reclaims the
+/// data segment with the publisher); the consumer tells it through the control mapping.
+fn wait_until_read(run: &Run<'_>) -> Res<()> {
+    ctl::spin_until(
+        || {
+            run.shared
+                .word(ctl::line::TAIL)
+                .load(std::sync::atomic::Ordering::Acquire)
+                == 1
+        },
+        || std::thread::sleep(Duration::from_micros(100)),
+    )
+}
+
+fn done_reading(run: &Run<'_>) {
+    run.shared
+        .word(ctl::line::TAIL)
+        .store(1, std::sync::atomic::Ordering::Release);
+}
+
+pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    let words = run.bytes / 8;
+    let node = node()?;
+    if !leader {
+        ctl::wait_leader(run.shared)?;
+    }
+    let svc = node
+        .service_builder(&service_name(run, "bulk")?)
+        .publish_subscribe::<[u64]>()
+        .enable_safe_overflow(false)
+        .subscriber_max_buffer_size(4)
+        .subscriber_max_borrowed_samples(1)
+        .open_or_create()
+        .map_err(err("service"))?;
+    let n = run.total();
+    if leader {
+        let sub = svc
+            .subscriber_builder()
+            .buffer_size(4)
+            .create()
+            .map_err(err("subscriber"))?;
+        ctl::leader_ready(run.shared);
+        ctl::wait_ready(run.shared, 1)?;
+        connect(run, &sub)?;
+        let mut times = Vec::new();
+        for i in 0..n {
+            if i == run.warmup || (i > run.warmup && (i - run.warmup) % run.window == 0) {
+                times.push(now_ns());
+            }
+            let deadline = Instant::now() + PEER_TIMEOUT;
+            let s = loop {
+                if let Some(s) = sub.receive().map_err(err("receive"))? {
+                    break s;
+                }
+                if Instant::now() > deadline {
+                    return Err("timed out waiting for a peer process".into());
+                }
+                spin_loop();
+            };
+            let data = s.payload();
+            black_box(data.iter().fold(0u64, |a, &b| a.wrapping_add(b)));
+            if data.first() != Some(&i) {
+                return Err(format!("bulk message {i} damaged").into());
+            }
+        }
+        times.push(now_ns());
+        done_reading(run);
+        Ok(Some(Measured::Windows(times)))
+    } else {
+        let publisher = svc
+            .publisher_builder()
+            .initial_max_slice_len(words)
+            .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+            .create()
+            .map_err(err("publisher"))?;
+        ctl::announce_ready(run.shared);
+        wait_connected(run)?;
+        for i in 0..n {
+            let sample = publisher.loan_slice_uninit(words).map_err(err("loan"))?;
+            let sample = sample.write_from_fn(|k| i ^ k as u64);
+            sample.send().map_err(err("send"))?;
+        }
+        wait_until_read(run)?;
+        Ok(None)
+    }
+}
+
+pub(crate) fn fanout(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    let node = node()?;
+    if !leader {
+        ctl::wait_leader(run.shared)?;
+    }
+    let svc = node
+        .service_builder(&service_name(run, "fan")?)
+        .publish_subscribe::<u64>()
+        .max_subscribers(run.peers + 1)
+        .open_or_create()
+        .map_err(err("service"))?;
+    if leader {
+        let publisher = svc.publisher_builder().create().map_err(err("publisher"))?;
+        ctl::leader_ready(run.shared);
+        ctl::wait_ready(run.shared, run.peers as u64)?;
+        let mut lat = Vec::with_capacity(run.iters as usize);
+        for i in 1..=run.total() {
+            let t0 = now_ns();
+            let sample = publisher.loan_uninit().map_err(err("loan"))?;
+            sample.write_payload(i).send().map_err(err("send"))?;
+            let last = collect_acks(run, i)?;
+            if i > run.warmup {
+                lat.push(last.saturating_sub(t0));
+            }
+        }
+        Ok(Some(Measured::Latencies(lat)))
+    } else {
+        let sub = svc
+            .subscriber_builder()
+            .create()
+            .map_err(err("subscriber"))?;
+        ctl::announce_ready(run.shared);
+        for i in 1..=run.total() {
+            let s = poll(&sub, yield_now)?;
+            let t = now_ns();
+            if *s.payload() != i {
+                return Err(format!("expected {i}, got {}", s.payload()).into());
+            }
+            ack(run, i, t);
+        }
+        Ok(None)
+    }
+}

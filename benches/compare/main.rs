@@ -1,0 +1,562 @@
+//! `compare`: shmbus side by side with the hardware floor, iceoryx2 and Unix sockets, in one run.
+//!
+//! ```text
+//! cargo run --release --bin compare -- [--quick] [--json PATH] [--only SCENARIO]
+//! ```
+//!
+//! For every scenario, each system runs in turn, round after round (interleaved, so that drift
+//! of the host affects them alike), each run in fresh processes pinned to CPUs: the leader (this
+//! process) on CPU 0 and its peers on CPU 1, or on CPU 0 too for `wake_same_core`. The table
+//! gives medians, p99s and the ratio of each median to the floor's and to iceoryx2's.
+//!
+//! | scenario | measures | floor |
+//! |---|---|---|
+//! | `latency_busy_8B` | ping-pong, receivers poll; round trip / 2 | two words in a shared mapping |
+//! | `wake_cross_core`, `wake_same_core` | ping-pong, receivers sleep; round trip / 2 | a bare futex ping-pong |
+//! | `throughput_64B` | 64-byte messages per second, one producer, one consumer | a bare SPSC ring |
+//! | `bulk_4MiB`, `bulk_64MiB` | GB/s; the producer writes, the consumer reads every byte | block hand-off in a shared mapping |
+//! | `fanout4_latency_busy` | one publisher, four polling subscribers, latency to the last | one word polled by four |
+//!
+//! For rates (higher is better) the "p99" column is the rate that 99 % of the windows beat
+//! (the 1st percentile): the bad tail, as for latencies.
+//!
+//! The peers are this binary again (`compare __peer ...`). Systems: `floor` (the bare mechanism,
+//! the best any library could do), `shmbus`, `iceoryx2` (0.10, from crates.io, written as its
+//! examples write it: loan, write, send), `uds` (Unix domain sockets: `SOCK_SEQPACKET` for
+//! messages, `SOCK_STREAM` for bulk).
+
+mod ctl;
+mod floor;
+mod ice;
+mod shm;
+mod uds;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use ctl::Shared;
+
+/// Errors of the harness (a benchmark: any failure ends the run with its message).
+pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Parser, Debug)]
+#[command(about = "shmbus against the hardware floor, iceoryx2 and Unix sockets, side by side")]
+struct Args {
+    /// Fewer rounds and messages: the whole run takes under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Run only these scenarios (by name; repeatable).
+    #[arg(long)]
+    only: Vec<String>,
+    /// Rounds per scenario (default 3 with --quick, else 10).
+    #[arg(long)]
+    rounds: Option<u32>,
+}
+
+/// The scenarios, named as in the JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scenario {
+    LatencyBusy,
+    WakeCross,
+    WakeSame,
+    Throughput,
+    Bulk4,
+    Bulk64,
+    Fanout,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 7] = [
+        Scenario::LatencyBusy,
+        Scenario::WakeCross,
+        Scenario::WakeSame,
+        Scenario::Throughput,
+        Scenario::Bulk4,
+        Scenario::Bulk64,
+        Scenario::Fanout,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::LatencyBusy => "latency_busy_8B",
+            Scenario::WakeCross => "wake_cross_core",
+            Scenario::WakeSame => "wake_same_core",
+            Scenario::Throughput => "throughput_64B",
+            Scenario::Bulk4 => "bulk_4MiB",
+            Scenario::Bulk64 => "bulk_64MiB",
+            Scenario::Fanout => "fanout4_latency_busy",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Scenario> {
+        Self::ALL.into_iter().find(|c| c.name() == s)
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Scenario::LatencyBusy | Scenario::Fanout => "ns",
+            Scenario::WakeCross | Scenario::WakeSame => "us",
+            Scenario::Throughput => "Mmsg/s",
+            Scenario::Bulk4 | Scenario::Bulk64 => "GB/s",
+        }
+    }
+
+    fn lower_is_better(self) -> bool {
+        matches!(
+            self,
+            Scenario::LatencyBusy | Scenario::WakeCross | Scenario::WakeSame | Scenario::Fanout
+        )
+    }
+
+    fn peers(self) -> usize {
+        if self == Scenario::Fanout {
+            4
+        } else {
+            1
+        }
+    }
+
+    /// Bytes per bulk message.
+    fn bulk_bytes(self) -> usize {
+        match self {
+            Scenario::Bulk4 => 4 << 20,
+            Scenario::Bulk64 => 64 << 20,
+            _ => 0,
+        }
+    }
+
+    /// (measured messages, warm-up messages, messages per rate window) per run.
+    fn sizes(self, quick: bool) -> (u64, u64, u64) {
+        let q = |full: u64, quick_n: u64| if quick { quick_n } else { full };
+        match self {
+            Scenario::LatencyBusy => (q(20_000, 5_000), 2_000, 1),
+            Scenario::WakeCross | Scenario::WakeSame => (q(3_000, 600), 100, 1),
+            Scenario::Throughput => (q(2_000_000, 400_000), 50_000, 10_000),
+            Scenario::Bulk4 => (q(400, 100), 8, 4),
+            Scenario::Bulk64 => (q(32, 10), 2, 1),
+            Scenario::Fanout => (q(5_000, 1_000), 200, 1),
+        }
+    }
+}
+
+/// The systems, named as in the JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum System {
+    Floor,
+    Shmbus,
+    Iceoryx2,
+    Uds,
+}
+
+impl System {
+    const ALL: [System; 4] = [System::Floor, System::Shmbus, System::Iceoryx2, System::Uds];
+
+    fn name(self) -> &'static str {
+        match self {
+            System::Floor => "floor",
+            System::Shmbus => "shmbus",
+            System::Iceoryx2 => "iceoryx2",
+            System::Uds => "uds",
+        }
+    }
+
+    fn parse(s: &str) -> Option<System> {
+        Self::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
+/// What one process of a run knows.
+#[derive(Debug)]
+pub(crate) struct Run<'a> {
+    /// The control/floor mapping.
+    pub(crate) shared: &'a Shared,
+    /// A name private to this run (for topics and services).
+    pub(crate) tag: &'a str,
+    /// Messages measured, after `warmup` unmeasured ones.
+    pub(crate) iters: u64,
+    /// Messages before measuring starts.
+    pub(crate) warmup: u64,
+    /// Messages per rate window (throughput and bulk).
+    pub(crate) window: u64,
+    /// This peer's number (0 for the leader).
+    pub(crate) index: usize,
+    /// Number of peers.
+    pub(crate) peers: usize,
+    /// Bytes per bulk message.
+    pub(crate) bytes: usize,
+    /// The socket of each peer (the leader holds one per peer; a peer holds its own).
+    pub(crate) socks: Vec<OwnedFd>,
+}
+
+impl Run<'_> {
+    /// Total messages of the run.
+    pub(crate) fn total(&self) -> u64 {
+        self.warmup + self.iters
+    }
+}
+
+/// What the leader's side of a run returns.
+#[derive(Debug)]
+pub(crate) enum Measured {
+    /// Round-trip times in ns (one per measured message).
+    RoundTrips(Vec<u64>),
+    /// One-way latencies in ns.
+    Latencies(Vec<u64>),
+    /// Times (ns) at which each window of `window` measured messages completed, starting with
+    /// the time measuring began.
+    Windows(Vec<u64>),
+}
+
+fn dispatch(sc: Scenario, sys: System, run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    use Scenario::*;
+    use System::*;
+    match (sc, sys) {
+        (LatencyBusy | WakeCross | WakeSame, _) => {
+            let blocking = sc != LatencyBusy;
+            match sys {
+                Floor => floor::pingpong(run, leader, blocking),
+                Shmbus => shm::pingpong(run, leader, blocking),
+                Iceoryx2 => ice::pingpong(run, leader, blocking),
+                Uds => uds::pingpong(run, leader, blocking),
+            }
+        }
+        (Throughput, Floor) => floor::stream64(run, leader),
+        (Throughput, Shmbus) => shm::stream64(run, leader),
+        (Throughput, Iceoryx2) => ice::stream64(run, leader),
+        (Throughput, Uds) => uds::stream64(run, leader),
+        (Bulk4 | Bulk64, Floor) => floor::bulk(run, leader),
+        (Bulk4 | Bulk64, Shmbus) => shm::bulk(run, leader),
+        (Bulk4 | Bulk64, Iceoryx2) => ice::bulk(run, leader),
+        (Bulk4 | Bulk64, Uds) => uds::bulk(run, leader),
+        (Fanout, Floor) => floor::fanout(run, leader),
+        (Fanout, Shmbus) => shm::fanout(run, leader),
+        (Fanout, Iceoryx2) => ice::fanout(run, leader),
+        (Fanout, Uds) => uds::fanout(run, leader),
+    }
+}
+
+/// Bytes of floor data each scenario needs in the shared mapping.
+fn data_bytes(sc: Scenario, sys: System) -> usize {
+    match (sc, sys) {
+        (Scenario::Throughput, System::Floor) => floor::RING_SLOTS * 64,
+        (Scenario::Bulk4 | Scenario::Bulk64, System::Floor) => floor::BULK_BLOCKS * sc.bulk_bytes(),
+        _ => 0,
+    }
+}
+
+/// Kills and reaps peer processes that are still running when a run ends early.
+struct Peers(Vec<Child>);
+
+impl Peers {
+    fn wait(mut self) -> Res<()> {
+        let deadline = Instant::now() + ctl::PEER_TIMEOUT;
+        for c in &mut self.0 {
+            loop {
+                if let Some(st) = c.try_wait()? {
+                    if !st.success() {
+                        return Err(format!("a peer process failed: {st}").into());
+                    }
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err("a peer process did not finish".into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.0.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One run: fresh peers, the leader's side here; returns what the leader measured.
+fn run_once(sc: Scenario, sys: System, round: u32, quick: bool, peer_cpu: usize) -> Res<Measured> {
+    let (iters, warmup, window) = sc.sizes(quick);
+    let shared = Shared::create(data_bytes(sc, sys))?;
+    let tag = format!(
+        "compare.{}.{}.{}.{round}",
+        std::process::id(),
+        sc.name(),
+        sys.name()
+    );
+    let mut mine = Vec::new();
+    let mut theirs = Vec::new();
+    if sys == System::Uds {
+        for _ in 0..sc.peers() {
+            let (a, b) = uds::pair(sc)?;
+            mine.push(a);
+            theirs.push(b);
+        }
+    }
+    let exe = std::env::current_exe()?;
+    let mut peers = Peers(Vec::new());
+    for index in 0..sc.peers() {
+        let sock = theirs.get(index).map_or(-1, |s| s.as_raw_fd());
+        let child = Command::new(&exe)
+            .args([
+                "__peer".to_string(),
+                sc.name().into(),
+                sys.name().into(),
+                shared.fd().to_string(),
+                shared.len().to_string(),
+                (index + 1).to_string(),
+                tag.clone(),
+                iters.to_string(),
+                warmup.to_string(),
+                window.to_string(),
+                sock.to_string(),
+                peer_cpu.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        peers.0.push(child);
+    }
+    drop(theirs);
+    let mut run = Run {
+        shared: &shared,
+        tag: &tag,
+        iters,
+        warmup,
+        window,
+        index: 0,
+        peers: sc.peers(),
+        bytes: sc.bulk_bytes(),
+        socks: mine,
+    };
+    let measured = dispatch(sc, sys, &mut run, true)?.ok_or("the leader measured nothing")?;
+    drop(run);
+    peers.wait()?;
+    Ok(measured)
+}
+
+/// The peer side: `compare __peer SCENARIO SYSTEM FD LEN INDEX TAG ITERS WARMUP WINDOW SOCK CPU`.
+fn peer_main(args: &[String]) -> Res<()> {
+    let [sc, sys, fd, len, index, tag, iters, warmup, window, sock, cpu] = args else {
+        return Err(
+            "usage: compare __peer SCENARIO SYSTEM FD LEN INDEX TAG ITERS WARMUP WINDOW SOCK CPU"
+                .into(),
+        );
+    };
+    let sc = Scenario::parse(sc).ok_or("unknown scenario")?;
+    let sys = System::parse(sys).ok_or("unknown system")?;
+    ctl::pin(cpu.parse()?)?;
+    let shared = Shared::inherit(fd.parse()?, len.parse()?)?;
+    let sock: i32 = sock.parse()?;
+    let socks = if sock >= 0 {
+        vec![uds::inherit(sock)?]
+    } else {
+        Vec::new()
+    };
+    let mut run = Run {
+        shared: &shared,
+        tag,
+        iters: iters.parse()?,
+        warmup: warmup.parse()?,
+        window: window.parse()?,
+        index: index.parse()?,
+        peers: sc.peers(),
+        bytes: sc.bulk_bytes(),
+        socks,
+    };
+    dispatch(sc, sys, &mut run, false)?;
+    Ok(())
+}
+
+/// Median and p99 (for rates: the 1st percentile) of one system in one scenario.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    median: f64,
+    p99: f64,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Turns what the leader measured into samples in the scenario's unit.
+fn samples(sc: Scenario, m: &Measured) -> Vec<f64> {
+    let (_, _, window) = sc.sizes(false);
+    match m {
+        Measured::RoundTrips(rt) => {
+            let scale = if sc.unit() == "us" { 2000.0 } else { 2.0 };
+            rt.iter().map(|&t| t as f64 / scale).collect()
+        }
+        Measured::Latencies(l) => l.iter().map(|&t| t as f64).collect(),
+        Measured::Windows(w) => w
+            .windows(2)
+            .map(|p| {
+                let secs = p[1].saturating_sub(p[0]).max(1) as f64 / 1e9;
+                match sc {
+                    Scenario::Throughput => window as f64 / secs / 1e6,
+                    _ => (window as usize * sc.bulk_bytes()) as f64 / secs / 1e9,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn summarize(sc: Scenario, mut v: Vec<f64>) -> Summary {
+    v.sort_by(f64::total_cmp);
+    Summary {
+        median: percentile(&v, 0.5),
+        p99: percentile(&v, if sc.lower_is_better() { 0.99 } else { 0.01 }),
+    }
+}
+
+fn fmt_num(x: f64) -> String {
+    if !x.is_finite() {
+        "-".into()
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn print_table(sc: Scenario, res: &BTreeMap<System, Summary>) {
+    let better = if sc.lower_is_better() {
+        "lower is better"
+    } else {
+        "higher is better"
+    };
+    println!("\n{} ({}, {better})", sc.name(), sc.unit());
+    println!(
+        "  {:<10} {:>10} {:>10} {:>9} {:>11}",
+        "system", "median", "p99", "× floor", "× iceoryx2"
+    );
+    let floor = res.get(&System::Floor).map(|s| s.median);
+    let ice = res.get(&System::Iceoryx2).map(|s| s.median);
+    for (sys, s) in res {
+        let ratio = |base: Option<f64>| base.map_or("-".into(), |b| format!("{:.2}", s.median / b));
+        println!(
+            "  {:<10} {:>10} {:>10} {:>9} {:>11}",
+            sys.name(),
+            fmt_num(s.median),
+            fmt_num(s.p99),
+            ratio(floor),
+            ratio(ice)
+        );
+    }
+}
+
+fn to_json(all: &[(Scenario, BTreeMap<System, Summary>)]) -> serde_json::Value {
+    let scenarios: Vec<serde_json::Value> = all
+        .iter()
+        .map(|(sc, res)| {
+            let results: serde_json::Map<String, serde_json::Value> = res
+                .iter()
+                .map(|(sys, s)| {
+                    (
+                        sys.name().to_string(),
+                        serde_json::json!({"median": s.median, "p99": s.p99}),
+                    )
+                })
+                .collect();
+            serde_json::json!({
+                "name": sc.name(),
+                "unit": sc.unit(),
+                "lower_is_better": sc.lower_is_better(),
+                "results": results,
+            })
+        })
+        .collect();
+    serde_json::json!({ "scenarios": scenarios })
+}
+
+fn main() -> std::process::ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("__peer") {
+        return match peer_main(&argv[2..]) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("compare peer: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let args = Args::parse();
+    let residue = ice::Residue::before();
+    let result = leader_main(args);
+    residue.remove();
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compare: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn leader_main(args: Args) -> Res<()> {
+    let scenarios: Vec<Scenario> = if args.only.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.only
+            .iter()
+            .map(|n| Scenario::parse(n).ok_or_else(|| format!("unknown scenario {n:?}")))
+            .collect::<Result<_, _>>()?
+    };
+    if ctl::cpus() < 2 {
+        return Err("needs at least 2 CPUs (leader and peers are pinned apart)".into());
+    }
+    ctl::pin(0)?;
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 10 });
+    let started = Instant::now();
+    println!(
+        "shmbus compare: {} rounds per scenario{}; leader on CPU 0, peers on CPU 1 (CPU 0 for wake_same_core)",
+        rounds,
+        if args.quick { " (quick)" } else { "" }
+    );
+    let mut all = Vec::new();
+    for sc in scenarios {
+        let peer_cpu = if sc == Scenario::WakeSame { 0 } else { 1 };
+        let mut raw: BTreeMap<System, Vec<f64>> = BTreeMap::new();
+        for round in 0..rounds {
+            // Rotate the order each round so that no system always runs first or last.
+            for k in 0..System::ALL.len() {
+                let sys = System::ALL[(k + round as usize) % System::ALL.len()];
+                let m = run_once(sc, sys, round, args.quick, peer_cpu)
+                    .map_err(|e| format!("{} / {}: {e}", sc.name(), sys.name()))?;
+                raw.entry(sys).or_default().extend(samples(sc, &m));
+            }
+            print!(".");
+            std::io::stdout().flush()?;
+        }
+        let res: BTreeMap<System, Summary> = raw
+            .into_iter()
+            .map(|(sys, v)| (sys, summarize(sc, v)))
+            .collect();
+        print_table(sc, &res);
+        all.push((sc, res));
+    }
+    println!("\ntotal time {:.0} s", started.elapsed().as_secs_f64());
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&to_json(&all))? + "\n")?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
