@@ -618,9 +618,11 @@ impl PoolPublisher {
     /// Moves blocks whose slot is free to the free list (most recently freed on top).
     fn collect(&mut self) {
         let publisher = &self.publisher;
+        // The publisher's spare slot was free when it loaned it: its old message is gone.
+        let spare = publisher.spare_slot();
         let free = &mut self.free;
         self.in_flight.retain(|m| {
-            if publisher.slot_is_free(m.slot) {
+            if publisher.slot_is_free(m.slot) || Some(m.slot) == spare {
                 free.push(m.block);
                 false
             } else {

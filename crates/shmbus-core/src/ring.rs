@@ -89,6 +89,20 @@ fn sleep_for(deadline: &Deadline, check_every: Option<Duration>) -> Option<Durat
     }
 }
 
+/// Asks the CPU to start loading the cache line at `p` (a hint: no effect on memory).
+#[inline(always)]
+fn prefetch(p: NonNull<u8>) {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch never faults and has no effect on memory, whatever the address;
+        // SSE is part of the x86_64 baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.as_ptr().cast::<i8>()) };
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+    let _ = p;
+}
+
 /// What a topic does when a subscriber falls a whole ring behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Overflow {
@@ -170,7 +184,10 @@ pub struct RingHeader {
     /// How many times a publisher joined, ever (`Release` increments): lets a subscriber tell
     /// that a publisher existed even if another process reclaimed its row before it looked.
     publisher_joins: AtomicU64,
-    _pad0: [u8; 48],
+    /// How many times a subscriber joined, ever (`Release` increments): tells a back-pressured
+    /// publisher that its cached lower bound of the cursors may be too high.
+    subscriber_joins: AtomicU64,
+    _pad0: [u8; 40],
     /// Next sequence number to publish; written by the holder of publish rights (`Release`).
     tail: AtomicU64,
     _pad1: [u8; 120],
@@ -354,6 +371,23 @@ pub mod counter {
     pub const BACKPRESSURE_WAITS: usize = 3;
     /// Number of counters the ring uses.
     pub const COUNT: usize = 4;
+}
+
+/// A publisher's cached view of the slowest subscriber ([`Ring::has_room_cached`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RoomCache {
+    joins: u64,
+    min_cursor: u64,
+}
+
+impl RoomCache {
+    /// A cache that is refilled on first use.
+    pub fn new() -> RoomCache {
+        RoomCache {
+            joins: u64::MAX,
+            min_cursor: 0,
+        }
+    }
 }
 
 /// What [`Ring::try_acquire`] found at a subscriber's cursor.
@@ -642,6 +676,33 @@ impl Ring {
         }
     }
 
+    /// [`Ring::is_full`] through a publisher's `cache`: while no subscriber joined since the
+    /// cache was filled, cursors only move forward, so the cached smallest cursor is a lower
+    /// bound and the scan of every subscriber row is skipped until the ring catches up with it.
+    /// Returns `true` when there is certainly room; `false` means "ask [`Ring::is_full`]".
+    pub fn has_room_cached(&self, cache: &mut RoomCache) -> bool {
+        if self.layout.config.overflow != Overflow::BackPressure {
+            return true;
+        }
+        let h = self.header();
+        let next = h.tail.load(Ordering::Relaxed);
+        let joins = h.subscriber_joins.load(Ordering::Acquire);
+        let cap = u64::from(self.layout.config.capacity);
+        if joins == cache.joins && next < cache.min_cursor.saturating_add(cap) {
+            return true;
+        }
+        // Refill: read the joins count first, so a join that the scan misses changes it.
+        let min = self.min_cursor();
+        *cache = RoomCache {
+            joins,
+            min_cursor: min.unwrap_or(next),
+        };
+        match min {
+            Some(m) => next < m + cap,
+            None => true,
+        }
+    }
+
     /// The smallest cursor among active subscribers.
     /// The lowest cursor of the active subscribers: every message before it has been read by
     /// all of them (`None`: no subscriber).
@@ -875,6 +936,7 @@ impl Ring {
         e.cursor.store(cursor, Ordering::Release);
         // A back-pressured publisher that computes its minimum after this fence sees us.
         e.state.store(ACTIVE, Ordering::Release);
+        h.subscriber_joins.fetch_add(1, Ordering::Release);
         fence(Ordering::SeqCst);
         cursor
     }
@@ -967,11 +1029,17 @@ impl Ring {
                     )));
                 }
                 let slot = slot as u32;
+                // Start fetching the message while the CAS below takes the state word: the two
+                // cache misses overlap instead of following each other.
+                prefetch(self.slot_ptr(slot));
                 let st = self.state(slot);
-                // Acquire (here and on CAS failure): seeing RING cleared means seeing the
-                // eviction, which came after the entry was rewritten, so the retry below reads
-                // the new entry rather than spinning on a stale one.
-                let mut cur = st.load(Ordering::Acquire);
+                // First guess: published and held by nobody, the common case; a CAS straight
+                // away takes the line once, where a load first would fetch it twice (shared,
+                // then exclusive). A wrong guess costs one more round of the loop. Acquire on
+                // CAS failure: seeing RING cleared means seeing the eviction, which came after
+                // the entry was rewritten, so the retry below reads the new entry rather than
+                // spinning on a stale one.
+                let mut cur = RING_BIT;
                 let held = loop {
                     if cur & RING_BIT == 0 {
                         break false; // evicted meanwhile
@@ -1232,6 +1300,7 @@ unsafe fn write_atomics(base: NonNull<u8>, layout: &RingLayout) {
         let h = base.as_ptr().cast::<RingHeader>();
         std::ptr::addr_of_mut!((*h).tail).write(AtomicU64::new(0));
         std::ptr::addr_of_mut!((*h).publisher_joins).write(AtomicU64::new(0));
+        std::ptr::addr_of_mut!((*h).subscriber_joins).write(AtomicU64::new(0));
         std::ptr::addr_of_mut!((*h).notify_word).write(AtomicU32::new(0));
         std::ptr::addr_of_mut!((*h).notify_sleepers).write(AtomicU32::new(0));
         std::ptr::addr_of_mut!((*h).progress_word).write(AtomicU32::new(0));
