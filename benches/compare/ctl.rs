@@ -146,6 +146,29 @@ impl Shared {
             )
         }
     }
+
+    /// `len` bytes of the data area from `offset` as plain words, for bulk data that a
+    /// hand-off protocol (Release/Acquire on control words) gives to one process at a time:
+    /// plain slices let the compiler vectorise the copy loops, as it does for the systems
+    /// under test.
+    ///
+    /// # Safety
+    ///
+    /// While the returned slice lives, no other process or thread accesses those bytes (the
+    /// caller's protocol hands the block over with Release/Acquire before and after).
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn block_mut(&self, offset: usize, len: usize) -> &mut [u64] {
+        assert!(offset % 8 == 0 && len % 8 == 0);
+        assert!(DATA_OFFSET + offset + len <= self.len);
+        // SAFETY: in bounds and 8-byte aligned (checked; the data area is page-aligned); the
+        // caller guarantees exclusive access for the slice's life.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ptr.as_ptr().add(DATA_OFFSET + offset).cast::<u64>(),
+                len / 8,
+            )
+        }
+    }
 }
 
 impl Drop for Shared {

@@ -125,20 +125,16 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
 }
 
 /// Writes every word of `block` (what a producer of real data does at least).
-pub(crate) fn fill(block: &[std::sync::atomic::AtomicU64], seq: u64) {
-    for (k, w) in block.iter().enumerate() {
-        w.store(seq ^ k as u64, Relaxed);
+pub(crate) fn fill(block: &mut [u64], seq: u64) {
+    for (k, w) in block.iter_mut().enumerate() {
+        *w = seq ^ k as u64;
     }
 }
 
 /// Reads every word of `block` and checks the first.
-pub(crate) fn consume(block: &[std::sync::atomic::AtomicU64], seq: u64) -> Res<()> {
-    let mut sum = 0u64;
-    for w in block {
-        sum = sum.wrapping_add(w.load(Relaxed));
-    }
-    black_box(sum);
-    if block.first().map(|w| w.load(Relaxed)) != Some(seq) {
+pub(crate) fn consume(block: &[u64], seq: u64) -> Res<()> {
+    black_box(block.iter().fold(0u64, |a, &b| a.wrapping_add(b)));
+    if block.first() != Some(&seq) {
         return Err(format!("bulk block {seq} damaged").into());
     }
     Ok(())
@@ -149,7 +145,7 @@ pub(crate) fn consume(block: &[std::sync::atomic::AtomicU64], seq: u64) -> Res<(
 pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     let s = run.shared;
     let (head, tail) = (s.word(line::HEAD), s.word(line::TAIL));
-    let block = |i: u64| s.data_words((i as usize % BULK_BLOCKS) * run.bytes, run.bytes);
+    let offset = |i: u64| (i as usize % BULK_BLOCKS) * run.bytes;
     let n = run.total();
     if leader {
         ctl::leader_ready(s);
@@ -160,7 +156,9 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
                 times.push(now_ns());
             }
             spin_until(|| head.load(Acquire) > i, spin_loop)?;
-            consume(block(i), i)?;
+            // SAFETY: the producer published block i (Release on `head`, seen with Acquire) and
+            // does not touch it again until our `tail` store below hands it back.
+            consume(unsafe { s.block_mut(offset(i), run.bytes) }, i)?;
             tail.store(i + 1, Release);
         }
         times.push(now_ns());
@@ -170,7 +168,9 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         ctl::announce_ready(s);
         for i in 0..n {
             spin_until(|| tail.load(Acquire) + BULK_BLOCKS as u64 > i, spin_loop)?;
-            fill(block(i), i);
+            // SAFETY: the consumer handed block i back (Release on `tail`, seen with Acquire)
+            // and does not read it again until our `head` store below.
+            fill(unsafe { s.block_mut(offset(i), run.bytes) }, i);
             head.store(i + 1, Release);
         }
         Ok(None)

@@ -344,7 +344,8 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         .service_builder(&service_name(run, "bulk")?)
         .publish_subscribe::<[u64]>()
         .enable_safe_overflow(false)
-        .subscriber_max_buffer_size(4)
+        // Three queued plus one being read: the floor's four blocks.
+        .subscriber_max_buffer_size(3)
         .subscriber_max_borrowed_samples(1)
         .open_or_create()
         .map_err(err("service"))?;
@@ -352,7 +353,7 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     if leader {
         let sub = svc
             .subscriber_builder()
-            .buffer_size(4)
+            .buffer_size(3)
             .create()
             .map_err(err("subscriber"))?;
         ctl::leader_ready(run.shared);
