@@ -1452,6 +1452,33 @@ mod tests {
     }
 
     #[test]
+    fn room_cache_is_a_lower_bound_until_a_subscriber_joins() {
+        let h = HeapRing::new(cfg(2, Overflow::BackPressure)).unwrap();
+        let r = h.ring();
+        let mut hint = 0;
+        let mut cache = RoomCache::new();
+        let mut c0 = r.join_subscriber(0, 1, 0);
+        assert!(r.has_room_cached(&mut cache));
+        send(r, &mut hint, 1);
+        send(r, &mut hint, 2);
+        assert!(
+            !r.has_room_cached(&mut cache),
+            "subscriber 0 has read nothing"
+        );
+        assert!(r.is_full());
+        assert_eq!(recv(r, 0, &mut c0), Ok(Some(1)));
+        assert_eq!(recv(r, 0, &mut c0), Ok(Some(2)));
+        assert!(
+            r.has_room_cached(&mut cache),
+            "refilled: subscriber 0 is at 2"
+        );
+        // A late joiner that wants both messages lowers the minimum: the cache must notice.
+        let _c1 = r.join_subscriber(1, 2, 2);
+        assert!(!r.has_room_cached(&mut cache));
+        assert!(r.is_full());
+    }
+
+    #[test]
     fn layout_is_aligned_and_bounded() {
         let l = RingLayout::new(cfg(8, Overflow::Overwrite)).unwrap();
         assert_eq!(l.data % 128, 0);
