@@ -84,9 +84,7 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
         let mut times = Vec::new();
         let mut seen_head = 0;
         for i in 0..n {
-            if i == run.warmup || (i > run.warmup && (i - run.warmup) % run.window == 0) {
-                times.push(now_ns());
-            }
+            run.mark_window(i, &mut times);
             if seen_head == i {
                 spin_until(|| head.load(Acquire) > i, spin_loop)?;
                 seen_head = head.load(Acquire);
@@ -152,9 +150,7 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         ctl::wait_ready(s, 1)?;
         let mut times = Vec::new();
         for i in 0..n {
-            if i == run.warmup || (i > run.warmup && (i - run.warmup) % run.window == 0) {
-                times.push(now_ns());
-            }
+            run.mark_window(i, &mut times);
             spin_until(|| head.load(Acquire) > i, spin_loop)?;
             // SAFETY: the producer published block i (Release on `head`, seen with Acquire) and
             // does not touch it again until our `tail` store below hands it back.

@@ -255,9 +255,7 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
         connect(run, &sub)?;
         let mut times = Vec::new();
         for i in 0..n {
-            if i == run.warmup || (i > run.warmup && (i - run.warmup) % run.window == 0) {
-                times.push(now_ns());
-            }
+            run.mark_window(i, &mut times);
             let s = poll(&sub, spin_loop)?;
             let m = s.payload();
             if m.seq != i {
@@ -361,9 +359,7 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         connect(run, &sub)?;
         let mut times = Vec::new();
         for i in 0..n {
-            if i == run.warmup || (i > run.warmup && (i - run.warmup) % run.window == 0) {
-                times.push(now_ns());
-            }
+            run.mark_window(i, &mut times);
             let deadline = Instant::now() + PEER_TIMEOUT;
             let s = loop {
                 if let Some(s) = sub.receive().map_err(err("receive"))? {

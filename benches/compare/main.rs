@@ -201,6 +201,14 @@ impl Run<'_> {
     pub(crate) fn total(&self) -> u64 {
         self.warmup + self.iters
     }
+
+    /// Records the time at which a rate window starts, before message `i` is taken: at the end
+    /// of the warm-up and every `window` messages after it.
+    pub(crate) fn mark_window(&self, i: u64, times: &mut Vec<u64>) {
+        if i >= self.warmup && (i - self.warmup) % self.window == 0 {
+            times.push(ctl::now_ns());
+        }
+    }
 }
 
 /// What the leader's side of a run returns.

@@ -100,9 +100,7 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
         ctl::wait_ready(run.shared, 1)?;
         let mut times = Vec::new();
         for i in 0..n {
-            if i == run.warmup || (i > run.warmup && (i - run.warmup) % run.window == 0) {
-                times.push(now_ns());
-            }
+            run.mark_window(i, &mut times);
             let m = poll(&sub, spin_loop)?;
             if m.seq != i {
                 return Err(format!("expected message {i}, got {}", m.seq).into());
@@ -144,9 +142,7 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         ctl::wait_ready(run.shared, 1)?;
         let mut times = Vec::new();
         for i in 0..n {
-            if i == run.warmup || (i > run.warmup && (i - run.warmup) % run.window == 0) {
-                times.push(now_ns());
-            }
+            run.mark_window(i, &mut times);
             // Polled, as the other systems' consumers are.
             let start = Instant::now();
             let sample = loop {

@@ -140,9 +140,7 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
         ctl::wait_ready(run.shared, 1)?;
         let mut times = Vec::new();
         for i in 0..n {
-            if i == run.warmup || (i > run.warmup && (i - run.warmup) % run.window == 0) {
-                times.push(now_ns());
-            }
+            run.mark_window(i, &mut times);
             let len = recv_msg(fd, &mut msg, false, || {})?;
             let words: [u64; 8] = bytemuck::cast(msg);
             if len != 64 || words[0] != i {
@@ -174,9 +172,7 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         ctl::wait_ready(run.shared, 1)?;
         let mut times = Vec::new();
         for i in 0..n {
-            if i == run.warmup || (i > run.warmup && (i - run.warmup) % run.window == 0) {
-                times.push(now_ns());
-            }
+            run.mark_window(i, &mut times);
             recv_exact(fd, bytemuck::cast_slice_mut(&mut buf))?;
             black_box(buf.iter().fold(0u64, |a, &b| a.wrapping_add(b)));
             if buf.first() != Some(&i) {
