@@ -45,6 +45,10 @@ pub(crate) mod line {
     pub(crate) const RECV_NS: usize = 16;
     /// Fan-out floor: the published sequence number.
     pub(crate) const FAN_SEQ: usize = 24;
+    /// iceoryx2: the consumer has connected to the producer's publisher.
+    pub(crate) const CONNECTED: usize = 26;
+    /// iceoryx2: the consumer has read everything (the producer may drop its publisher).
+    pub(crate) const DONE: usize = 27;
 }
 
 /// A shared mapping that child processes inherit.
@@ -214,17 +218,27 @@ pub(crate) fn announce_ready(shared: &Shared) {
     shared.word(line::READY).fetch_add(1, Ordering::Release);
 }
 
+/// Raises the one-shot flag on control line `l`.
+pub(crate) fn signal(shared: &Shared, l: usize) {
+    shared.word(l).store(1, Ordering::Release);
+}
+
+/// Waits until the flag on control line `l` is raised ([`signal`]).
+pub(crate) fn wait_signal(shared: &Shared, l: usize) -> Res<()> {
+    spin_until(
+        || shared.word(l).load(Ordering::Acquire) == 1,
+        || std::thread::sleep(Duration::from_micros(50)),
+    )
+}
+
 /// Tells the peers that the leader's ports exist.
 pub(crate) fn leader_ready(shared: &Shared) {
-    shared.word(line::LEADER).store(1, Ordering::Release);
+    signal(shared, line::LEADER);
 }
 
 /// Waits for [`leader_ready`].
 pub(crate) fn wait_leader(shared: &Shared) -> Res<()> {
-    spin_until(
-        || shared.word(line::LEADER).load(Ordering::Acquire) == 1,
-        || std::thread::sleep(Duration::from_micros(50)),
-    )
+    wait_signal(shared, line::LEADER)
 }
 
 /// Waits until `n` peers announced themselves.

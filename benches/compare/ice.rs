@@ -294,42 +294,22 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
 /// publisher drops what it sends to a subscriber that has not connected yet.
 fn connect(run: &Run<'_>, sub: &impl UpdateConnections) -> Res<()> {
     sub.update_connections().map_err(err("connect"))?;
-    run.shared
-        .word(ctl::line::HEAD)
-        .store(1, std::sync::atomic::Ordering::Release);
+    ctl::signal(run.shared, ctl::line::CONNECTED);
     Ok(())
 }
 
 fn wait_connected(run: &Run<'_>) -> Res<()> {
-    ctl::spin_until(
-        || {
-            run.shared
-                .word(ctl::line::HEAD)
-                .load(std::sync::atomic::Ordering::Acquire)
-                == 1
-        },
-        || std::thread::sleep(Duration::from_micros(100)),
-    )
+    ctl::wait_signal(run.shared, ctl::line::CONNECTED)
 }
 
 /// A producer's last samples must be read before its publisher goes (iceoryx2 reclaims the
 /// data segment with the publisher); the consumer tells it through the control mapping.
 fn wait_until_read(run: &Run<'_>) -> Res<()> {
-    ctl::spin_until(
-        || {
-            run.shared
-                .word(ctl::line::TAIL)
-                .load(std::sync::atomic::Ordering::Acquire)
-                == 1
-        },
-        || std::thread::sleep(Duration::from_micros(100)),
-    )
+    ctl::wait_signal(run.shared, ctl::line::DONE)
 }
 
 fn done_reading(run: &Run<'_>) {
-    run.shared
-        .word(ctl::line::TAIL)
-        .store(1, std::sync::atomic::Ordering::Release);
+    ctl::signal(run.shared, ctl::line::DONE);
 }
 
 pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
