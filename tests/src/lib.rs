@@ -180,7 +180,7 @@ pub fn segment_error_code(e: &SegmentError) -> &'static str {
         SegmentError::Version { .. } => "version",
         SegmentError::WrongKind { .. } => "wrong-kind",
         SegmentError::WrongType { .. } => "wrong-type",
-        SegmentError::NotReady(_) => "not-ready",
+        SegmentError::Stuck { .. } => "stuck",
         SegmentError::InvalidSize { .. } => "invalid-size",
         SegmentError::Os { .. } => "os",
         _ => "other",

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use shmbus::{Overflow, SendError, Topic};
+use shmbus::{Overflow, PublishFailure, SendFailure, Topic};
 use shmbus_tests::{check_summary, scope, Msg, BULK, STEP};
 
 /// Scenario 4: a slow subscriber process on a small overwrite topic is told `Lagged(n)`, resumes,
@@ -98,7 +98,13 @@ fn back_pressure_times_out_on_a_stalled_subscriber() {
     }
     let started = Instant::now();
     match publ.send(Msg::new(1, CAP)) {
-        Err(SendError::Timeout(m)) => assert_eq!(m, Msg::new(1, CAP), "the message is handed back"),
+        Err(e) if matches!(e.reason(), SendFailure::Publish(PublishFailure::Timeout)) => {
+            assert_eq!(
+                e.into_inner(),
+                Msg::new(1, CAP),
+                "the message is handed back"
+            )
+        }
         other => panic!("expected SendError::Timeout, got {other:?}"),
     }
     assert!(
@@ -113,7 +119,9 @@ fn back_pressure_times_out_on_a_stalled_subscriber() {
             .expect("a slot: the failed publishes gave theirs back");
         *loan = Msg::new(1, CAP);
         match loan.publish() {
-            Err(SendError::Timeout(loan)) => assert_eq!(*loan, Msg::new(1, CAP)),
+            Err(e) if matches!(e.reason(), PublishFailure::Timeout) => {
+                assert_eq!(*e.into_inner(), Msg::new(1, CAP))
+            }
             other => panic!("expected SendError::Timeout, got {other:?}"),
         }
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shmbus::{Overflow, RecvError, SendError, Topic};
+use shmbus::{Overflow, RecvError, SendFailure, Topic};
 use shmbus_tests::{check_summary, scope, Msg, Rec, BULK, STEP};
 
 /// Scenario 1: a publisher and a subscriber in two processes, 10 000 plain-old-data messages on
@@ -90,14 +90,9 @@ fn oversize_serde_message_is_too_large_with_both_sizes() {
     let encoded = postcard::to_allocvec(&big).expect("encodes").len();
     for _ in 0..100 {
         match publ.send(big.clone()) {
-            Err(e @ SendError::TooLarge { .. }) => {
+            Err(e) if matches!(e.reason(), SendFailure::TooLarge { .. }) => {
                 let text = e.to_string();
-                let SendError::TooLarge {
-                    value,
-                    size,
-                    capacity,
-                } = e
-                else {
+                let (value, SendFailure::TooLarge { size, capacity }) = e.into_parts() else {
                     unreachable!()
                 };
                 assert_eq!(value, big, "the message is handed back");

@@ -135,6 +135,73 @@ pub enum ArrayError {
     /// A write was attempted through a read-only attachment.
     #[error("{0:?} is attached read-only")]
     ReadOnly(String),
+    /// A copy reached past the end of the array.
+    #[error("{name:?}: {len} bytes at offset {offset} reach past its {size} bytes")]
+    OutOfBounds {
+        /// The array.
+        name: String,
+        /// The first byte asked for.
+        offset: usize,
+        /// Bytes asked for.
+        len: usize,
+        /// Bytes the array holds.
+        size: usize,
+    },
+}
+
+/// Copies `dst.len()` bytes from shared memory at `src` with relaxed atomic loads (8 bytes at a
+/// time where aligned), so that a concurrent writer is no data race.
+///
+/// # Safety
+///
+/// `[src, src + dst.len())` is mapped and readable for the call.
+unsafe fn copy_out(src: NonNull<u8>, dst: &mut [u8]) {
+    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+    let head = src.as_ptr().align_offset(8).min(dst.len());
+    let (pre, rest) = dst.split_at_mut(head);
+    for (i, b) in pre.iter_mut().enumerate() {
+        // SAFETY: inside the caller's range; AtomicU8 has no alignment need.
+        *b = unsafe { AtomicU8::from_ptr(src.as_ptr().add(i)) }.load(Relaxed);
+    }
+    let words = src.as_ptr().wrapping_add(head);
+    let done = head + (rest.len() / 8) * 8;
+    let mut chunks = rest.chunks_exact_mut(8);
+    for (i, c) in chunks.by_ref().enumerate() {
+        // SAFETY: `words` is 8-aligned and word `i` lies inside the caller's range.
+        let w = unsafe { AtomicU64::from_ptr(words.cast::<u64>().add(i)) }.load(Relaxed);
+        c.copy_from_slice(&w.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        // SAFETY: inside the caller's range.
+        *b = unsafe { AtomicU8::from_ptr(src.as_ptr().add(done + i)) }.load(Relaxed);
+    }
+}
+
+/// Copies `src` into shared memory at `dst` with relaxed atomic stores (see [`copy_out`]).
+///
+/// # Safety
+///
+/// `[dst, dst + src.len())` is mapped and writable for the call.
+unsafe fn copy_in(dst: NonNull<u8>, src: &[u8]) {
+    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+    let head = dst.as_ptr().align_offset(8).min(src.len());
+    let (pre, rest) = src.split_at(head);
+    for (i, &b) in pre.iter().enumerate() {
+        // SAFETY: inside the caller's range; AtomicU8 has no alignment need.
+        unsafe { AtomicU8::from_ptr(dst.as_ptr().add(i)) }.store(b, Relaxed);
+    }
+    let words = dst.as_ptr().wrapping_add(head);
+    let mut chunks = rest.chunks_exact(8);
+    for (i, c) in chunks.by_ref().enumerate() {
+        let w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+        // SAFETY: `words` is 8-aligned and word `i` lies inside the caller's range.
+        unsafe { AtomicU64::from_ptr(words.cast::<u64>().add(i)) }.store(w, Relaxed);
+    }
+    let done = head + (rest.len() / 8) * 8;
+    for (i, &b) in chunks.remainder().iter().enumerate() {
+        // SAFETY: inside the caller's range.
+        unsafe { AtomicU8::from_ptr(dst.as_ptr().add(done + i)) }.store(b, Relaxed);
+    }
 }
 
 /// What to create.
@@ -275,15 +342,17 @@ impl RawArray {
         }
         // SAFETY: the payload is at least DATA_OFFSET >= size_of::<ArrayMeta>() bytes and
         // page-aligned; ArrayMeta is plain integers (any bit pattern is valid); its fields are
-        // written once before the segment is named, and copied out here.
-        let meta: ArrayMeta = unsafe { seg.payload_ptr().cast::<ArrayMeta>().as_ptr().read() };
+        // written once before the segment is named, and copied out here once (volatile: another
+        // process may be writing them; the copy is validated below).
+        let meta: ArrayMeta =
+            unsafe { std::ptr::read_volatile(seg.payload_ptr().cast::<ArrayMeta>().as_ptr()) };
         let found = Dtype::from_code(meta.dtype)
             .ok_or_else(|| corrupt(format!("unknown dtype code {}", meta.dtype)))?;
-        let header_type = seg.header().type_info();
-        if header_type.as_ref().map(|t| t.name.as_str()) != Some(found.typestr()) {
+        let header_type = &seg.snapshot().type_info;
+        if header_type.name != found.typestr() {
             return Err(corrupt(format!(
                 "the header's type {:?} disagrees with dtype {found}",
-                header_type.map(|t| t.name)
+                header_type.name
             )));
         }
         if let Some(expected) = dtype {
@@ -386,28 +455,79 @@ impl RawArray {
         unsafe { self.seg.payload_ptr().add(DATA_OFFSET) }
     }
 
-    /// The elements' bytes, page-aligned.
+    /// The number of element bytes.
+    pub fn len_bytes(&self) -> usize {
+        self.data_len
+    }
+
+    /// Start of the elements (page-aligned); valid for [`RawArray::len_bytes`] bytes while
+    /// `self` lives. Reading or writing through it is the caller's to synchronise.
+    pub fn data_ptr_raw(&self) -> NonNull<u8> {
+        self.data_ptr()
+    }
+
+    /// The elements' bytes, in place.
     ///
-    /// Other processes attached to the array may write it at any time; shmbus does not order
-    /// their writes with this read (use a [`Mutex`](crate::named::RawMutex), an event or a topic
-    /// for that). Every byte pattern is a valid `u8`, so what such a race yields is stale or
-    /// mixed values, never an invalid one.
-    pub fn bytes(&self) -> &[u8] {
+    /// # Safety
+    ///
+    /// Nobody writes the array while the slice lives: no handle of this process (another
+    /// attachment of the same name, [`RawArray::write_from`]) and no other process. Use
+    /// [`RawArray::read_into`] where that cannot be promised.
+    pub unsafe fn bytes(&self) -> &[u8] {
         // SAFETY: `[data_ptr, +data_len)` is inside the mapping that lives as long as `self`;
-        // u8 has no invalid values and no alignment need; this process writes it only through
-        // `bytes_mut`, which needs `&mut self`. Writes by other processes are the documented
-        // cross-process race on plain bytes (see above).
+        // u8 has no invalid values and no alignment need; the caller promises no writer.
         unsafe { std::slice::from_raw_parts(self.data_ptr().as_ptr(), self.data_len) }
     }
 
-    /// The elements' bytes, writable; [`ArrayError::ReadOnly`] for a read-only attachment.
-    pub fn bytes_mut(&mut self) -> Result<&mut [u8], ArrayError> {
+    /// The elements' bytes, writable in place; [`ArrayError::ReadOnly`] for a read-only
+    /// attachment.
+    ///
+    /// # Safety
+    ///
+    /// Nobody else reads or writes the array while the slice lives: no other handle of this
+    /// process and no other process.
+    pub unsafe fn bytes_mut(&mut self) -> Result<&mut [u8], ArrayError> {
         if self.seg.is_read_only() {
             return Err(ArrayError::ReadOnly(self.label.clone()));
         }
-        // SAFETY: as in `bytes`; the mapping is writable (not read-only, checked above), and
-        // `&mut self` makes this the only slice of it in this process.
+        // SAFETY: as in `bytes`; the mapping is writable (checked above), and the caller
+        // promises this is the only access.
         Ok(unsafe { std::slice::from_raw_parts_mut(self.data_ptr().as_ptr(), self.data_len) })
+    }
+
+    fn range(&self, offset: usize, len: usize) -> Result<(), ArrayError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.data_len => Ok(()),
+            _ => Err(ArrayError::OutOfBounds {
+                name: self.label.clone(),
+                offset,
+                len,
+                size: self.data_len,
+            }),
+        }
+    }
+
+    /// Copies `dst.len()` bytes starting at byte `offset` out of the array. Safe whatever other
+    /// handles and processes do meanwhile: the bytes are read with atomic loads, so a concurrent
+    /// writer yields a mix of old and new values, never undefined behaviour.
+    pub fn read_into(&self, offset: usize, dst: &mut [u8]) -> Result<(), ArrayError> {
+        self.range(offset, dst.len())?;
+        // SAFETY: the range was checked to lie inside the elements, which stay mapped while
+        // `self` lives.
+        unsafe { copy_out(self.data_ptr().add(offset), dst) };
+        Ok(())
+    }
+
+    /// Copies `src` into the array at byte `offset`, with atomic stores (see
+    /// [`RawArray::read_into`]); [`ArrayError::ReadOnly`] for a read-only attachment.
+    pub fn write_from(&self, offset: usize, src: &[u8]) -> Result<(), ArrayError> {
+        if self.seg.is_read_only() {
+            return Err(ArrayError::ReadOnly(self.label.clone()));
+        }
+        self.range(offset, src.len())?;
+        // SAFETY: as in `read_into`; the mapping is writable (checked above).
+        unsafe { copy_in(self.data_ptr().add(offset), src) };
+        Ok(())
     }
 
     /// Writes the array to its file (`msync`); meaningful for file-backed arrays.

@@ -5,7 +5,9 @@
 //!
 //! | module | what it does |
 //! |---|---|
+//! | [`wire`] | the wire format: every on-shm constant and convention, in one place |
 //! | [`segment`] | named shared-memory segments: create, open, unlink, list; header; lifecycle |
+//! | [`fork`] | what a forked child inherits: leases stay the parent's, segments become its own |
 //! | [`liveness`] | kernel-backed liveness of participants (open-file-description locks) |
 //! | [`futex`], [`sync`] | futex wait/wake, robust mutex, semaphore, event living inside segments |
 //! | [`ring`] | the topic protocol: slot pool, publication ring, subscriber table |
@@ -27,6 +29,7 @@ compile_error!(
 #[cfg(not(loom))]
 pub mod array;
 pub mod dtype;
+pub mod fork;
 pub mod futex;
 pub mod layout;
 pub mod liveness;
@@ -42,3 +45,4 @@ pub mod sync;
 pub mod time;
 #[cfg(not(loom))]
 pub mod topic;
+pub mod wire;

@@ -15,12 +15,20 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
+use crate::fork;
+
 /// Byte offset of the first lease byte. Leases sit far beyond any segment's data.
 pub const LEASE_BASE: i64 = 1 << 40;
 
 /// A held OFD lock on one byte of a segment file; dropping it releases the lock.
+///
+/// A forked child does not inherit the lease: its copy of the descriptor is replaced by
+/// `/dev/null` (see [`crate::fork`]), so the lock lives and dies with the process that took it.
 #[derive(Debug)]
 pub struct Lease {
+    // Declared first so that it is dropped first: the fork handler must never see the
+    // descriptor number after it was closed (and perhaps reused).
+    _fork: fork::Registration,
     file: File,
     byte: i64,
 }
@@ -64,7 +72,11 @@ impl Lease {
             libc::F_WRLCK as libc::c_short,
             byte,
         ) {
-            Ok(_) => Ok(Some(Lease { file, byte })),
+            Ok(_) => Ok(Some(Lease {
+                _fork: fork::register_lease(file.as_raw_fd()),
+                file,
+                byte,
+            })),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(None),
             Err(e) => Err(e),
         }
@@ -83,7 +95,11 @@ impl Lease {
             libc::F_RDLCK as libc::c_short,
             byte,
         )?;
-        Ok(Lease { file, byte })
+        Ok(Lease {
+            _fork: fork::register_lease(file.as_raw_fd()),
+            file,
+            byte,
+        })
     }
 
     /// The lease byte, relative to [`LEASE_BASE`].

@@ -6,8 +6,7 @@
 
 use std::fmt;
 
-/// The prefix of every shmbus file in the shared-memory directory.
-pub const FILE_PREFIX: &str = "shmbus.";
+pub use crate::wire::FILE_PREFIX;
 
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

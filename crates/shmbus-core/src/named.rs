@@ -688,7 +688,7 @@ impl RawEvent {
             timeout: DEFAULT_OPEN_TIMEOUT,
         };
         let segment = Segment::open(name, &expect)?;
-        let found = segment.header().type_info();
+        let found = Some(segment.snapshot().type_info.clone());
         let mode = [EventMode::AutoReset, EventMode::ManualReset]
             .into_iter()
             .find(|&m| found.as_ref().is_some_and(|f| f.matches(&event_type(m))));

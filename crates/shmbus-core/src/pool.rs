@@ -795,6 +795,7 @@ impl PoolPublisher {
         shape: &[usize],
         timeout: Option<Duration>,
     ) -> Result<BlockLoan, PoolLoanError> {
+        self.publisher.check_fork().map_err(LoanError::from)?;
         if self.loaned {
             return Err(LoanError::AlreadyLoaned.into());
         }
@@ -995,7 +996,11 @@ impl PoolPublisher {
 
 impl Drop for PoolPublisher {
     fn drop(&mut self) {
-        if !self.in_flight.is_empty() && !std::thread::panicking() {
+        // A forked child's copy has nothing of its own in flight: the frames are the parent's.
+        if !self.in_flight.is_empty()
+            && !std::thread::panicking()
+            && self.publisher.check_fork().is_ok()
+        {
             self.linger();
         }
     }

@@ -14,6 +14,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fork::{Born, UsedAfterFork};
 use crate::futex::Futex;
 use crate::layout::TypeInfo;
 use crate::liveness::{self, Lease};
@@ -22,6 +23,8 @@ use crate::ring::{Acquired, Overflow, Ring, RingConfig, RingLayout, RoomCache};
 use crate::segment::{CreateOptions, Expect, Kind, Lifetime, Segment, SegmentError};
 use crate::sync::{self, RobustMutex};
 use crate::time::{monotonic_ns, Deadline};
+use crate::wire::lease;
+use crate::wire::topic::RING_OFFSET;
 
 /// A process-unique id tying loans and holds to the handle that made them.
 fn next_id() -> u64 {
@@ -29,13 +32,8 @@ fn next_id() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Payload offset of the ring (after the publish mutex).
-const RING_OFFSET: usize = 128;
 const _: () = assert!(RobustMutex::SIZE <= RING_OFFSET);
-
-/// Lease bytes: publishers at `PUB_LEASE + p`, subscribers at `SUB_LEASE + k`.
-const PUB_LEASE: u64 = 0;
-const SUB_LEASE: u64 = 1024;
+const _: () = assert!(RING_OFFSET % 128 == 0);
 
 /// How often a blocked participant checks on its peers.
 const CHECK_EVERY: Option<Duration> = Some(Duration::from_millis(50));
@@ -77,7 +75,6 @@ impl TopicOptions {
                 .ok_or_else(|| TopicError::Config("slot size not given".into()))?,
             max_subscribers: self.max_subscribers.unwrap_or(8),
             max_publishers: self.max_publishers.unwrap_or(1),
-            max_loans: 1,
             max_held: self.max_held.unwrap_or(2),
             overflow: self.overflow.unwrap_or(Overflow::Overwrite),
             timestamps: self.timestamps.unwrap_or(false),
@@ -272,7 +269,7 @@ impl RawTopic {
         let layout = unsafe { Ring::read_layout(base.add(RING_OFFSET), len - RING_OFFSET) }
             .map_err(|e| corrupt(e.0))?;
         opts.check(&name, &layout.config)?;
-        let counters = NonNull::from(&segment.header().counters[0]);
+        let counters = NonNull::from(&segment.counters()[0]);
         // SAFETY: `read_layout` validated that the layout fits in the mapped bytes; the ring was
         // laid out by `Ring::init` (or is a foreign/corrupt segment, against which every index
         // read from it is bounds-checked). `RawTopic` keeps `segment` alive as long as `ring`.
@@ -322,9 +319,9 @@ impl RawTopic {
         let c = self.ring.config();
         for p in 0..c.max_publishers {
             if self.ring.publisher_active(p)
-                && !liveness::is_held(fd, PUB_LEASE + u64::from(p)).unwrap_or(true)
+                && !liveness::is_held(fd, lease::topic_publisher(p)).unwrap_or(true)
             {
-                if let Ok(Some(_lease)) = Lease::try_acquire(fd, PUB_LEASE + u64::from(p)) {
+                if let Ok(Some(_lease)) = Lease::try_acquire(fd, lease::topic_publisher(p)) {
                     if self.ring.publisher_active(p) {
                         self.reclaim_publisher_row(p);
                         n += 1;
@@ -334,9 +331,9 @@ impl RawTopic {
         }
         for k in 0..c.max_subscribers {
             if self.ring.subscriber_active(k)
-                && !liveness::is_held(fd, SUB_LEASE + u64::from(k)).unwrap_or(true)
+                && !liveness::is_held(fd, lease::topic_subscriber(k)).unwrap_or(true)
             {
-                if let Ok(Some(_lease)) = Lease::try_acquire(fd, SUB_LEASE + u64::from(k)) {
+                if let Ok(Some(_lease)) = Lease::try_acquire(fd, lease::topic_subscriber(k)) {
                     if self.ring.subscriber_active(k) {
                         let held = self.ring.reclaim_subscriber(k, &Futex);
                         tracing::info!(topic = %self.name(), subscriber = k, held, "reclaimed a dead subscriber");
@@ -382,6 +379,9 @@ pub enum LoanError {
     /// This publisher already has a slot on loan.
     #[error("this publisher already has a slot on loan; publish or cancel it first")]
     AlreadyLoaned,
+    /// The publisher was made before a fork; this process is the child.
+    #[error(transparent)]
+    UsedAfterFork(#[from] UsedAfterFork),
 }
 
 /// Why a publish did not happen.
@@ -393,6 +393,9 @@ pub enum PublishError {
     /// The multi-publisher lock could not be taken.
     #[error("the publish lock failed: {0}")]
     Lock(#[from] sync::LockError),
+    /// The publisher was made before a fork; this process is the child.
+    #[error(transparent)]
+    UsedAfterFork(#[from] UsedAfterFork),
 }
 
 /// A publisher's membership of a topic.
@@ -408,6 +411,8 @@ pub struct RawPublisher {
     /// Lower bound of the subscribers' cursors (back-pressure topics).
     room: RoomCache,
     id: u64,
+    /// The process generation that made it: used in a forked child, it refuses to act.
+    born: Born,
     _lease: Lease,
 }
 
@@ -443,7 +448,7 @@ impl RawPublisher {
         let max = topic.ring.config().max_publishers;
         let fd = topic.segment.fd();
         for p in 0..max {
-            let lease = Lease::try_acquire(fd, PUB_LEASE + u64::from(p)).map_err(|source| {
+            let lease = Lease::try_acquire(fd, lease::topic_publisher(p)).map_err(|source| {
                 TopicError::Os {
                     op: "taking a publisher lease",
                     source,
@@ -463,6 +468,7 @@ impl RawPublisher {
                 spare: None,
                 room: RoomCache::new(),
                 id: next_id(),
+                born: Born::now(),
                 _lease: lease,
             });
         }
@@ -477,6 +483,11 @@ impl RawPublisher {
         &self.topic
     }
 
+    /// `Err` in a forked child of the process that made this publisher.
+    pub fn check_fork(&self) -> Result<(), UsedAfterFork> {
+        self.born.check()
+    }
+
     fn id(&self) -> u64 {
         self.id
     }
@@ -486,6 +497,7 @@ impl RawPublisher {
     /// time: a second call before the first is published or cancelled fails with
     /// [`LoanError::AlreadyLoaned`].
     pub fn loan(&mut self) -> Result<Loan, LoanError> {
+        self.born.check()?;
         if self.loaned {
             return Err(LoanError::AlreadyLoaned);
         }
@@ -566,7 +578,10 @@ impl RawPublisher {
     /// publisher (elsewhere it does nothing and returns `false`).
     pub fn retire(&mut self, seq: u64, slot: u32) -> bool {
         let ring = &self.topic.ring;
-        if ring.config().max_publishers != 1 || slot >= ring.layout().slots {
+        if !self.born.is_current()
+            || ring.config().max_publishers != 1
+            || slot >= ring.layout().slots
+        {
             return false;
         }
         // SAFETY: on a single-publisher topic the holder of its only publisher lease (this
@@ -604,6 +619,9 @@ impl RawPublisher {
             self.id(),
             "a loan used with a publisher that did not make it"
         );
+        if let Err(e) = self.born.check() {
+            return Err((e.into(), loan));
+        }
         let slot = loan.slot;
         let topic = &*self.topic;
         let ring = &topic.ring;
@@ -660,6 +678,10 @@ impl RawPublisher {
 
 impl Drop for RawPublisher {
     fn drop(&mut self) {
+        if !self.born.is_current() {
+            // A forked child's copy: the row, the loan and the lease are the parent's.
+            return;
+        }
         // Frees a loan that was dropped unpublished, and marks the row free.
         self.topic.ring.reclaim_publisher(self.index);
         self.topic.wake_subscribers();
@@ -717,6 +739,9 @@ pub enum ReceiveError {
         "this subscriber already holds {0} samples, the most the topic allows; drop one first"
     )]
     TooManyHeld(u32),
+    /// The subscriber was made before a fork; this process is the child.
+    #[error(transparent)]
+    UsedAfterFork(#[from] UsedAfterFork),
 }
 
 /// A subscriber's membership of a topic.
@@ -728,6 +753,8 @@ pub struct RawSubscriber {
     saw_publisher: Cell<bool>,
     joins_at_start: u64,
     id: u64,
+    /// The process generation that made it: used in a forked child, it refuses to act.
+    born: Born,
     _lease: Lease,
 }
 
@@ -747,7 +774,7 @@ impl RawSubscriber {
         let max = topic.ring.config().max_subscribers;
         let fd = topic.segment.fd();
         for k in 0..max {
-            let lease = Lease::try_acquire(fd, SUB_LEASE + u64::from(k)).map_err(|source| {
+            let lease = Lease::try_acquire(fd, lease::topic_subscriber(k)).map_err(|source| {
                 TopicError::Os {
                     op: "taking a subscriber lease",
                     source,
@@ -770,6 +797,7 @@ impl RawSubscriber {
                 held: Cell::new(0),
                 saw_publisher: Cell::new(saw),
                 id: next_id(),
+                born: Born::now(),
                 _lease: lease,
             });
         }
@@ -784,6 +812,11 @@ impl RawSubscriber {
         &self.topic
     }
 
+    /// `Err` in a forked child of the process that made this subscriber.
+    pub fn check_fork(&self) -> Result<(), UsedAfterFork> {
+        self.born.check()
+    }
+
     /// The sequence number of the next message to read.
     pub fn cursor(&self) -> u64 {
         self.cursor.get()
@@ -791,6 +824,7 @@ impl RawSubscriber {
 
     /// Takes the next message without waiting.
     pub fn try_receive(&self) -> Result<Received, ReceiveError> {
+        self.born.check()?;
         let max = self.topic.ring.config().max_held;
         if self.held.get() >= max {
             return Err(ReceiveError::TooManyHeld(max));
@@ -903,13 +937,19 @@ impl RawSubscriber {
             self.id(),
             "a held slot used with a subscriber that did not take it"
         );
-        self.topic.ring.release(self.index, held.slot);
+        if self.born.is_current() {
+            self.topic.ring.release(self.index, held.slot);
+        }
         self.held.set(self.held.get().saturating_sub(1));
     }
 }
 
 impl Drop for RawSubscriber {
     fn drop(&mut self) {
+        if !self.born.is_current() {
+            // A forked child's copy: the row, its holds and the lease are the parent's.
+            return;
+        }
         // Drops any hold still out (a `Held` forgotten by its user) and marks the row free.
         self.topic.ring.reclaim_subscriber(self.index, &Futex);
         tracing::debug!(topic = %self.topic.name(), subscriber = self.index, "subscriber left");

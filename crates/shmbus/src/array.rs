@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use bytemuck::Pod;
@@ -30,11 +29,6 @@ element!(u8 => U8, i8 => I8, u16 => U16, i16 => I16, u32 => U32, i32 => I32, u64
 
 fn location(name: &str) -> Result<Location, ArrayError> {
     Ok(Location::parse(name)?)
-}
-
-fn typed<T: Element>(raw: &RawArray) -> &[T] {
-    // The data is page-aligned and `byte_len` is a whole number of `T` (its dtype is T's).
-    bytemuck::try_cast_slice(raw.bytes()).expect("page-aligned data of T's dtype")
 }
 
 /// How to create a named array: lifetime, permissions, memory locking.
@@ -106,15 +100,26 @@ impl<T: Element> ArrayOptions<T> {
 
 /// A named N-d array of `T` in shared memory (the SharedArray model, from Rust).
 ///
-/// It dereferences to the elements, C order, in place. One process creates it; any process
-/// attaches it by name and gets the same memory (nothing is copied). The header records the
-/// dtype and shape, so attaching with another element type is an [`ArrayError::WrongDtype`].
+/// One process creates it; any process attaches it by name and gets the same memory (nothing
+/// is copied). The header records the dtype and shape, so attaching with another element type
+/// is an [`ArrayError::WrongDtype`].
 ///
 /// Arrays are persistent by default: they stay until [`delete`], which removes the name while
-/// every existing attachment stays valid. Concurrent writers in several processes coordinate
-/// as they would with any shared memory (a [`Mutex`](crate::Mutex), an
-/// [`Event`](crate::Event) or a topic); elements are plain data, so a race yields stale or
-/// mixed values, never invalid ones.
+/// every existing attachment stays valid.
+///
+/// # Access: safe copies, or unsafe slices
+///
+/// Every other attachment, in this process or another, may write the array at any moment, so a
+/// safe `&[T]` into it cannot exist. Two ways in:
+///
+/// - **Safe**: [`get`](Self::get), [`set`](Self::set), [`read_at`](Self::read_at),
+///   [`write_at`](Self::write_at), [`to_vec`](Self::to_vec) copy with atomic loads and stores,
+///   so a concurrent writer yields stale or mixed values, never undefined behaviour.
+/// - **In place**: [`as_slice`](Self::as_slice) and [`as_mut_slice`](Self::as_mut_slice) are
+///   `unsafe`: the caller promises that nobody writes (respectively touches) the array while
+///   the slice lives, typically because the processes take turns through a
+///   [`Mutex`](crate::Mutex), an [`Event`](crate::Event) or a topic (as `memmap2` makes mapping a
+///   file that others may change `unsafe`).
 ///
 /// # Examples
 ///
@@ -122,19 +127,24 @@ impl<T: Element> ArrayOptions<T> {
 /// use shmbus::SharedArray;
 ///
 /// # let name = format!("doc-array-{}", std::process::id());
-/// let mut a = SharedArray::<f32>::create(&name, &[2, 3])?;
-/// a[4] = 1.5;
+/// let a = SharedArray::<f32>::create(&name, &[2, 3])?;
+/// a.set(4, 1.5)?;
 ///
 /// // Any other process:
 /// let b = SharedArray::<f32>::attach(&name)?;
 /// assert_eq!(b.shape(), &[2, 3]);
-/// assert_eq!(b[4], 1.5);
+/// assert_eq!(b.get(4), Some(1.5));
+///
+/// // In place, when no one else writes meanwhile (here: nobody does).
+/// // SAFETY: no other handle writes the array while `elements` lives.
+/// let elements = unsafe { b.as_slice() };
+/// assert_eq!(elements[4], 1.5);
 ///
 /// // A wrong element type is refused, naming both.
 /// assert!(matches!(SharedArray::<u8>::attach(&name),
 ///                  Err(shmbus::ArrayError::WrongDtype { .. })));
 /// shmbus::array::delete(&name)?; // `a` and `b` stay valid until dropped
-/// assert!(b[4] == 1.5);
+/// assert_eq!(b.to_vec()[4], 1.5);
 /// # Ok::<(), shmbus::ArrayError>(())
 /// ```
 pub struct SharedArray<T: Element> {
@@ -150,6 +160,51 @@ impl<T: Element> fmt::Debug for SharedArray<T> {
             .field("shape", &self.raw.shape())
             .finish()
     }
+}
+
+/// Element-wise safe access shared by [`SharedArray`] and [`ReadOnlyArray`].
+fn elements<T: Element>(raw: &RawArray) -> usize {
+    raw.len_bytes() / size_of::<T>()
+}
+
+fn read_at<T: Element>(raw: &RawArray, index: usize, dst: &mut [T]) -> Result<(), ArrayError> {
+    let offset = index
+        .checked_mul(size_of::<T>())
+        .ok_or_else(|| out_of_bounds(raw, index))?;
+    raw.read_into(offset, bytemuck::cast_slice_mut(dst))
+}
+
+fn out_of_bounds(raw: &RawArray, index: usize) -> ArrayError {
+    ArrayError::OutOfBounds {
+        name: raw.label().to_owned(),
+        offset: index,
+        len: 1,
+        size: raw.len_bytes(),
+    }
+}
+
+fn get<T: Element>(raw: &RawArray, index: usize) -> Option<T> {
+    let mut v = [T::zeroed()];
+    read_at(raw, index, &mut v).ok().map(|()| v[0])
+}
+
+fn to_vec<T: Element>(raw: &RawArray) -> Vec<T> {
+    let mut v = vec![T::zeroed(); elements::<T>(raw)];
+    read_at(raw, 0, &mut v).expect("the whole array is in bounds");
+    v
+}
+
+/// The elements in place, for the `unsafe` accessors.
+///
+/// # Safety
+///
+/// As for [`RawArray::bytes`].
+#[allow(unsafe_code)]
+unsafe fn typed<T: Element>(raw: &RawArray) -> &[T] {
+    // SAFETY: the caller promises no writer while the slice lives.
+    let bytes = unsafe { raw.bytes() };
+    // The data is page-aligned and `byte_len` is a whole number of `T` (its dtype is T's).
+    bytemuck::try_cast_slice(bytes).expect("page-aligned data of T's dtype")
 }
 
 impl<T: Element> SharedArray<T> {
@@ -201,14 +256,81 @@ impl<T: Element> SharedArray<T> {
         self.raw.dtype()
     }
 
+    /// The number of elements (the product of the shape).
+    pub fn len(&self) -> usize {
+        elements::<T>(&self.raw)
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `index` (C order), copied out; `None` past the end.
+    pub fn get(&self, index: usize) -> Option<T> {
+        get(&self.raw, index)
+    }
+
+    /// Writes element `index` (C order); [`ArrayError::OutOfBounds`] past the end.
+    pub fn set(&self, index: usize, value: T) -> Result<(), ArrayError> {
+        self.write_at(index, &[value])
+    }
+
+    /// Copies `dst.len()` elements starting at element `index` out of the array.
+    pub fn read_at(&self, index: usize, dst: &mut [T]) -> Result<(), ArrayError> {
+        read_at(&self.raw, index, dst)
+    }
+
+    /// Copies `src` into the array starting at element `index`.
+    pub fn write_at(&self, index: usize, src: &[T]) -> Result<(), ArrayError> {
+        let offset = index
+            .checked_mul(size_of::<T>())
+            .ok_or_else(|| out_of_bounds(&self.raw, index))?;
+        self.raw.write_from(offset, bytemuck::cast_slice(src))
+    }
+
+    /// A copy of every element.
+    pub fn to_vec(&self) -> Vec<T> {
+        to_vec(&self.raw)
+    }
+
+    /// Sets every element to `value`.
+    pub fn fill(&self, value: T) {
+        let chunk = vec![value; (64 * 1024 / size_of::<T>()).max(1)];
+        let mut at = 0;
+        while at < self.len() {
+            let n = chunk.len().min(self.len() - at);
+            self.write_at(at, &chunk[..n])
+                .expect("in bounds, and a SharedArray is writable");
+            at += n;
+        }
+    }
+
     /// The elements, in place.
-    pub fn as_slice(&self) -> &[T] {
-        typed(&self.raw)
+    ///
+    /// # Safety
+    ///
+    /// Nobody writes the array while the slice lives: no other handle of this process (another
+    /// attachment of the same name, [`SharedArray::set`]/[`write_at`](Self::write_at) on any
+    /// handle) and no other process. Processes that take turns through a lock, an event or a
+    /// topic meet this; otherwise use the copying methods.
+    #[allow(unsafe_code)]
+    pub unsafe fn as_slice(&self) -> &[T] {
+        // SAFETY: forwarded to the caller.
+        unsafe { typed(&self.raw) }
     }
 
     /// The elements, in place, writable.
-    pub fn as_mut_slice(&mut self) -> &mut [T] {
-        let bytes = self.raw.bytes_mut().expect("attached read-write");
+    ///
+    /// # Safety
+    ///
+    /// Nobody else reads or writes the array while the slice lives: no other handle of this
+    /// process and no other process.
+    #[allow(unsafe_code)]
+    pub unsafe fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: forwarded to the caller; the attachment is read-write (a `SharedArray` is
+        // never made from a read-only one).
+        let bytes = unsafe { self.raw.bytes_mut() }.expect("attached read-write");
         bytemuck::try_cast_slice_mut(bytes).expect("page-aligned data of T's dtype")
     }
 
@@ -234,19 +356,6 @@ impl<T: Element> SharedArray<T> {
     }
 }
 
-impl<T: Element> Deref for SharedArray<T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        self.as_slice()
-    }
-}
-
-impl<T: Element> DerefMut for SharedArray<T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        self.as_mut_slice()
-    }
-}
-
 /// A named array attached read-only ([`SharedArray::attach_read_only`]).
 pub struct ReadOnlyArray<T: Element> {
     raw: RawArray,
@@ -267,12 +376,41 @@ impl<T: Element> ReadOnlyArray<T> {
     pub fn shape(&self) -> &[usize] {
         self.raw.shape()
     }
-}
 
-impl<T: Element> Deref for ReadOnlyArray<T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        typed(&self.raw)
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        elements::<T>(&self.raw)
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `index` (C order), copied out; `None` past the end.
+    pub fn get(&self, index: usize) -> Option<T> {
+        get(&self.raw, index)
+    }
+
+    /// Copies `dst.len()` elements starting at element `index` out of the array.
+    pub fn read_at(&self, index: usize, dst: &mut [T]) -> Result<(), ArrayError> {
+        read_at(&self.raw, index, dst)
+    }
+
+    /// A copy of every element.
+    pub fn to_vec(&self) -> Vec<T> {
+        to_vec(&self.raw)
+    }
+
+    /// The elements, in place.
+    ///
+    /// # Safety
+    ///
+    /// As for [`SharedArray::as_slice`]: nobody writes the array while the slice lives.
+    #[allow(unsafe_code)]
+    pub unsafe fn as_slice(&self) -> &[T] {
+        // SAFETY: forwarded to the caller.
+        unsafe { typed(&self.raw) }
     }
 }
 
@@ -287,7 +425,7 @@ impl<T: Element> Deref for ReadOnlyArray<T> {
 /// let _a = SharedArray::<u16>::options().scoped().create(&name, &[4])?;
 /// let any = AnyArray::attach(&name)?;
 /// assert_eq!(any.dtype().typestr(), "<u2");
-/// assert_eq!(any.bytes().len(), 8);
+/// assert_eq!(any.len_bytes(), 8);
 /// let typed = any.into_typed::<u16>()?;
 /// assert_eq!(typed.len(), 4);
 /// # Ok::<(), shmbus::ArrayError>(())
@@ -324,14 +462,44 @@ impl AnyArray {
         self.raw.shape()
     }
 
-    /// The elements' bytes.
-    pub fn bytes(&self) -> &[u8] {
-        self.raw.bytes()
+    /// The number of element bytes.
+    pub fn len_bytes(&self) -> usize {
+        self.raw.len_bytes()
     }
 
-    /// The elements' bytes, writable ([`ArrayError::ReadOnly`] if attached read-only).
-    pub fn bytes_mut(&mut self) -> Result<&mut [u8], ArrayError> {
-        self.raw.bytes_mut()
+    /// Copies `dst.len()` bytes starting at byte `offset` out of the array (safe whatever
+    /// others write meanwhile; see [`SharedArray`]).
+    pub fn read_into(&self, offset: usize, dst: &mut [u8]) -> Result<(), ArrayError> {
+        self.raw.read_into(offset, dst)
+    }
+
+    /// Copies `src` into the array at byte `offset` ([`ArrayError::ReadOnly`] if attached
+    /// read-only).
+    pub fn write_from(&self, offset: usize, src: &[u8]) -> Result<(), ArrayError> {
+        self.raw.write_from(offset, src)
+    }
+
+    /// The elements' bytes, in place.
+    ///
+    /// # Safety
+    ///
+    /// As for [`SharedArray::as_slice`]: nobody writes the array while the slice lives.
+    #[allow(unsafe_code)]
+    pub unsafe fn bytes(&self) -> &[u8] {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.raw.bytes() }
+    }
+
+    /// The elements' bytes, writable in place ([`ArrayError::ReadOnly`] if attached
+    /// read-only).
+    ///
+    /// # Safety
+    ///
+    /// As for [`SharedArray::as_mut_slice`]: nobody else touches the array while it lives.
+    #[allow(unsafe_code)]
+    pub unsafe fn bytes_mut(&mut self) -> Result<&mut [u8], ArrayError> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.raw.bytes_mut() }
     }
 
     /// The typed array, if its dtype is `T`'s.

@@ -1,8 +1,9 @@
 //! Every error the typed API returns.
 
+use shmbus_core::fork::UsedAfterFork;
 use shmbus_core::name::NameError;
 use shmbus_core::segment::SegmentError;
-use shmbus_core::topic::{LoanError as RawLoanError, TopicError};
+use shmbus_core::topic::{LoanError as RawLoanError, PublishError as RawPublishError, TopicError};
 
 /// Why a publisher, subscriber, [`Mutex`](crate::Mutex), [`Semaphore`](crate::Semaphore) or
 /// [`Event`](crate::Event) could not be made.
@@ -30,42 +31,145 @@ pub enum OpenError {
     },
 }
 
-/// Why a message was not published. The message (or loan) is handed back where there is one.
-///
-/// `Debug` does not need `T: Debug`: it shows the variant, not the message.
-#[derive(thiserror::Error)]
+/// What kind of failure an [`OpenError`] is, without matching the nested errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum SendError<T> {
+pub enum OpenErrorKind {
+    /// No object of that name (and it was not to be created).
+    NotFound,
+    /// The operating system refused access (another user's object, without a wider mode).
+    PermissionDenied,
+    /// `/dev/shm` cannot hold it.
+    OutOfSpace,
+    /// It holds another type, dtype or kind of object.
+    WrongType,
+    /// The existing object cannot honour what was asked (capacity, policy, ...).
+    Qos,
+    /// The name is invalid.
+    InvalidName,
+    /// The object is damaged, of another format version, or could not be opened in time.
+    Corrupt,
+    /// Anything else (too many participants, an unsupported type, an OS error).
+    Other,
+}
+
+impl OpenError {
+    /// The segment error underneath, if this is one.
+    pub fn segment_error(&self) -> Option<&SegmentError> {
+        match self {
+            OpenError::Segment(e) | OpenError::Topic(TopicError::Segment(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// What kind of failure this is.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus::{OpenErrorKind, Semaphore};
+    ///
+    /// let err = Semaphore::open("doc-kind-no-such-semaphore").unwrap_err();
+    /// assert_eq!(err.kind(), OpenErrorKind::NotFound);
+    /// ```
+    pub fn kind(&self) -> OpenErrorKind {
+        match self {
+            OpenError::Name(_) => OpenErrorKind::InvalidName,
+            OpenError::Topic(TopicError::Qos { .. }) => OpenErrorKind::Qos,
+            OpenError::UnsupportedType { .. } => OpenErrorKind::Other,
+            _ => match self.segment_error() {
+                Some(SegmentError::NotFound(_)) => OpenErrorKind::NotFound,
+                Some(SegmentError::PermissionDenied(_)) => OpenErrorKind::PermissionDenied,
+                Some(SegmentError::OutOfSpace { .. }) => OpenErrorKind::OutOfSpace,
+                Some(SegmentError::WrongType { .. } | SegmentError::WrongKind { .. }) => {
+                    OpenErrorKind::WrongType
+                }
+                Some(
+                    SegmentError::Corrupt { .. }
+                    | SegmentError::Version { .. }
+                    | SegmentError::Stuck { .. },
+                ) => OpenErrorKind::Corrupt,
+                Some(_) => OpenErrorKind::Other,
+                None => match self {
+                    OpenError::Topic(TopicError::Corrupt { .. }) => OpenErrorKind::Corrupt,
+                    _ => OpenErrorKind::Other,
+                },
+            },
+        }
+    }
+}
+
+/// Why publishing a loan failed ([`Loan::publish`](crate::Loan::publish),
+/// [`ArrayLoan::publish`](crate::ArrayLoan::publish)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishFailure {
     /// Back-pressure: the slowest live subscriber did not make room before the timeout.
     #[error("timed out waiting for a slow subscriber to make room")]
-    Timeout(T),
-    /// The encoded message does not fit in a slot.
+    Timeout,
+    /// The multi-publisher lock failed.
+    #[error("the publish lock failed: {0}")]
+    Lock(shmbus_core::sync::LockError),
+    /// The publisher was made before a `fork` and this process is the child.
+    #[error(transparent)]
+    UsedAfterFork(#[from] UsedAfterFork),
+}
+
+impl From<RawPublishError> for PublishFailure {
+    fn from(e: RawPublishError) -> Self {
+        match e {
+            RawPublishError::Timeout => PublishFailure::Timeout,
+            RawPublishError::Lock(l) => PublishFailure::Lock(l),
+            RawPublishError::UsedAfterFork(f) => PublishFailure::UsedAfterFork(f),
+        }
+    }
+}
+
+/// Why [`Publisher::send`](crate::Publisher::send) or
+/// [`SerdePublisher::send`](crate::SerdePublisher::send) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendFailure {
+    /// The publish failed (timeout, lock, fork).
+    #[error(transparent)]
+    Publish(#[from] PublishFailure),
+    /// No slot was free even after reclaiming dead participants.
+    #[error("no free slot in the topic")]
+    NoSlot,
+    /// The encoded message does not fit in a slot (serde topics).
     #[error("the message needs {size} bytes; a slot holds {capacity}")]
     TooLarge {
-        /// The message, handed back.
-        value: T,
         /// Bytes the encoding needs.
         size: usize,
         /// Bytes a slot holds.
         capacity: usize,
     },
-    /// The message could not be encoded.
-    #[error("the message could not be encoded: {reason}")]
-    Encode {
-        /// The message, handed back.
-        value: T,
-        /// The encoder's error.
-        reason: String,
-    },
-    /// No slot could be loaned.
+    /// The message could not be encoded (serde topics).
+    #[error("the message could not be encoded: {0}")]
+    Encode(String),
+}
+
+impl From<RawLoanError> for SendFailure {
+    fn from(e: RawLoanError) -> Self {
+        match e {
+            RawLoanError::UsedAfterFork(f) => SendFailure::Publish(f.into()),
+            // `send` makes its own loan and gives it back before returning: a second loan
+            // cannot be out. Both leave no slot for this message.
+            RawLoanError::PoolExhausted(_) | RawLoanError::AlreadyLoaned => SendFailure::NoSlot,
+        }
+    }
+}
+
+/// Why [`ArrayPublisher::send`](crate::ArrayPublisher::send) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArraySendFailure {
+    /// The publish failed (timeout, lock, fork).
     #[error(transparent)]
-    Loan(#[from] RawLoanError),
-    /// The multi-publisher lock failed.
-    #[error("the publish lock failed: {0}")]
-    Lock(shmbus_core::sync::LockError),
-    /// No block of an array pool could be loaned.
+    Publish(#[from] PublishFailure),
+    /// No block of the pool could be loaned.
     #[error(transparent)]
-    Pool(shmbus_core::pool::PoolLoanError),
+    Pool(#[from] shmbus_core::pool::PoolLoanError),
     /// The data given does not match the shape asked for.
     #[error("the shape holds {expected} elements; {found} were given")]
     Shape {
@@ -76,69 +180,92 @@ pub enum SendError<T> {
     },
 }
 
-impl<T> std::fmt::Debug for SendError<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Timeout(_) => f.write_str("Timeout(..)"),
-            SendError::TooLarge { size, capacity, .. } => f
-                .debug_struct("TooLarge")
-                .field("size", size)
-                .field("capacity", capacity)
-                .finish_non_exhaustive(),
-            SendError::Encode { reason, .. } => f
-                .debug_struct("Encode")
-                .field("reason", reason)
-                .finish_non_exhaustive(),
-            SendError::Loan(e) => f.debug_tuple("Loan").field(e).finish(),
-            SendError::Lock(e) => f.debug_tuple("Lock").field(e).finish(),
-            SendError::Pool(e) => f.debug_tuple("Pool").field(e).finish(),
-            SendError::Shape { expected, found } => f
-                .debug_struct("Shape")
-                .field("expected", expected)
-                .field("found", found)
-                .finish(),
-        }
-    }
+/// A failed send or publish: why, and the value (message, loan or metadata) handed back.
+///
+/// `F` says why; it is one of [`PublishFailure`] (publishing a loan), [`SendFailure`] (sending a
+/// value) and [`ArraySendFailure`] (sending an array), so that each operation's error has only
+/// the cases that operation can meet. `Debug` does not need `T: Debug`.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus::{SendFailure, Topic};
+///
+/// # let name = format!("doc-send-error-{}", std::process::id());
+/// let mut publisher = Topic::builder(&name).slot_size(16).serde_publisher::<String>()?;
+/// let err = publisher.send("far too long for a sixteen-byte slot".to_owned()).unwrap_err();
+/// assert!(matches!(err.reason(), SendFailure::TooLarge { capacity: 12, .. }));
+/// let message: String = err.into_inner(); // nothing is lost
+/// assert!(message.starts_with("far"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct SendError<T, F = SendFailure> {
+    value: T,
+    reason: F,
 }
 
-impl<T> SendError<T> {
-    /// The message handed back, if any.
-    pub fn into_inner(self) -> Option<T> {
-        match self {
-            SendError::Timeout(v)
-            | SendError::TooLarge { value: v, .. }
-            | SendError::Encode { value: v, .. } => Some(v),
-            SendError::Loan(_)
-            | SendError::Lock(_)
-            | SendError::Pool(_)
-            | SendError::Shape { .. } => None,
+impl<T, F> SendError<T, F> {
+    pub(crate) fn new(value: T, reason: impl Into<F>) -> Self {
+        SendError {
+            value,
+            reason: reason.into(),
         }
+    }
+
+    /// Why it failed.
+    pub fn reason(&self) -> &F {
+        &self.reason
+    }
+
+    /// The value handed back.
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    /// The value handed back, consuming the error.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+
+    /// The value and the reason.
+    pub fn into_parts(self) -> (T, F) {
+        (self.value, self.reason)
     }
 
     /// The same error with the handed-back value mapped by `f`.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> SendError<U> {
-        match self {
-            SendError::Timeout(v) => SendError::Timeout(f(v)),
-            SendError::TooLarge {
-                value,
-                size,
-                capacity,
-            } => SendError::TooLarge {
-                value: f(value),
-                size,
-                capacity,
-            },
-            SendError::Encode { value, reason } => SendError::Encode {
-                value: f(value),
-                reason,
-            },
-            SendError::Loan(e) => SendError::Loan(e),
-            SendError::Lock(e) => SendError::Lock(e),
-            SendError::Pool(e) => SendError::Pool(e),
-            SendError::Shape { expected, found } => SendError::Shape { expected, found },
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> SendError<U, F> {
+        SendError {
+            value: f(self.value),
+            reason: self.reason,
         }
     }
 }
+
+impl<T, F: std::fmt::Debug> std::fmt::Debug for SendError<T, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendError")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, F: std::fmt::Display> std::fmt::Display for SendError<T, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.reason.fmt(f)
+    }
+}
+
+impl<T, F: std::error::Error + 'static> std::error::Error for SendError<T, F> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.reason)
+    }
+}
+
+/// [`SendError`] of publishing a loan: the loan is handed back.
+pub type PublishError<L> = SendError<L, PublishFailure>;
+
+/// [`SendError`] of sending an array: the metadata is handed back.
+pub type ArraySendError<M> = SendError<M, ArraySendFailure>;
 
 /// Why a receive returned no message.
 ///
@@ -167,6 +294,9 @@ pub enum RecvError {
     /// The topic's memory is damaged.
     #[error("the topic is corrupt: {0}")]
     Corrupt(String),
+    /// The subscriber was made before a `fork` and this process is the child.
+    #[error("this subscriber was made before a fork and belongs to the parent process")]
+    UsedAfterFork,
     /// A serde message could not be decoded.
     #[error("the message could not be decoded: {0}")]
     Decode(String),

@@ -10,12 +10,14 @@ use shmbus_core::pool::{
     BlockLoan, BlockReceiveError, BlockReceived, HeldBlock, PoolPublisher, PoolStats,
     PoolSubscriber, DESCRIPTOR_SIZE,
 };
-use shmbus_core::topic::{PublishError, ReceiveError};
+use shmbus_core::topic::ReceiveError;
 
 pub use shmbus_core::pool::PoolLoanError;
 
 use crate::array::Element;
-use crate::error::{RecvError, SendError};
+use crate::error::{
+    ArraySendError, ArraySendFailure, PublishError, PublishFailure, RecvError, SendError,
+};
 use crate::topic::{stats, TopicStats};
 
 /// Publishes N-d arrays of any size through a topic, zero-copy: each array is written once, in
@@ -96,23 +98,36 @@ impl<M: Pod> ArrayPublisher<M> {
 
     /// Copies `data` (of `shape`) into a block and publishes it with `meta`: one copy, the
     /// write itself. Use [`ArrayPublisher::loan`] to produce the array in place instead.
+    ///
+    /// # Errors
+    ///
+    /// Every error hands `meta` back: [`ArraySendFailure::Shape`] when `data` does not hold
+    /// `shape`'s elements, [`ArraySendFailure::Pool`] when no block could be loaned,
+    /// [`ArraySendFailure::Publish`] when the publish failed.
     pub fn send<T: Element>(
         &mut self,
         shape: &[usize],
         data: &[T],
         meta: M,
-    ) -> Result<u64, SendError<()>> {
-        let mut loan = self.loan::<T>(shape).map_err(SendError::Pool)?;
+    ) -> Result<u64, ArraySendError<M>> {
+        let mut loan = match self.loan::<T>(shape) {
+            Ok(l) => l,
+            Err(e) => return Err(SendError::new(meta, e)),
+        };
         let (block, m) = loan.parts_mut();
         if block.len() != data.len() {
-            return Err(SendError::Shape {
+            let reason = ArraySendFailure::Shape {
                 expected: block.len(),
                 found: data.len(),
-            });
+            };
+            return Err(SendError::new(meta, reason));
         }
         block.copy_from_slice(data);
         *m = meta;
-        loan.publish().map_err(|e| e.map(|_| ()))
+        loan.publish().map_err(|e| {
+            let (_, reason) = e.into_parts();
+            SendError::new(meta, ArraySendFailure::Publish(reason))
+        })
     }
 
     /// The pool's counters (segments, blocks, bytes, in flight, retired, waits).
@@ -167,20 +182,17 @@ impl<'a, T: Element, M: Pod> ArrayLoan<'a, T, M> {
     ///
     /// # Errors
     ///
-    /// In back-pressure mode, [`SendError::Timeout`] with the loan handed back.
+    /// In back-pressure mode, [`PublishFailure::Timeout`] with the loan handed back.
     // The error hands the loan back by value on a rare path (a back-pressure timeout).
     #[allow(clippy::result_large_err)]
-    pub fn publish(mut self) -> Result<u64, SendError<ArrayLoan<'a, T, M>>> {
+    pub fn publish(mut self) -> Result<u64, PublishError<ArrayLoan<'a, T, M>>> {
         let raw = self.raw.take().expect("published once");
         let timeout = self.publisher.timeout;
         match self.publisher.pool.publish(raw, timeout) {
             Ok(seq) => Ok(seq),
             Err((e, raw)) => {
                 self.raw = Some(raw);
-                Err(match e {
-                    PublishError::Timeout => SendError::Timeout(self),
-                    PublishError::Lock(l) => SendError::Lock(l),
-                })
+                Err(SendError::new(self, PublishFailure::from(e)))
             }
         }
     }
@@ -242,6 +254,9 @@ impl<M: Pod> ArraySubscriber<M> {
             }
             Err(BlockReceiveError::Receive(ReceiveError::Corrupt { reason, .. })) => {
                 Err(RecvError::Corrupt(reason))
+            }
+            Err(BlockReceiveError::Receive(ReceiveError::UsedAfterFork(_))) => {
+                Err(RecvError::UsedAfterFork)
             }
         }
     }

@@ -42,7 +42,9 @@
 //!
 //! Alongside topics, [`Mutex`], [`Semaphore`] and [`Event`] live in named segments that any
 //! process opens by name.
-#![forbid(unsafe_code)]
+// Unsafe code is denied everywhere but at the in-place accessors of named arrays (`array.rs`,
+// `#[allow(unsafe_code)]` on each), whose callers take on the aliasing contract.
+#![deny(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod array;
@@ -53,9 +55,13 @@ mod topic;
 
 pub use array::{ArrayError, ArrayOptions, Element, ReadOnlyArray, SharedArray};
 pub use bytemuck;
-pub use error::{OpenError, RecvError, SendError};
+pub use error::{
+    ArraySendError, ArraySendFailure, OpenError, OpenErrorKind, PublishError, PublishFailure,
+    RecvError, SendError, SendFailure,
+};
 pub use frames::{ArrayLoan, ArrayPublisher, ArraySample, ArraySubscriber, PoolLoanError};
 pub use shmbus_core::dtype::Dtype;
+pub use shmbus_core::fork::UsedAfterFork;
 pub use shmbus_core::name::{Name, NameError};
 pub use shmbus_core::pool::PoolStats;
 pub use shmbus_core::ring::Overflow;

@@ -12,17 +12,15 @@ use serde::Serialize;
 use shmbus_core::layout::{short_type_name, Codec, TypeInfo};
 use shmbus_core::name::Name;
 use shmbus_core::pool::{PoolOptions, PoolPublisher, PoolSubscriber};
-use shmbus_core::ring::{counter, Overflow};
+use shmbus_core::ring::Overflow;
 use shmbus_core::topic::{
-    Held, Loan as RawLoan, LoanError, PublishError, RawPublisher, RawSubscriber, RawTopic,
-    ReceiveError, Received, TopicError, TopicOptions,
+    Held, Loan as RawLoan, LoanError, RawPublisher, RawSubscriber, RawTopic, ReceiveError,
+    Received, TopicError, TopicOptions,
 };
+use shmbus_core::wire::{counter, frame, type_name::ARRAY_TOPIC_PREFIX};
 
-use crate::error::{OpenError, RecvError, SendError};
+use crate::error::{OpenError, PublishError, PublishFailure, RecvError, SendError, SendFailure};
 use crate::frames::{self, ArrayPublisher, ArraySubscriber};
-
-/// Bytes before a serde message in its slot: its encoded length, as a little-endian `u32`.
-const LEN_PREFIX: usize = 4;
 
 /// Builds publishers and subscribers of one topic.
 ///
@@ -245,7 +243,7 @@ impl Topic {
                 reason: "array metadata needs an alignment of at most 64".into(),
             });
         }
-        let default = format!("array+{}", short_type_name::<M>());
+        let default = format!("{ARRAY_TOPIC_PREFIX}{}", short_type_name::<M>());
         let size = frames::slot_size::<M>();
         let info = self.type_info(&default, size as u64, 64, Codec::Pod)?;
         self.open(info, size as u32)
@@ -350,13 +348,6 @@ pub(crate) fn stats(topic: &RawTopic) -> TopicStats {
     }
 }
 
-fn map_publish<T>(e: PublishError, value: T) -> SendError<T> {
-    match e {
-        PublishError::Timeout => SendError::Timeout(value),
-        PublishError::Lock(l) => SendError::Lock(l),
-    }
-}
-
 /// Publishes plain-old-data messages of type `T`, written in place in shared memory.
 ///
 /// What is zero-copy: [`loan`](Publisher::loan) hands out the slot itself, so the message is
@@ -390,14 +381,19 @@ impl<T: Pod> Publisher<T> {
     ///
     /// # Errors
     ///
-    /// In back-pressure mode, [`SendError::Timeout`] (with `value`) when the slowest live
-    /// subscriber made no room in time.
+    /// Every error hands `value` back ([`SendError::into_inner`]). The reason is
+    /// [`PublishFailure::Timeout`] (in [`SendFailure::Publish`]) in back-pressure mode when the
+    /// slowest live subscriber made no room in time, [`PublishFailure::UsedAfterFork`] in a
+    /// forked child, and [`SendFailure::NoSlot`] if no slot is free.
     pub fn send(&mut self, value: T) -> Result<u64, SendError<T>> {
-        let loan = self.raw.loan()?;
+        let loan = match self.raw.loan() {
+            Ok(l) => l,
+            Err(e) => return Err(SendError::new(value, e)),
+        };
         self.raw.slot_mut(&loan)[..size_of::<T>()].copy_from_slice(bytemuck::bytes_of(&value));
         self.raw.publish(loan, self.timeout).map_err(|(e, loan)| {
             self.raw.cancel(loan);
-            map_publish(e, value)
+            SendError::new(value, PublishFailure::from(e))
         })
     }
 
@@ -429,15 +425,15 @@ impl<'a, T: Pod> Loan<'a, T> {
     ///
     /// # Errors
     ///
-    /// In back-pressure mode, [`SendError::Timeout`] with the loan handed back.
-    pub fn publish(mut self) -> Result<u64, SendError<Loan<'a, T>>> {
+    /// In back-pressure mode, [`PublishFailure::Timeout`] with the loan handed back.
+    pub fn publish(mut self) -> Result<u64, PublishError<Loan<'a, T>>> {
         let raw = self.raw.take().expect("a loan is published once");
         let timeout = self.publisher.timeout;
         match self.publisher.raw.publish(raw, timeout) {
             Ok(seq) => Ok(seq),
             Err((e, raw)) => {
                 self.raw = Some(raw);
-                Err(map_publish(e, self))
+                Err(SendError::new(self, PublishFailure::from(e)))
             }
         }
     }
@@ -482,6 +478,7 @@ fn receive(raw: &RawSubscriber, timeout: Option<Option<Duration>>) -> Result<Hel
         Ok(Received::Disconnected) => Err(RecvError::Disconnected),
         Err(ReceiveError::TooManyHeld(n)) => Err(RecvError::TooManyHeld(n)),
         Err(ReceiveError::Corrupt { reason, .. }) => Err(RecvError::Corrupt(reason)),
+        Err(ReceiveError::UsedAfterFork(_)) => Err(RecvError::UsedAfterFork),
     }
 }
 
@@ -610,38 +607,36 @@ impl<T: Serialize> SerdePublisher<T> {
     ///
     /// # Errors
     ///
-    /// [`SendError::TooLarge`] (with both sizes) when the encoding does not fit in a slot;
-    /// [`SendError::Timeout`] under back-pressure.
+    /// Every error hands `value` back. [`SendFailure::TooLarge`] (with both sizes) when the
+    /// encoding does not fit in a slot; [`PublishFailure::Timeout`] under back-pressure.
     pub fn send(&mut self, value: T) -> Result<u64, SendError<T>> {
-        let loan = self.raw.loan()?;
-        let slot = self.raw.slot_mut(&loan);
-        let capacity = slot.len() - LEN_PREFIX;
-        let (prefix, body) = slot.split_at_mut(LEN_PREFIX);
-        let len = match postcard::to_slice(&value, body) {
-            Ok(used) => used.len(),
-            Err(postcard::Error::SerializeBufferFull) => {
-                self.raw.cancel(loan);
-                let size = postcard::experimental::serialized_size(&value).unwrap_or(usize::MAX);
-                return Err(SendError::TooLarge {
-                    value,
-                    size,
-                    capacity,
-                });
-            }
-            Err(e) => {
-                self.raw.cancel(loan);
-                return Err(SendError::Encode {
-                    value,
-                    reason: e.to_string(),
-                });
-            }
+        let loan = match self.raw.loan() {
+            Ok(l) => l,
+            Err(e) => return Err(SendError::new(value, e)),
         };
-        prefix.copy_from_slice(&(len as u32).to_le_bytes());
+        let slot = self.raw.slot_mut(&loan);
+        let capacity = frame::capacity(slot.len());
+        let encoded = postcard::to_slice(&value, frame::body_mut(slot)).map(|used| used.len());
+        let failure = match encoded {
+            Ok(len) => match frame::set_len(slot, len) {
+                Ok(()) => None,
+                Err(e) => Some(SendFailure::Encode(e.to_string())),
+            },
+            Err(postcard::Error::SerializeBufferFull) => Some(SendFailure::TooLarge {
+                size: postcard::experimental::serialized_size(&value).unwrap_or(usize::MAX),
+                capacity,
+            }),
+            Err(e) => Some(SendFailure::Encode(e.to_string())),
+        };
+        if let Some(f) = failure {
+            self.raw.cancel(loan);
+            return Err(SendError::new(value, f));
+        }
         match self.raw.publish(loan, self.timeout) {
             Ok(seq) => Ok(seq),
             Err((e, loan)) => {
                 self.raw.cancel(loan);
-                Err(map_publish(e, value))
+                Err(SendError::new(value, PublishFailure::from(e)))
             }
         }
     }
@@ -670,14 +665,14 @@ impl<T: DeserializeOwned> SerdeSubscriber<T> {
     fn decode(&self, held: Held) -> Result<(u64, T), RecvError> {
         let bytes = self.raw.slot(&held);
         let seq = held.seq();
-        let (prefix, body) = bytes.split_at(LEN_PREFIX);
-        let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
-        let r = match body.get(..len) {
-            Some(msg) => postcard::from_bytes(msg).map_err(|e| RecvError::Decode(e.to_string())),
-            None => Err(RecvError::Corrupt(format!(
-                "message length {len} exceeds the slot's {}",
-                body.len()
-            ))),
+        // Copy the message out once, then decode the copy: the framing is checked against the
+        // slot, and a writer that breaks the protocol cannot change bytes under the decoder.
+        let r = match frame::message(bytes) {
+            Ok(msg) => {
+                let msg = msg.to_vec();
+                postcard::from_bytes(&msg).map_err(|e| RecvError::Decode(e.to_string()))
+            }
+            Err(e) => Err(RecvError::Corrupt(e.to_string())),
         };
         self.raw.release(held);
         r.map(|v| (seq, v))

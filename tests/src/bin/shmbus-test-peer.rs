@@ -14,8 +14,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[path = "shmbus-test-peer/arrays.rs"]
 mod arrays;
 use shmbus::{
-    Event, EventMode, LoanError, LockError, Mutex, Overflow, Publisher, RecvError, Semaphore,
-    SendError, SerdePublisher, SerdeSubscriber, Subscriber, Topic,
+    Event, EventMode, LoanError, LockError, Mutex, Overflow, PublishError, PublishFailure,
+    Publisher, RecvError, Semaphore, SendError, SendFailure, SerdePublisher, SerdeSubscriber,
+    Subscriber, Topic,
 };
 use shmbus_tests::{open_error_code, Msg, OtherMsg, Rec, SmallMsg};
 
@@ -298,15 +299,35 @@ impl From<shmbus::OpenError> for Fail {
     }
 }
 
-fn send_error<T>(e: &SendError<T>) -> Fail {
-    let code = match e {
-        SendError::Timeout(_) => "timeout",
-        SendError::TooLarge { .. } => "too-large",
-        SendError::Encode { .. } => "encode",
-        SendError::Loan(LoanError::PoolExhausted(_)) => "pool-exhausted",
-        SendError::Loan(LoanError::AlreadyLoaned) => "already-loaned",
-        SendError::Lock(_) => "lock",
+fn publish_code(f: &PublishFailure) -> &'static str {
+    match f {
+        PublishFailure::Timeout => "timeout",
+        PublishFailure::Lock(_) => "lock",
+        PublishFailure::UsedAfterFork(_) => "used-after-fork",
         _ => "send",
+    }
+}
+
+fn send_error<T>(e: &SendError<T>) -> Fail {
+    let code = match e.reason() {
+        SendFailure::Publish(p) => publish_code(p),
+        SendFailure::TooLarge { .. } => "too-large",
+        SendFailure::Encode { .. } => "encode",
+        SendFailure::NoSlot => "pool-exhausted",
+        _ => "send",
+    };
+    Fail::new(code, e)
+}
+
+fn publish_error<T>(e: &PublishError<T>) -> Fail {
+    Fail::new(publish_code(e.reason()), e)
+}
+
+fn loan_error(e: LoanError) -> Fail {
+    let code = match e {
+        LoanError::PoolExhausted(_) => "pool-exhausted",
+        LoanError::AlreadyLoaned => "already-loaned",
+        LoanError::UsedAfterFork(_) => "used-after-fork",
     };
     Fail::new(code, e)
 }
@@ -369,11 +390,9 @@ impl Pub {
                 .send(Msg::new(producer, index))
                 .map_err(|e| send_error(&e)),
             Pub::Pod(p) => {
-                let mut loan = p
-                    .loan()
-                    .map_err(|e| send_error::<()>(&SendError::Loan(e)))?;
+                let mut loan = p.loan().map_err(loan_error)?;
                 *loan = Msg::new(producer, index);
-                loan.publish().map_err(|e| send_error(&e))
+                loan.publish().map_err(|e| publish_error(&e))
             }
             Pub::Serde(p) => p
                 .send(Rec::new(producer, index))

@@ -4,7 +4,7 @@ use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use shmbus::{ArrayError, ArraySample, RecvError, SendError, SharedArray};
+use shmbus::{ArrayError, ArraySample, PublishError, PublishFailure, RecvError, SharedArray};
 use shmbus_core::dtype::Dtype;
 use shmbus_core::layout::{Codec, TypeInfo};
 use shmbus_core::name::Name;
@@ -227,10 +227,10 @@ fn pool_error(e: shmbus::PoolLoanError) -> Fail {
     Fail::new(code, e)
 }
 
-fn send_code<T>(e: &SendError<T>) -> Fail {
+fn send_code<T>(e: &PublishError<T>) -> Fail {
     Fail::new(
-        match e {
-            SendError::Timeout(_) => "timeout",
+        match e.reason() {
+            PublishFailure::Timeout => "timeout",
             _ => "send",
         },
         e,
@@ -426,7 +426,7 @@ pub(crate) fn array_create(a: &ArrayCreateArgs) -> Result<(), Fail> {
         "u8" => {
             let opts = SharedArray::<u8>::options();
             let opts = if a.scoped { opts.scoped() } else { opts };
-            let mut arr = opts.create(&a.name, &shape).map_err(|e| array_error(&e))?;
+            let arr = opts.create(&a.name, &shape).map_err(|e| array_error(&e))?;
             arr.fill(a.fill);
             println!("created len={}", arr.len());
             if a.hold {
@@ -436,7 +436,7 @@ pub(crate) fn array_create(a: &ArrayCreateArgs) -> Result<(), Fail> {
         "f32" => {
             let opts = SharedArray::<f32>::options();
             let opts = if a.scoped { opts.scoped() } else { opts };
-            let mut arr = opts.create(&a.name, &shape).map_err(|e| array_error(&e))?;
+            let arr = opts.create(&a.name, &shape).map_err(|e| array_error(&e))?;
             arr.fill(f32::from(a.fill));
             println!("created len={}", arr.len());
             if a.hold {
@@ -452,11 +452,11 @@ pub(crate) fn array_attach(a: &ArrayAttachArgs) -> Result<(), Fail> {
     match a.dtype.as_str() {
         "u8" if a.read_only => {
             let arr = SharedArray::<u8>::attach_read_only(&a.name).map_err(|e| array_error(&e))?;
-            let sum: u64 = arr.iter().map(|&b| u64::from(b)).sum();
+            let sum: u64 = arr.to_vec().iter().map(|&b| u64::from(b)).sum();
             println!("attached shape={} sum={sum}", dims(arr.shape()));
         }
         "u8" => {
-            let mut arr = SharedArray::<u8>::attach(&a.name).map_err(|e| array_error(&e))?;
+            let arr = SharedArray::<u8>::attach(&a.name).map_err(|e| array_error(&e))?;
             if let Some(v) = a.fill {
                 arr.fill(v);
             }
@@ -464,7 +464,7 @@ pub(crate) fn array_attach(a: &ArrayAttachArgs) -> Result<(), Fail> {
                 let (rss0, _, _) = rss_kib(std::process::id());
                 // Read one byte per page: every page becomes resident in this process.
                 let mut sum = 0u64;
-                for chunk in arr.chunks(4096) {
+                for chunk in arr.to_vec().chunks(4096) {
                     sum += u64::from(chunk[0]);
                 }
                 let (rss, anon, shmem) = rss_kib(std::process::id());
@@ -474,12 +474,12 @@ pub(crate) fn array_attach(a: &ArrayAttachArgs) -> Result<(), Fail> {
                 );
                 super::sleep_forever();
             }
-            let sum: u64 = arr.iter().map(|&b| u64::from(b)).sum();
+            let sum: u64 = arr.to_vec().iter().map(|&b| u64::from(b)).sum();
             println!("attached shape={} sum={sum}", dims(arr.shape()));
         }
         "f32" => {
             let arr = SharedArray::<f32>::attach(&a.name).map_err(|e| array_error(&e))?;
-            let sum: f64 = arr.iter().map(|&x| f64::from(x)).sum();
+            let sum: f64 = arr.to_vec().iter().map(|&x| f64::from(x)).sum();
             println!("attached shape={} sum={sum}", dims(arr.shape()));
         }
         other => return Err(Fail::new("usage", format!("dtype {other}"))),

@@ -1,18 +1,17 @@
 //! Loom models of the topic ring protocol.
 //!
-//! Run with `RUSTFLAGS="--cfg loom" cargo test -p shmbus-core --test loom_ring --release`.
-//! Each model runs the real protocol code (`shmbus_core::ring`) on heap memory, with loom's
+//! Run with `RUSTFLAGS="--cfg loom" cargo test -p shmbus-core --lib --release` (what
+//! `scripts/test` does). They live inside the crate because the protocol's mutators are
+//! crate-private. Each model runs the real protocol code (`crate::ring`) on heap memory, with loom's
 //! atomics and a futex mock built on loom's condition variable, and explores every interleaving
 //! (up to `LOOM_MAX_PREEMPTIONS`). Message payloads live in loom `UnsafeCell`s indexed by slot,
 //! so a slot read while someone writes it is reported as a data race.
-#![cfg(loom)]
-
+use crate::futex::MockFutex;
+use crate::ring::{Acquired, HeapRing, Overflow, Ring, RingConfig};
+use crate::time::Deadline;
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
-use shmbus_core::futex::MockFutex;
-use shmbus_core::ring::{Acquired, HeapRing, Overflow, Ring, RingConfig};
-use shmbus_core::time::Deadline;
 
 /// Runs `f` under loom with room for the spin loops of the protocol (a reader that finds an
 /// entry being rewritten retries).
@@ -38,7 +37,6 @@ impl Model {
             slot_size: 8,
             max_subscribers: subscribers,
             max_publishers: 1,
-            max_loans: 1,
             max_held: 1,
             overflow,
             timestamps: false,

@@ -1,0 +1,647 @@
+//! The topic protocol: a pool of reference-counted slots and a ring of publications.
+//!
+//! # Shape
+//!
+//! A topic's memory holds (see `docs/architecture.md` for byte offsets):
+//!
+//! - a [`RingHeader`]: the configuration, the publication counter `tail`, and two notification
+//!   words (subscribers sleep on one, a publisher held back by a slow subscriber on the other);
+//! - `capacity` ring [`Entry`]s: entry `n % capacity` names the slot that holds message `n`;
+//! - `slots` slot **state words** and `slots` payload **slots** of `slot_size` bytes each;
+//! - a table of subscribers ([`SubscriberEntry`]) and one of publishers ([`PublisherEntry`]).
+//!
+//! Messages are never copied by the protocol. A publisher *loans* a free slot, writes its message
+//! there, and *publishes* it: the ring entry for the next sequence number now names that slot. A
+//! subscriber *acquires* the slot named by the entry of its cursor and reads it in place for as
+//! long as it holds it. A slot returns to the pool when it has left the ring and nobody holds it.
+//! Because the ring refers to slots rather than containing them, a held message is never
+//! overwritten, in either overflow mode.
+//!
+//! # The slot state word
+//!
+//! | bits | meaning |
+//! |---|---|
+//! | 0..=55 | bit *k*: subscriber *k* holds the slot |
+//! | 56 | `RING`: a ring entry names the slot |
+//! | 57..=63 | publisher index + 1 that has the slot on loan (0: not on loan) |
+//!
+//! | state | meaning | who moves it on |
+//! |---|---|---|
+//! | `0` | free | a publisher's loan: CAS `0 → owner` |
+//! | `owner` only | on loan, being written | its publisher's publish: store `RING` |
+//! | `RING \| holders` | published, maybe held | subscribers set/clear their bit; eviction clears `RING` |
+//! | `holders` | left the ring, still held | the last holder's release makes it `0` |
+//!
+//! A subscriber sets its bit only while `RING` is set, then checks that the entry still names
+//! the message it wanted; if not, it clears its bit and reports lag. Since a publisher clears
+//! `RING` only *after* it rewrote the entry, a successful check proves the slot was not reused.
+//!
+//! # Entries
+//!
+//! An entry is two words, written by the one process that has publish rights, seqlock style:
+//! `seq ← INVALID; fence(Release); slot ← s; seq ← n + 1 (Release)`. `seq` is the message number
+//! plus one (0: never written); `slot == HOLE` marks a message lost with a publisher that died
+//! while publishing it.
+//!
+//! # Publish rights
+//!
+//! [`Ring::publish`] must not run concurrently with itself: the caller holds the topic's only
+//! publisher lease, or the topic's robust publish mutex. Loans are lock-free and per publisher.
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use crate::futex::Notifier;
+use crate::primitive::{fence, spin_loop, AtomicU32, AtomicU64, Ordering};
+use crate::time::Deadline;
+
+#[cfg(any(test, loom))]
+mod heap;
+mod publish;
+mod subscribe;
+#[cfg(any(test, loom))]
+pub(crate) use heap::HeapRing;
+#[cfg(all(test, loom))]
+mod loom_tests;
+#[cfg(all(test, not(loom)))]
+mod tests;
+
+/// Most subscribers a topic can have (bits of the slot state word).
+pub const MAX_SUBSCRIBERS: u32 = 56;
+/// Most publishers a topic can have.
+pub const MAX_PUBLISHERS: u32 = 127;
+/// Slots one publisher has on loan at most (the spare it loans ahead counts as its loan).
+pub const LOANS_PER_PUBLISHER: u32 = 1;
+
+const RING_BIT: u64 = 1 << 56;
+const LOAN_SHIFT: u32 = 57;
+
+const SEQ_INVALID: u64 = u64::MAX;
+/// `Entry::slot` of a message lost with its publisher.
+const HOLE: u64 = u64::MAX;
+/// `Entry::slot` of a message its publisher withdrew before anyone read it ([`Ring::retire`]),
+/// to reuse its slot's resources; readers count it as lag.
+const RETIRED: u64 = u64::MAX - 1;
+
+/// Subscriber/publisher table entry states.
+const FREE: u32 = 0;
+const ACTIVE: u32 = 1;
+
+/// Spins before a blocking wait goes to sleep (one under loom, to keep models small).
+const SPINS: u32 = if cfg!(loom) { 1 } else { 32 };
+/// Rounds of the spin that only pause the CPU; the rest yield it, so that a peer waiting for
+/// this CPU (both processes on one core) runs at once instead of after our spin.
+const PAUSES: u32 = 16;
+
+/// One round of a waiting spin: pause for the first [`PAUSES`] rounds, then yield the CPU.
+fn backoff(round: u32) {
+    #[cfg(not(loom))]
+    if round >= PAUSES {
+        std::thread::yield_now();
+        return;
+    }
+    let _ = round;
+    spin_loop();
+}
+
+/// How long one sleep of a blocking wait lasts: until the deadline, cut to `check_every` if
+/// given (so the waiter can check on its peers); `None` only when both are unbounded.
+fn sleep_for(deadline: &Deadline, check_every: Option<Duration>) -> Option<Duration> {
+    match (deadline.remaining(), check_every) {
+        (None, None) => None,
+        (Some(r), None) => Some(r),
+        (None, Some(c)) => Some(c),
+        (Some(r), Some(c)) => Some(r.min(c)),
+    }
+}
+
+/// Asks the CPU to start loading the cache line at `p` (a hint: no effect on memory).
+#[inline(always)]
+fn prefetch(p: NonNull<u8>) {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch never faults and has no effect on memory, whatever the address;
+        // SSE is part of the x86_64 baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.as_ptr().cast::<i8>()) };
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+    let _ = p;
+}
+
+/// What a topic does when a subscriber falls a whole ring behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Overflow {
+    /// Overwrite the oldest message; the slow subscriber is told how many it missed.
+    Overwrite,
+    /// The publisher waits for the slowest live subscriber (with a timeout).
+    BackPressure,
+}
+
+impl Overflow {
+    fn to_raw(self) -> u64 {
+        match self {
+            Overflow::Overwrite => 0,
+            Overflow::BackPressure => 1,
+        }
+    }
+    fn from_raw(raw: u64) -> Option<Overflow> {
+        match raw {
+            0 => Some(Overflow::Overwrite),
+            1 => Some(Overflow::BackPressure),
+            _ => None,
+        }
+    }
+}
+
+/// A topic's shape, fixed at creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Ring entries: how many published messages stay readable.
+    pub capacity: u32,
+    /// Payload bytes per slot (rounded up to a multiple of 64 by [`RingLayout::new`]).
+    pub slot_size: u32,
+    /// Most subscribers at once (1..=[`MAX_SUBSCRIBERS`]).
+    pub max_subscribers: u32,
+    /// Most publishers at once (1..=[`MAX_PUBLISHERS`]); 1 enables the lock-free fast path.
+    pub max_publishers: u32,
+    /// Most samples one subscriber holds at once.
+    pub max_held: u32,
+    /// Overflow policy.
+    pub overflow: Overflow,
+    /// Whether publishers record each message's publish time (see [`Ring::set_stamp`]).
+    pub timestamps: bool,
+}
+
+impl RingConfig {
+    /// Slots needed so that a loan never finds the pool empty while everyone is alive:
+    /// every ring entry, every publisher's one loan, every subscriber's held samples, and one.
+    pub fn slots(&self) -> Option<u32> {
+        let p = self.max_publishers.checked_mul(LOANS_PER_PUBLISHER)?;
+        let s = self.max_subscribers.checked_mul(self.max_held)?;
+        self.capacity.checked_add(p)?.checked_add(s)?.checked_add(1)
+    }
+}
+
+/// A configuration that cannot be laid out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid topic configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// The header of a topic's ring, at the start of the topic payload.
+///
+/// The configuration words are written once at creation and validated on every attach; the hot
+/// words sit on their own cache lines.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct RingHeader {
+    capacity: u64,
+    slots: u64,
+    slot_size: u64,
+    max_subscribers: u64,
+    max_publishers: u64,
+    /// Loans one publisher has out at once: always [`LOANS_PER_PUBLISHER`] (a word kept so
+    /// that the layout of format version 2 is unchanged).
+    loans_per_publisher: u64,
+    max_held: u64,
+    overflow: u64,
+    /// 1 when publishers record publish times, else 0.
+    timestamps: u64,
+    /// How many times a publisher joined, ever (`Release` increments): lets a subscriber tell
+    /// that a publisher existed even if another process reclaimed its row before it looked.
+    publisher_joins: AtomicU64,
+    /// How many times a subscriber joined, ever (`Release` increments): tells a back-pressured
+    /// publisher that its cached lower bound of the cursors may be too high.
+    subscriber_joins: AtomicU64,
+    _pad0: [u8; 40],
+    /// Next sequence number to publish; written by the holder of publish rights (`Release`).
+    tail: AtomicU64,
+    _pad1: [u8; 120],
+    /// Subscribers sleep on this word; bumped by a publisher that saw sleepers.
+    notify_word: AtomicU32,
+    /// Number of subscribers inside a blocking wait (counted in before a `fence(SeqCst)`, see
+    /// [`Ring::publish`]).
+    notify_sleepers: AtomicU32,
+    _pad2: [u8; 120],
+    /// A back-pressured publisher sleeps on this word; bumped by a subscriber that saw it.
+    progress_word: AtomicU32,
+    /// Number of publishers waiting for space.
+    progress_sleepers: AtomicU32,
+    _pad3: [u8; 120],
+}
+
+/// One ring entry (see the module docs).
+#[repr(C)]
+#[derive(Debug)]
+pub struct Entry {
+    seq: AtomicU64,
+    slot: AtomicU64,
+}
+
+/// A subscriber's row in the topic, on its own cache line.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct SubscriberEntry {
+    /// FREE (0) or ACTIVE (1). The owner is whoever holds the row's lease.
+    state: AtomicU32,
+    /// Process id of the owner, for display.
+    pid: AtomicU32,
+    /// Next message the subscriber will read; a back-pressured publisher reads it.
+    cursor: AtomicU64,
+    /// Messages this subscriber missed by lagging.
+    lagged: AtomicU64,
+}
+
+/// A publisher's row in the topic.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct PublisherEntry {
+    /// FREE (0) or ACTIVE (1). The owner is whoever holds the row's lease.
+    state: AtomicU32,
+    /// Process id of the owner, for display.
+    pid: AtomicU32,
+}
+
+/// Byte offsets of a topic's parts inside its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingLayout {
+    /// The configuration (with `slot_size` rounded up).
+    pub config: RingConfig,
+    /// Number of slots.
+    pub slots: u32,
+    /// Offset of the entries.
+    pub entries: usize,
+    /// Offset of the slot state words.
+    pub states: usize,
+    /// Offset of the per-slot publish times (`slots` words when `timestamps` is set, else
+    /// none).
+    pub stamps: usize,
+    /// Offset of the subscriber table.
+    pub subscribers: usize,
+    /// Offset of the publisher table.
+    pub publishers: usize,
+    /// Offset of the first slot (128-byte aligned).
+    pub data: usize,
+    /// Total bytes.
+    pub size: usize,
+}
+
+fn align_up(x: usize, a: usize) -> Option<usize> {
+    x.checked_next_multiple_of(a)
+}
+
+impl RingLayout {
+    /// Lays out `config`, or explains why it cannot be.
+    pub fn new(mut config: RingConfig) -> Result<RingLayout, ConfigError> {
+        let err = |m: &str| Err(ConfigError(m.to_owned()));
+        if config.capacity == 0 || config.capacity > 1 << 24 {
+            return err("capacity must be between 1 and 16777216");
+        }
+        if !(1..=MAX_SUBSCRIBERS).contains(&config.max_subscribers) {
+            return err("max_subscribers must be between 1 and 56");
+        }
+        if !(1..=MAX_PUBLISHERS).contains(&config.max_publishers) {
+            return err("max_publishers must be between 1 and 127");
+        }
+        if config.max_held == 0 || config.max_held > 1024 {
+            return err("max_held must be between 1 and 1024");
+        }
+        if config.slot_size == 0 {
+            return err("slot_size must not be zero");
+        }
+        config.slot_size = config
+            .slot_size
+            .checked_next_multiple_of(64)
+            .ok_or_else(|| ConfigError("slot_size too large".into()))?;
+        let slots = config
+            .slots()
+            .ok_or_else(|| ConfigError("too many slots".into()))?;
+        let too_big = || ConfigError("topic too large for this machine".into());
+        let entries = size_of::<RingHeader>();
+        let states = align_up(entries + config.capacity as usize * size_of::<Entry>(), 64)
+            .ok_or_else(too_big)?;
+        let stamps = align_up(states + slots as usize * 8, 64).ok_or_else(too_big)?;
+        let stamp_words = if config.timestamps { slots as usize } else { 0 };
+        let subscribers = align_up(stamps + stamp_words * 8, 64).ok_or_else(too_big)?;
+        let publishers =
+            subscribers + config.max_subscribers as usize * size_of::<SubscriberEntry>();
+        let data = align_up(
+            publishers + config.max_publishers as usize * size_of::<PublisherEntry>(),
+            128,
+        )
+        .ok_or_else(too_big)?;
+        let size = (slots as usize)
+            .checked_mul(config.slot_size as usize)
+            .and_then(|d| d.checked_add(data))
+            .filter(|&s| s <= isize::MAX as usize)
+            .ok_or_else(too_big)?;
+        Ok(RingLayout {
+            config,
+            slots,
+            entries,
+            states,
+            stamps,
+            subscribers,
+            publishers,
+            data,
+            size,
+        })
+    }
+}
+
+/// Why a topic's memory was refused at attach.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt topic: {0}")]
+pub struct CorruptRing(pub String);
+
+/// A view of one topic's memory. It holds raw pointers: see [`Ring::from_raw`].
+pub struct Ring {
+    header: NonNull<RingHeader>,
+    entries: NonNull<Entry>,
+    states: NonNull<AtomicU64>,
+    stamps: NonNull<AtomicU64>,
+    subscribers: NonNull<SubscriberEntry>,
+    publishers: NonNull<PublisherEntry>,
+    data: NonNull<u8>,
+    counters: NonNull<AtomicU64>,
+    layout: RingLayout,
+}
+
+// SAFETY: a `Ring` only hands out shared references to atomics and raw slot pointers whose use is
+// governed by the protocol; the memory it points into is shared between processes anyway.
+unsafe impl Send for Ring {}
+// SAFETY: as above.
+unsafe impl Sync for Ring {}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counter indices in the segment header's `counters` (what tools show).
+pub use crate::wire::counter;
+
+/// A publisher's cached view of the slowest subscriber ([`Ring::has_room_cached`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RoomCache {
+    joins: u64,
+    min_cursor: u64,
+}
+
+impl RoomCache {
+    /// A cache that is refilled on first use.
+    pub fn new() -> RoomCache {
+        RoomCache {
+            joins: u64::MAX,
+            min_cursor: 0,
+        }
+    }
+}
+
+/// What [`Ring::try_acquire`] found at a subscriber's cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquired {
+    /// Message `seq` is in `slot`, now held by the subscriber.
+    Message {
+        /// Its sequence number.
+        seq: u64,
+        /// The slot that holds it.
+        slot: u32,
+    },
+    /// Nothing new yet.
+    Empty,
+    /// The subscriber fell behind; `skipped` messages were overwritten and the cursor moved to
+    /// the oldest message still readable.
+    Lagged {
+        /// How many messages were missed.
+        skipped: u64,
+    },
+}
+
+impl Ring {
+    /// Writes a fresh topic into zero-filled memory and returns its layout.
+    ///
+    /// # Safety
+    ///
+    /// - `base` points to `layout.size` writable bytes, aligned to 128, zero-filled;
+    /// - nobody else accesses them during the call.
+    pub unsafe fn init(base: NonNull<u8>, layout: &RingLayout) {
+        let c = &layout.config;
+        // SAFETY: the caller guarantees exclusive access to aligned, zeroed memory of
+        // `layout.size >= size_of::<RingHeader>()` bytes; every field is an integer or atomic.
+        let h = unsafe { &mut *base.as_ptr().cast::<RingHeader>() };
+        h.capacity = u64::from(c.capacity);
+        h.slots = u64::from(layout.slots);
+        h.slot_size = u64::from(c.slot_size);
+        h.max_subscribers = u64::from(c.max_subscribers);
+        h.max_publishers = u64::from(c.max_publishers);
+        h.loans_per_publisher = u64::from(LOANS_PER_PUBLISHER);
+        h.max_held = u64::from(c.max_held);
+        h.overflow = c.overflow.to_raw();
+        h.timestamps = u64::from(c.timestamps);
+    }
+
+    /// Reads and validates the configuration of the topic at `base`, which must hold `len`
+    /// bytes, and returns the layout it implies.
+    ///
+    /// # Safety
+    ///
+    /// `base` points to at least `len` readable bytes, aligned to 128, that stay mapped for
+    /// the call.
+    pub unsafe fn read_layout(base: NonNull<u8>, len: usize) -> Result<RingLayout, CorruptRing> {
+        if len < size_of::<RingHeader>() {
+            return Err(CorruptRing(format!(
+                "{len} bytes cannot hold the ring header"
+            )));
+        }
+        // SAFETY: checked above that the header fits; the caller guarantees alignment and
+        // mapping; every bit pattern is valid for the integer fields read here.
+        let h = unsafe { &*base.as_ptr().cast::<RingHeader>() };
+        let small =
+            |v: u64, what: &str| u32::try_from(v).map_err(|_| CorruptRing(format!("{what} = {v}")));
+        let config = RingConfig {
+            capacity: small(h.capacity, "capacity")?,
+            slot_size: small(h.slot_size, "slot_size")?,
+            max_subscribers: small(h.max_subscribers, "max_subscribers")?,
+            max_publishers: small(h.max_publishers, "max_publishers")?,
+            max_held: small(h.max_held, "max_held")?,
+            overflow: Overflow::from_raw(h.overflow)
+                .ok_or_else(|| CorruptRing(format!("overflow = {}", h.overflow)))?,
+            timestamps: match h.timestamps {
+                0 => false,
+                1 => true,
+                t => return Err(CorruptRing(format!("timestamps = {t}"))),
+            },
+        };
+        if h.loans_per_publisher != u64::from(LOANS_PER_PUBLISHER) {
+            return Err(CorruptRing(format!(
+                "loans per publisher = {}",
+                h.loans_per_publisher
+            )));
+        }
+        let layout = RingLayout::new(config).map_err(|e| CorruptRing(e.0))?;
+        if layout.config != config || u64::from(layout.slots) != h.slots {
+            return Err(CorruptRing(
+                "configuration words disagree with each other".into(),
+            ));
+        }
+        if layout.size > len {
+            return Err(CorruptRing(format!(
+                "needs {} bytes, the segment holds {len}",
+                layout.size
+            )));
+        }
+        Ok(layout)
+    }
+
+    /// A view of the topic at `base` with a layout from [`Ring::read_layout`] (or the one given
+    /// to [`Ring::init`]), counting into `counters`.
+    ///
+    /// # Safety
+    ///
+    /// - `base` points to `layout.size` bytes laid out by [`Ring::init`] with this layout,
+    ///   readable and writable, aligned to 128;
+    /// - `counters` points to [`counter::COUNT`] atomics;
+    /// - both stay mapped for as long as the returned `Ring` (and anything it hands out) lives.
+    pub unsafe fn from_raw(
+        base: NonNull<u8>,
+        layout: RingLayout,
+        counters: NonNull<AtomicU64>,
+    ) -> Ring {
+        // SAFETY: all offsets were computed by `RingLayout::new` to lie within `layout.size`.
+        unsafe {
+            Ring {
+                header: base.cast(),
+                entries: base.add(layout.entries).cast(),
+                states: base.add(layout.states).cast(),
+                stamps: base.add(layout.stamps).cast(),
+                subscribers: base.add(layout.subscribers).cast(),
+                publishers: base.add(layout.publishers).cast(),
+                data: base.add(layout.data),
+                counters,
+                layout,
+            }
+        }
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &RingLayout {
+        &self.layout
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RingConfig {
+        &self.layout.config
+    }
+
+    fn header(&self) -> &RingHeader {
+        // SAFETY: `from_raw`'s contract: the header is mapped for our lifetime.
+        unsafe { self.header.as_ref() }
+    }
+
+    fn entry(&self, seq: u64) -> &Entry {
+        let i = (seq % u64::from(self.layout.config.capacity)) as usize;
+        // SAFETY: i < capacity, and `from_raw`'s contract keeps the entry array mapped.
+        unsafe { &*self.entries.as_ptr().add(i) }
+    }
+
+    fn state(&self, slot: u32) -> &AtomicU64 {
+        assert!(slot < self.layout.slots, "slot index out of range");
+        // SAFETY: slot < slots (checked), and the state array is mapped for our lifetime.
+        unsafe { &*self.states.as_ptr().add(slot as usize) }
+    }
+
+    fn stamp(&self, slot: u32) -> &AtomicU64 {
+        assert!(slot < self.layout.slots, "slot index out of range");
+        // SAFETY: slot < slots (checked), and the stamp array is mapped for our lifetime.
+        unsafe { &*self.stamps.as_ptr().add(slot as usize) }
+    }
+
+    /// Records `ns` as the publish time of the message about to be published in `slot`, which
+    /// is on loan to the caller. The [`Ring::publish`] that follows makes it visible with the
+    /// message; topics without `timestamps` ignore it.
+    pub(crate) fn set_stamp(&self, slot: u32, ns: u64) {
+        if self.layout.config.timestamps {
+            self.stamp(slot).store(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// The publish time recorded for the message in `slot`, which the caller holds (`None`:
+    /// the topic does not record times).
+    pub(crate) fn stamp_of(&self, slot: u32) -> Option<u64> {
+        self.layout
+            .config
+            .timestamps
+            .then(|| self.stamp(slot).load(Ordering::Relaxed))
+    }
+
+    fn subscriber(&self, k: u32) -> &SubscriberEntry {
+        assert!(
+            k < self.layout.config.max_subscribers,
+            "subscriber index out of range"
+        );
+        // SAFETY: k < max_subscribers (checked), the table is mapped for our lifetime.
+        unsafe { &*self.subscribers.as_ptr().add(k as usize) }
+    }
+
+    fn publisher(&self, p: u32) -> &PublisherEntry {
+        assert!(
+            p < self.layout.config.max_publishers,
+            "publisher index out of range"
+        );
+        // SAFETY: p < max_publishers (checked), the table is mapped for our lifetime.
+        unsafe { &*self.publishers.as_ptr().add(p as usize) }
+    }
+
+    fn counter(&self, i: usize) -> &AtomicU64 {
+        assert!(i < counter::COUNT);
+        // SAFETY: i < COUNT, and `from_raw`'s contract keeps the counters mapped.
+        unsafe { &*self.counters.as_ptr().add(i) }
+    }
+
+    /// Reads counter `i` (see [`counter`]).
+    pub fn counter_value(&self, i: usize) -> u64 {
+        self.counter(i).load(Ordering::Relaxed)
+    }
+
+    /// Start of slot `slot`'s payload (`slot_size` bytes, 64-byte aligned).
+    ///
+    /// Whoever holds the slot's loan may write there; whoever holds the slot may read there.
+    pub fn slot_ptr(&self, slot: u32) -> NonNull<u8> {
+        assert!(slot < self.layout.slots, "slot index out of range");
+        // SAFETY: slot < slots, so the offset lies within the data area of `layout.size` bytes.
+        unsafe {
+            self.data
+                .add(slot as usize * self.layout.config.slot_size as usize)
+        }
+    }
+
+    /// Number of messages published so far.
+    pub fn published(&self) -> u64 {
+        self.header().tail.load(Ordering::Acquire)
+    }
+
+    /// What tools show of subscriber row `k`: `(active, pid, cursor, lagged)`.
+    pub fn subscriber_info(&self, k: u32) -> (bool, u32, u64, u64) {
+        let e = self.subscriber(k);
+        (
+            e.state.load(Ordering::Acquire) == ACTIVE,
+            e.pid.load(Ordering::Relaxed),
+            e.cursor.load(Ordering::Relaxed),
+            e.lagged.load(Ordering::Relaxed),
+        )
+    }
+
+    /// What tools show of publisher row `p`: `(active, pid)`.
+    pub fn publisher_info(&self, p: u32) -> (bool, u32) {
+        let e = self.publisher(p);
+        (
+            e.state.load(Ordering::Acquire) == ACTIVE,
+            e.pid.load(Ordering::Relaxed),
+        )
+    }
+}

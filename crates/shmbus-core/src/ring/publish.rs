@@ -1,0 +1,315 @@
+//! The publishing side of the ring protocol: joining, loaning, room, publishing, repair.
+
+use std::time::Duration;
+
+use super::*;
+
+impl Ring {
+    /// Marks publisher row `p` active. The caller holds row `p`'s lease; if the row was left
+    /// active by a publisher that died, call [`Ring::reclaim_publisher`] first.
+    pub(crate) fn join_publisher(&self, p: u32, pid: u32) {
+        let e = self.publisher(p);
+        e.pid.store(pid, Ordering::Relaxed);
+        e.state.store(ACTIVE, Ordering::Release);
+        self.header()
+            .publisher_joins
+            .fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times a publisher joined the topic, ever.
+    pub fn publisher_joins(&self) -> u64 {
+        self.header().publisher_joins.load(Ordering::Acquire)
+    }
+
+    /// Whether publisher row `p` is marked active.
+    pub fn publisher_active(&self, p: u32) -> bool {
+        self.publisher(p).state.load(Ordering::Acquire) == ACTIVE
+    }
+
+    /// Loans a free slot to publisher `p`, looking first at `*hint` (the slot its last publish
+    /// freed: cache-hot). `None`: the pool is empty (dead participants may hold slots).
+    pub(crate) fn loan(&self, p: u32, hint: &mut u32) -> Option<u32> {
+        let owner = u64::from(p + 1) << LOAN_SHIFT;
+        let n = self.layout.slots;
+        let start = if *hint < n { *hint } else { 0 };
+        for i in 0..n {
+            let s = (start + i) % n;
+            // Acquire pairs with the Release of the last holder's release (or the eviction), so
+            // their reads of the slot happen before our writes.
+            if self
+                .state(s)
+                .compare_exchange(0, owner, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                *hint = (s + 1) % n;
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Whether publishing the next message would overwrite one that a live subscriber has not
+    /// read (back-pressure mode only; always `false` in overwrite mode).
+    pub fn is_full(&self) -> bool {
+        if self.layout.config.overflow != Overflow::BackPressure {
+            return false;
+        }
+        let next = self.header().tail.load(Ordering::Relaxed);
+        match self.min_cursor() {
+            Some(min) => next >= min.saturating_add(u64::from(self.layout.config.capacity)),
+            None => false,
+        }
+    }
+
+    /// [`Ring::is_full`] through a publisher's `cache`: while no subscriber joined since the
+    /// cache was filled, cursors only move forward, so the cached smallest cursor is a lower
+    /// bound and the scan of every subscriber row is skipped until the ring catches up with it.
+    /// Returns `true` when there is certainly room; `false` means "ask [`Ring::is_full`]".
+    pub(crate) fn has_room_cached(&self, cache: &mut RoomCache) -> bool {
+        if self.layout.config.overflow != Overflow::BackPressure {
+            return true;
+        }
+        let h = self.header();
+        let next = h.tail.load(Ordering::Relaxed);
+        let joins = h.subscriber_joins.load(Ordering::Acquire);
+        let cap = u64::from(self.layout.config.capacity);
+        if joins == cache.joins && next < cache.min_cursor.saturating_add(cap) {
+            return true;
+        }
+        // Refill: read the joins count first, so a join that the scan misses changes it.
+        let min = self.min_cursor();
+        *cache = RoomCache {
+            joins,
+            min_cursor: min.unwrap_or(next),
+        };
+        match min {
+            Some(m) => next < m.saturating_add(cap),
+            None => true,
+        }
+    }
+
+    /// The smallest cursor among active subscribers.
+    /// The lowest cursor of the active subscribers: every message before it has been read by
+    /// all of them (`None`: no subscriber).
+    pub fn min_cursor(&self) -> Option<u64> {
+        (0..self.layout.config.max_subscribers)
+            .map(|k| self.subscriber(k))
+            .filter(|e| e.state.load(Ordering::Acquire) == ACTIVE)
+            .map(|e| e.cursor.load(Ordering::Acquire))
+            .min()
+    }
+
+    /// Active subscribers whose cursor holds the publisher back (back-pressure mode).
+    pub fn laggards(&self) -> Vec<u32> {
+        let next = self.header().tail.load(Ordering::Relaxed);
+        let cap = u64::from(self.layout.config.capacity);
+        (0..self.layout.config.max_subscribers)
+            .filter(|&k| {
+                let e = self.subscriber(k);
+                e.state.load(Ordering::Acquire) == ACTIVE
+                    && next >= e.cursor.load(Ordering::Acquire).saturating_add(cap)
+            })
+            .collect()
+    }
+
+    /// Waits until [`Ring::is_full`] is false or the deadline passes, sleeping through
+    /// `notifier` after a short spin. Every `check_every` it calls `on_slow`, which should
+    /// reclaim dead subscribers. Returns whether there is space.
+    pub(crate) fn wait_for_space<N: Notifier>(
+        &self,
+        notifier: &N,
+        deadline: Deadline,
+        check_every: Option<Duration>,
+        mut on_slow: impl FnMut(),
+    ) -> bool {
+        if !self.is_full() {
+            return true;
+        }
+        self.counter(counter::BACKPRESSURE_WAITS)
+            .fetch_add(1, Ordering::Relaxed);
+        for round in 0..SPINS {
+            backoff(round);
+            if !self.is_full() {
+                return true;
+            }
+        }
+        let h = self.header();
+        loop {
+            on_slow();
+            // Dekker with `wake_publisher`: count ourselves in, SeqCst fence, then re-check.
+            h.progress_sleepers.fetch_add(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let seen = h.progress_word.load(Ordering::Acquire);
+            let full = self.is_full();
+            if full && !deadline.expired() {
+                notifier.wait(&h.progress_word, seen, sleep_for(&deadline, check_every));
+            }
+            h.progress_sleepers.fetch_sub(1, Ordering::Relaxed);
+            if !full || !self.is_full() {
+                return true;
+            }
+            if deadline.expired() {
+                return false;
+            }
+        }
+    }
+
+    /// Publishes loaned `slot` as the next message and returns its sequence number and, if the
+    /// message it overwrote left its slot free, that slot (a good hint for the next loan).
+    ///
+    /// # Safety
+    ///
+    /// - the caller has publish rights (no other `publish` or [`Ring::repair`] runs at the
+    ///   same time on this topic, in any process);
+    /// - `slot` is on loan to the caller and was written completely;
+    /// - in back-pressure mode, the caller saw [`Ring::is_full`] return `false` after taking
+    ///   publish rights (otherwise a subscriber may miss a message: no memory is at risk).
+    pub(crate) unsafe fn publish<N: Notifier>(
+        &self,
+        slot: u32,
+        notifier: &N,
+    ) -> (u64, Option<u32>) {
+        // SAFETY: the caller upholds `publish`'s contract.
+        unsafe { self.publish_steps(slot, notifier, u8::MAX) }.expect("a full publish completes")
+    }
+
+    /// [`Ring::publish`] that stops after `stop_after` of its steps, as a publisher killed at
+    /// that point would: for models of crashes. `None` when it stopped early.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Ring::publish`].
+    #[doc(hidden)]
+    pub(crate) unsafe fn publish_steps<N: Notifier>(
+        &self,
+        slot: u32,
+        notifier: &N,
+        stop_after: u8,
+    ) -> Option<(u64, Option<u32>)> {
+        let h = self.header();
+        let n = h.tail.load(Ordering::Relaxed);
+        // The loan bits go, RING comes: no subscriber can hold a loaned slot, so a store is
+        // enough. Release: the message bytes are visible to whoever acquires the slot.
+        self.state(slot).store(RING_BIT, Ordering::Release);
+        if stop_after == 0 {
+            return None;
+        }
+        let e = self.entry(n);
+        let old_seq = e.seq.load(Ordering::Relaxed);
+        let old_slot = e.slot.load(Ordering::Relaxed);
+        e.seq.store(SEQ_INVALID, Ordering::Relaxed);
+        if stop_after == 1 {
+            return None;
+        }
+        // Orders the INVALID store before the slot store for any reader that Acquire-loads the
+        // new slot value (seqlock writer).
+        fence(Ordering::Release);
+        e.slot.store(u64::from(slot), Ordering::Relaxed);
+        // `tail` lives in shared memory: wrapping, never a panic, whatever another process
+        // wrote there.
+        let next = n.wrapping_add(1);
+        e.seq.store(next, Ordering::Release);
+        if stop_after == 2 {
+            return None;
+        }
+        h.tail.store(next, Ordering::Release);
+        self.counter(counter::PUBLISHED)
+            .store(next, Ordering::Relaxed);
+
+        // Evict the message this entry named. AcqRel: pairs with holders' Release releases.
+        let mut freed = None;
+        if old_seq != 0 && old_slot < u64::from(self.layout.slots) {
+            let old_slot = old_slot as u32;
+            let prev = self.state(old_slot).fetch_and(!RING_BIT, Ordering::AcqRel);
+            if prev == RING_BIT {
+                freed = Some(old_slot);
+            }
+        }
+
+        // Wake sleepers, with no syscall when there are none. Dekker pairing: the sleeper counts
+        // itself in, fences (SeqCst), then re-checks the entry; we store the entry, fence, then
+        // read `sleepers`. One of us must see the other.
+        fence(Ordering::SeqCst);
+        if h.notify_sleepers.load(Ordering::Relaxed) > 0 {
+            h.notify_word.fetch_add(1, Ordering::SeqCst);
+            notifier.wake_all(&h.notify_word);
+        }
+        Some((n, freed))
+    }
+
+    /// Frees every slot on loan to publisher `p` and marks its row free. The caller holds row
+    /// `p`'s lease, and `p`'s previous owner is dead. If that publisher may have died holding
+    /// publish rights, also call [`Ring::repair`] while holding them.
+    pub(crate) fn reclaim_publisher(&self, p: u32) -> u32 {
+        let owner = u64::from(p + 1) << LOAN_SHIFT;
+        let mut freed = 0;
+        for s in 0..self.layout.slots {
+            if self
+                .state(s)
+                .compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                freed += 1;
+            }
+        }
+        self.publisher(p).state.store(FREE, Ordering::Release);
+        freed
+    }
+
+    /// Completes or rolls forward a publish that a dead publisher left half done, and drops ring
+    /// references no entry accounts for. Returns whether anything was repaired.
+    ///
+    /// # Safety
+    ///
+    /// The caller has publish rights (as for [`Ring::publish`]) and nobody else publishes.
+    pub(crate) unsafe fn repair<N: Notifier>(&self, notifier: &N) -> bool {
+        let h = self.header();
+        let t = h.tail.load(Ordering::Relaxed);
+        let e = self.entry(t);
+        let mut repaired = false;
+        match e.seq.load(Ordering::Relaxed) {
+            s if s == t.wrapping_add(1) => {
+                // Entry written, tail not advanced.
+                h.tail.store(t.wrapping_add(1), Ordering::Release);
+                repaired = true;
+            }
+            SEQ_INVALID => {
+                // Died while rewriting the entry: the message is lost; say so. Same seqlock
+                // writer steps as `publish`, so a reader never pairs a stale seq with HOLE.
+                e.seq.store(SEQ_INVALID, Ordering::Relaxed);
+                fence(Ordering::Release);
+                e.slot.store(HOLE, Ordering::Relaxed);
+                e.seq.store(t.wrapping_add(1), Ordering::Release);
+                h.tail.store(t.wrapping_add(1), Ordering::Release);
+                self.counter(counter::LOST).fetch_add(1, Ordering::Relaxed);
+                repaired = true;
+            }
+            _ => {}
+        }
+        self.counter(counter::PUBLISHED)
+            .store(h.tail.load(Ordering::Relaxed), Ordering::Relaxed);
+        // RING bits that no entry accounts for: a slot published but not yet entered, or an
+        // evicted one whose bit was not yet cleared.
+        let mut named = vec![false; self.layout.slots as usize];
+        let cap = u64::from(self.layout.config.capacity);
+        for i in 0..cap {
+            let e = self.entry(i);
+            let s = e.slot.load(Ordering::Relaxed);
+            if e.seq.load(Ordering::Relaxed) != 0 && s < u64::from(self.layout.slots) {
+                named[s as usize] = true;
+            }
+        }
+        for (s, named) in named.iter().enumerate() {
+            if !named && self.state(s as u32).load(Ordering::Acquire) & RING_BIT != 0 {
+                self.state(s as u32).fetch_and(!RING_BIT, Ordering::AcqRel);
+                repaired = true;
+            }
+        }
+        if repaired {
+            fence(Ordering::SeqCst);
+            h.notify_word.fetch_add(1, Ordering::SeqCst);
+            notifier.wake_all(&h.notify_word);
+        }
+        repaired
+    }
+}

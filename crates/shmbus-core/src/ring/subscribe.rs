@@ -1,0 +1,304 @@
+//! The subscribing side of the ring protocol: joining, acquiring, releasing, waiting.
+
+use std::time::Duration;
+
+use super::*;
+
+impl Ring {
+    /// Marks subscriber row `k` active and returns its starting cursor: up to `history` of the
+    /// most recent messages are still to be read. The caller holds row `k`'s lease; if the row
+    /// was left active by a subscriber that died, call [`Ring::reclaim_subscriber`] first.
+    pub(crate) fn join_subscriber(&self, k: u32, pid: u32, history: u32) -> u64 {
+        let h = self.header();
+        let e = self.subscriber(k);
+        let history = u64::from(history.min(self.layout.config.capacity));
+        let cursor = h.tail.load(Ordering::Acquire).saturating_sub(history);
+        e.pid.store(pid, Ordering::Relaxed);
+        e.lagged.store(0, Ordering::Relaxed);
+        e.cursor.store(cursor, Ordering::Release);
+        // A back-pressured publisher that computes its minimum after this fence sees us.
+        e.state.store(ACTIVE, Ordering::Release);
+        h.subscriber_joins.fetch_add(1, Ordering::Release);
+        fence(Ordering::SeqCst);
+        cursor
+    }
+
+    /// Marks subscriber row `k` free and wakes a publisher that may be waiting for it. The caller
+    /// holds the lease and has released every slot it held.
+    pub(crate) fn leave_subscriber<N: Notifier>(&self, k: u32, notifier: &N) {
+        self.subscriber(k).state.store(FREE, Ordering::Release);
+        self.wake_publisher(notifier);
+    }
+
+    /// Whether subscriber row `k` is marked active.
+    pub fn subscriber_active(&self, k: u32) -> bool {
+        self.subscriber(k).state.load(Ordering::Acquire) == ACTIVE
+    }
+
+    /// Drops every hold of the dead subscriber `k` and marks its row free. The caller holds row
+    /// `k`'s lease and `k`'s previous owner is dead.
+    pub(crate) fn reclaim_subscriber<N: Notifier>(&self, k: u32, notifier: &N) -> u32 {
+        let bit = 1u64 << k;
+        let mut released = 0;
+        for s in 0..self.layout.slots {
+            if self.state(s).fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
+                released += 1;
+            }
+        }
+        self.leave_subscriber(k, notifier);
+        released
+    }
+
+    fn wake_publisher<N: Notifier>(&self, notifier: &N) {
+        let h = self.header();
+        // Dekker pairing with `wait_for_space`: we moved our cursor (or left), then read
+        // `progress_sleepers`; the publisher counts itself in, then re-reads our cursor.
+        fence(Ordering::SeqCst);
+        if h.progress_sleepers.load(Ordering::Relaxed) > 0 {
+            h.progress_word.fetch_add(1, Ordering::SeqCst);
+            notifier.wake_all(&h.progress_word);
+        }
+    }
+
+    /// Tries to take the message at `*cursor` for subscriber `k`, moving the cursor past it (or
+    /// past what was lost). Lost messages of dead publishers are skipped silently (they are
+    /// counted in [`counter::LOST`]).
+    ///
+    /// # Errors
+    ///
+    /// [`CorruptRing`] if an entry names a slot that does not exist.
+    pub(crate) fn try_acquire<N: Notifier>(
+        &self,
+        k: u32,
+        cursor: &mut u64,
+        notifier: &N,
+    ) -> Result<Acquired, CorruptRing> {
+        let bit = 1u64 << k;
+        let cap = u64::from(self.layout.config.capacity);
+        loop {
+            let n = *cursor;
+            // The cursor started from the shared `tail`: wrapping arithmetic, never a panic.
+            let next = n.wrapping_add(1);
+            let e = self.entry(n);
+            let s1 = e.seq.load(Ordering::Acquire);
+            if s1 == next {
+                // Acquire: if this is a newer slot value, the writer's INVALID store is visible
+                // to the re-check below (pairs with the Release fence in `publish`).
+                let slot = e.slot.load(Ordering::Acquire);
+                if slot == HOLE {
+                    if e.seq.load(Ordering::Acquire) == next {
+                        *cursor = next;
+                        self.store_cursor(k, next, notifier);
+                    }
+                    continue;
+                }
+                if slot == RETIRED {
+                    if e.seq.load(Ordering::Acquire) != next {
+                        continue;
+                    }
+                    *cursor = next;
+                    self.store_cursor(k, next, notifier);
+                    self.subscriber(k).lagged.fetch_add(1, Ordering::Relaxed);
+                    self.counter(counter::LAGGED)
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(Acquired::Lagged { skipped: 1 });
+                }
+                if slot >= u64::from(self.layout.slots) {
+                    if e.seq.load(Ordering::Acquire) != next {
+                        continue; // torn read of an entry being rewritten
+                    }
+                    return Err(CorruptRing(format!(
+                        "entry names slot {slot} of {}",
+                        self.layout.slots
+                    )));
+                }
+                let slot = slot as u32;
+                // Start fetching the message while the CAS below takes the state word: the two
+                // cache misses overlap instead of following each other.
+                prefetch(self.slot_ptr(slot));
+                let st = self.state(slot);
+                // First guess: published and held by nobody, the common case; a CAS straight
+                // away takes the line once, where a load first would fetch it twice (shared,
+                // then exclusive). A wrong guess costs one more round of the loop. Acquire on
+                // CAS failure: seeing RING cleared means seeing the eviction, which came after
+                // the entry was rewritten, so the retry below reads the new entry rather than
+                // spinning on a stale one.
+                let mut cur = RING_BIT;
+                let held = loop {
+                    if cur & RING_BIT == 0 {
+                        break false; // evicted meanwhile
+                    }
+                    // Acquire: pairs with the publisher's Release store of RING, so the message
+                    // bytes are visible once we hold the slot.
+                    match st.compare_exchange_weak(
+                        cur,
+                        cur | bit,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break true,
+                        Err(now) => cur = now,
+                    }
+                };
+                if held {
+                    // The entry must still name this message *and* this slot: `retire` rewrites
+                    // an entry's slot while keeping its sequence number.
+                    if e.seq.load(Ordering::Acquire) == next
+                        && e.slot.load(Ordering::Acquire) == u64::from(slot)
+                    {
+                        *cursor = next;
+                        self.store_cursor(k, next, notifier);
+                        return Ok(Acquired::Message { seq: n, slot });
+                    }
+                    st.fetch_and(!bit, Ordering::Release);
+                }
+                continue; // the entry moved on: the next round reports the lag
+            }
+            let resume = if s1 == SEQ_INVALID {
+                // The entry is being rewritten, or this is a stale view of it being written for
+                // message n itself. Acquire `tail`: if message n was published, its entry write
+                // happened before, so a re-read shows it (or something newer).
+                let tail = self.header().tail.load(Ordering::Acquire);
+                if tail <= n {
+                    return Ok(Acquired::Empty);
+                }
+                if e.seq.load(Ordering::Acquire) != SEQ_INVALID {
+                    continue;
+                }
+                // Still invalid after message n was published: it is being overwritten by a
+                // message m >= n + capacity. Entries from tail - capacity on may be intact.
+                tail.saturating_sub(cap).max(next)
+            } else if s1 <= n {
+                // The entry holds an older message: n is not published yet (or we saw a stale
+                // value, which a retry will fix).
+                return Ok(Acquired::Empty);
+            } else {
+                // s1 > next: the entry holds m = s1 - 1 >= n + capacity, so every message
+                // before m + 1 - capacity is gone.
+                s1.saturating_sub(cap).max(next)
+            };
+            let skipped = resume.saturating_sub(n);
+            *cursor = resume;
+            self.store_cursor(k, resume, notifier);
+            self.subscriber(k)
+                .lagged
+                .fetch_add(skipped, Ordering::Relaxed);
+            self.counter(counter::LAGGED)
+                .fetch_add(skipped, Ordering::Relaxed);
+            return Ok(Acquired::Lagged { skipped });
+        }
+    }
+
+    fn store_cursor<N: Notifier>(&self, k: u32, cursor: u64, notifier: &N) {
+        self.subscriber(k).cursor.store(cursor, Ordering::Release);
+        if self.layout.config.overflow == Overflow::BackPressure {
+            self.wake_publisher(notifier);
+        }
+    }
+
+    /// Whether a call to [`Ring::try_acquire`] at `cursor` would find something (a message, a
+    /// lag, or a lost message) rather than [`Acquired::Empty`].
+    pub fn ready(&self, cursor: u64) -> bool {
+        let s1 = self.entry(cursor).seq.load(Ordering::Acquire);
+        if s1 == SEQ_INVALID {
+            self.header().tail.load(Ordering::Acquire) > cursor
+        } else {
+            s1 > cursor
+        }
+    }
+
+    /// Whether `slot` is free: out of the ring, held by nobody, on loan to nobody.
+    ///
+    /// A publisher that is the only one to loan from this ring may conclude that whatever it
+    /// attached to the slot's last message (an array block) is no longer referenced.
+    pub(crate) fn slot_is_free(&self, slot: u32) -> bool {
+        // Acquire: the holders' reads of the slot (and of what it references) happen before
+        // whatever the caller does next with it.
+        self.state(slot).load(Ordering::Acquire) == 0
+    }
+
+    /// Withdraws message `seq`, published in `slot` and not yet evicted, so that its slot is
+    /// freed early: readers that have not taken it yet see it as lost (lag of one); readers that
+    /// hold it keep it until they release it. Returns whether the slot is free now (`false`:
+    /// someone holds it, or `seq` is no longer in the ring at `slot`).
+    ///
+    /// # Safety
+    ///
+    /// The caller has publish rights, as for [`Ring::publish`].
+    pub(crate) unsafe fn retire(&self, seq: u64, slot: u32) -> bool {
+        let h = self.header();
+        let tail = h.tail.load(Ordering::Relaxed);
+        let cap = u64::from(self.layout.config.capacity);
+        if seq >= tail || seq.saturating_add(cap) < tail {
+            return false;
+        }
+        let e = self.entry(seq);
+        if e.seq.load(Ordering::Relaxed) != seq.wrapping_add(1)
+            || e.slot.load(Ordering::Relaxed) != u64::from(slot)
+            || self.state(slot).load(Ordering::Relaxed) != RING_BIT
+        {
+            // Gone from the ring, or held: a held message is left alone (a reader that takes
+            // it between this check and the rewrite below keeps it, see the module docs).
+            return false;
+        }
+        // Rewrite the entry as in `publish` (seqlock), keeping its sequence number: a reader that
+        // sets its bit after this sees `RETIRED` in the slot word and lets go.
+        e.seq.store(SEQ_INVALID, Ordering::Relaxed);
+        fence(Ordering::Release);
+        e.slot.store(RETIRED, Ordering::Relaxed);
+        e.seq.store(seq.wrapping_add(1), Ordering::Release);
+        let prev = self.state(slot).fetch_and(!RING_BIT, Ordering::AcqRel);
+        prev == RING_BIT
+    }
+
+    /// Releases subscriber `k`'s hold of `slot`.
+    pub(crate) fn release(&self, k: u32, slot: u32) {
+        // Release: our reads of the slot happen before a publisher's next loan of it.
+        self.state(slot).fetch_and(!(1u64 << k), Ordering::Release);
+    }
+
+    /// Waits until [`Ring::ready`] at `cursor` or the deadline. Spins briefly, then sleeps on the
+    /// notification word; every `check_every` it calls `on_slow`, which returns `false` to stop
+    /// waiting (e.g. no publisher is alive). Returns whether something is ready.
+    pub(crate) fn wait_for_message<N: Notifier>(
+        &self,
+        cursor: u64,
+        notifier: &N,
+        deadline: Deadline,
+        check_every: Option<Duration>,
+        mut on_slow: impl FnMut() -> bool,
+    ) -> bool {
+        for round in 0..SPINS {
+            if self.ready(cursor) {
+                return true;
+            }
+            backoff(round);
+        }
+        let h = self.header();
+        loop {
+            // Dekker with `publish`: count ourselves in, SeqCst fence, then re-check. (A fence
+            // rather than SeqCst accesses: it is what the proof needs, and what loom models.)
+            h.notify_sleepers.fetch_add(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let seen = h.notify_word.load(Ordering::Acquire);
+            let ready = self.ready(cursor);
+            if !ready && !deadline.expired() {
+                notifier.wait(&h.notify_word, seen, sleep_for(&deadline, check_every));
+            }
+            h.notify_sleepers.fetch_sub(1, Ordering::Relaxed);
+            if ready || self.ready(cursor) {
+                return true;
+            }
+            if deadline.expired() || !on_slow() {
+                return false;
+            }
+        }
+    }
+
+    /// Wakes every sleeping subscriber, for them to re-check the topic.
+    pub(crate) fn notify_all<N: Notifier>(&self, notifier: &N) {
+        let h = self.header();
+        h.notify_word.fetch_add(1, Ordering::SeqCst);
+        notifier.wake_all(&h.notify_word);
+    }
+}

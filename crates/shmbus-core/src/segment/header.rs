@@ -1,0 +1,235 @@
+//! The segment header: its layout, and the validated snapshot every user works from.
+//!
+//! Another process can write any byte of a header at any moment. So a header is read once, as a
+//! copy, when a segment is opened; the copy is validated and kept as a [`HeaderSnapshot`], and
+//! every size, offset and type the process uses afterwards comes from the snapshot. Only the
+//! atomic words (the `state` word and the counters) are referenced in place.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use crate::layout::{Codec, TypeInfo};
+use crate::name::Name;
+use crate::wire::{Kind, Lifetime, FORMAT_VERSION, HEADER_SIZE, MAGIC, STATE_OFFSET};
+
+use super::SegmentError;
+
+/// The layout of the header at offset 0 of every segment (`docs/architecture.md` §2).
+///
+/// Everything except `state` and `counters` is written once by the creator before the segment
+/// gets its name. `state` and `counters` are atomics in shared memory; this plain struct only
+/// describes where they are ([`Segment`](super::Segment) hands out atomic references to them).
+#[repr(C, align(64))]
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// INIT (0), READY (1) or CLOSED (2) (see [`crate::wire::state`]). Written READY with
+    /// `Release` by the creator, CLOSED by the last user out while it holds the exclusive `flock`.
+    pub state: u32,
+    /// [`FORMAT_VERSION`] of the creator.
+    pub format_version: u32,
+    /// [`Kind`] as `u32`.
+    pub kind: u32,
+    /// [`Lifetime`] as `u32`.
+    pub lifetime: u32,
+    /// Offset of the payload: [`HEADER_SIZE`].
+    pub header_size: u64,
+    /// Length of the file.
+    pub total_size: u64,
+    /// Length of the payload.
+    pub payload_size: u64,
+    /// Process id of the creator (for display only).
+    pub creator_pid: u32,
+    /// Permission bits given at creation.
+    pub mode: u32,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_unix_ns: u64,
+    /// The stored type's size.
+    pub type_size: u64,
+    /// The stored type's alignment.
+    pub type_align: u64,
+    /// The stored type's fingerprint ([`TypeInfo::fingerprint`]).
+    pub type_fingerprint: u64,
+    /// [`Codec`] as `u32`.
+    pub type_codec: u32,
+    /// Bytes used in `type_name`.
+    pub type_name_len: u32,
+    /// The stored type's name, UTF-8, not terminated.
+    pub type_name: [u8; TypeInfo::MAX_NAME],
+    /// Kind-specific figures that tools may show without knowing the payload layout
+    /// (for a topic: capacity, slot size, ...; see [`crate::wire`]). Written once by the creator.
+    pub params: [u64; 8],
+    /// Kind-specific counters (for a topic: published, ...), updated atomically with `Relaxed`.
+    pub counters: [u64; 8],
+}
+
+const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
+const _: () = assert!(HEADER_SIZE % 4096 == 0);
+const _: () = assert!(std::mem::offset_of!(Header, state) == STATE_OFFSET);
+const _: () = assert!(std::mem::offset_of!(Header, counters) % 8 == 0);
+
+/// Byte offset of the header's counters.
+pub(crate) const COUNTERS_OFFSET: usize = std::mem::offset_of!(Header, counters);
+
+impl Header {
+    /// Copies the header at `base` out of shared memory. Volatile reads: another process may be
+    /// writing it, and the copy must be taken as it is, once.
+    ///
+    /// # Safety
+    ///
+    /// `base` points to at least [`HEADER_SIZE`] mapped, readable bytes, page-aligned.
+    pub(crate) unsafe fn read(base: NonNull<u8>) -> Header {
+        // SAFETY: the caller guarantees a mapped, aligned header; every bit pattern is a valid
+        // `Header` (integers and byte arrays only). A concurrent writer can make the copy
+        // inconsistent, never invalid: validation below catches what matters.
+        unsafe { std::ptr::read_volatile(base.as_ptr().cast::<Header>()) }
+    }
+
+    /// The stored type, if the header's type fields are well formed.
+    pub fn type_info(&self) -> Option<TypeInfo> {
+        let len = usize::try_from(self.type_name_len).ok()?;
+        let name = std::str::from_utf8(self.type_name.get(..len)?).ok()?;
+        let codec = Codec::from_raw(self.type_codec)?;
+        let info = TypeInfo::new(name, self.type_size, self.type_align, codec)?;
+        // A fingerprint that disagrees with the other fields means a corrupt header (or a type
+        // with a layout fingerprint: the fingerprint is then checked against the opener's).
+        Some(TypeInfo {
+            fingerprint: self.type_fingerprint,
+            ..info
+        })
+    }
+
+    /// The segment's kind, if known.
+    pub fn kind(&self) -> Option<Kind> {
+        Kind::from_raw(self.kind)
+    }
+
+    /// The segment's lifetime, if known.
+    pub fn lifetime(&self) -> Option<Lifetime> {
+        Lifetime::from_raw(self.lifetime)
+    }
+
+    /// Checks that this is a shmbus header of this format version.
+    pub(crate) fn validate_identity(&self, name: &Name) -> Result<(), SegmentError> {
+        if self.magic != MAGIC {
+            return Err(SegmentError::Corrupt {
+                name: name.clone(),
+                reason: "bad magic: not a shmbus segment".into(),
+            });
+        }
+        if self.format_version != FORMAT_VERSION {
+            return Err(SegmentError::Version {
+                name: name.clone(),
+                expected: FORMAT_VERSION,
+                found: self.format_version,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks this copy against the rules of the format and, when given, the length of the file
+    /// it came from, and returns what a user of the segment may rely on.
+    pub(crate) fn validate(
+        &self,
+        name: &Name,
+        file_len: Option<usize>,
+    ) -> Result<HeaderSnapshot, SegmentError> {
+        let corrupt = |reason: String| SegmentError::Corrupt {
+            name: name.clone(),
+            reason,
+        };
+        self.validate_identity(name)?;
+        let lifetime = self
+            .lifetime()
+            .ok_or_else(|| corrupt(format!("unknown lifetime {}", self.lifetime)))?;
+        let kind = self
+            .kind()
+            .ok_or_else(|| corrupt(format!("unknown kind {}", self.kind)))?;
+        if self.header_size != HEADER_SIZE as u64 {
+            return Err(corrupt(format!(
+                "header size {} (expected {HEADER_SIZE})",
+                self.header_size
+            )));
+        }
+        if let Some(len) = file_len {
+            if self.total_size != len as u64 {
+                return Err(corrupt(format!(
+                    "header says {} bytes, the file has {len}",
+                    self.total_size
+                )));
+            }
+        }
+        let room = self.total_size.saturating_sub(HEADER_SIZE as u64);
+        let payload_size = usize::try_from(self.payload_size)
+            .ok()
+            .filter(|&p| p as u64 <= room)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "payload of {} bytes does not fit in {}",
+                    self.payload_size, self.total_size
+                ))
+            })?;
+        let type_info = self
+            .type_info()
+            .ok_or_else(|| corrupt("malformed type description".into()))?;
+        Ok(HeaderSnapshot {
+            kind,
+            lifetime,
+            total_size: self.total_size,
+            payload_size,
+            type_info,
+            creator_pid: self.creator_pid,
+            mode: self.mode,
+            created_unix_ns: self.created_unix_ns,
+            params: self.params,
+        })
+    }
+}
+
+/// What a validated header says: copied once when the segment was opened (or created) and
+/// never re-read, so another process writing the header cannot change it under its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderSnapshot {
+    /// The kind of object.
+    pub kind: Kind,
+    /// How long it lives.
+    pub lifetime: Lifetime,
+    /// Length of the file.
+    pub total_size: u64,
+    /// Length of the payload (checked to fit in the file).
+    pub payload_size: usize,
+    /// The stored type.
+    pub type_info: TypeInfo,
+    /// Process id of the creator (for display only).
+    pub creator_pid: u32,
+    /// Permission bits the creator asked for.
+    pub mode: u32,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_unix_ns: u64,
+    /// Kind-specific figures (see [`crate::wire`]).
+    pub params: [u64; 8],
+}
+
+/// The atomic words of a mapped header.
+///
+/// # Safety
+///
+/// `base` points to a mapped header of [`HEADER_SIZE`] bytes, page-aligned, that outlives `'a`.
+pub(crate) unsafe fn state_word<'a>(base: NonNull<u8>) -> &'a AtomicU32 {
+    // SAFETY: STATE_OFFSET is 4-aligned inside the mapped header (checked at compile time
+    // above); an `AtomicU32` has the layout of a `u32`, and shared memory is only ever accessed
+    // atomically at this offset.
+    unsafe { &*base.as_ptr().add(STATE_OFFSET).cast::<AtomicU32>() }
+}
+
+/// The header's counters.
+///
+/// # Safety
+///
+/// As for [`state_word`].
+pub(crate) unsafe fn counters<'a>(base: NonNull<u8>) -> &'a [AtomicU64; 8] {
+    // SAFETY: COUNTERS_OFFSET is 8-aligned inside the mapped header; `[AtomicU64; 8]` has the
+    // layout of `[u64; 8]`, and the counters are only ever accessed atomically.
+    unsafe { &*base.as_ptr().add(COUNTERS_OFFSET).cast::<[AtomicU64; 8]>() }
+}

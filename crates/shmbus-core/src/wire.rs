@@ -1,0 +1,323 @@
+//! The wire format: every on-shm constant and convention in one place.
+//!
+//! Anything that another process (another build of shmbus, the `shmbus` CLI, the Python
+//! bindings, a debugging script) must agree on to read a segment is defined here and nowhere
+//! else: the magic and format version, the header's state words, the kinds and lifetimes, where
+//! each participant's liveness lease sits, what the header counters and parameters mean, the
+//! framing of serde messages in a slot, and the prefixes of derived type names. The layouts of
+//! the structures themselves (`Header`, the ring, the pool) live with the code that owns them and
+//! are described byte by byte in `docs/architecture.md`; their sizes and offsets are checked
+//! against the constants here at compile time.
+//!
+//! This module holds no `unsafe` code.
+#![deny(unsafe_code)]
+
+use std::fmt;
+
+/// Where segments live: the tmpfs behind POSIX shared memory.
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// The prefix of every shmbus file in [`SHM_DIR`]: the segment `n` is the file `shmbus.n`.
+pub const FILE_PREFIX: &str = "shmbus.";
+
+/// `b"SHMBUS\0\x01"`: the first eight bytes of every segment.
+pub const MAGIC: [u8; 8] = *b"SHMBUS\0\x01";
+
+/// Version of the on-shm format described in `docs/architecture.md`. Bumped on any change of
+/// any layout; a segment of another version is refused.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Bytes reserved for the segment header; the payload starts here (page-aligned).
+pub const HEADER_SIZE: usize = 4096;
+
+/// Byte offset of the header's `state` word (a `u32`, see [`state`]).
+pub const STATE_OFFSET: usize = 8;
+
+/// Values of the header's `state` word.
+pub mod state {
+    /// Zero-filled: not initialised (never seen under a final name for segments we create).
+    pub const INIT: u32 = 0;
+    /// Initialised and usable.
+    pub const READY: u32 = 1;
+    /// The last user left and is removing the name; openers retry.
+    pub const CLOSED: u32 = 2;
+}
+
+/// What kind of object a segment holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Kind {
+    /// A pub/sub topic.
+    Topic = 1,
+    /// A robust mutex guarding a value.
+    Mutex = 2,
+    /// A counting semaphore.
+    Semaphore = 3,
+    /// An event (auto- or manual-reset).
+    Event = 4,
+    /// A named N-d array.
+    Array = 5,
+    /// A block pool for large messages.
+    Pool = 6,
+    /// A work queue.
+    Queue = 7,
+    /// A shared value.
+    Value = 8,
+}
+
+impl Kind {
+    /// The kind stored as `raw`, if known.
+    pub fn from_raw(raw: u32) -> Option<Kind> {
+        Some(match raw {
+            1 => Kind::Topic,
+            2 => Kind::Mutex,
+            3 => Kind::Semaphore,
+            4 => Kind::Event,
+            5 => Kind::Array,
+            6 => Kind::Pool,
+            7 => Kind::Queue,
+            8 => Kind::Value,
+            _ => return None,
+        })
+    }
+
+    /// The lowercase name of the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Topic => "topic",
+            Kind::Mutex => "mutex",
+            Kind::Semaphore => "semaphore",
+            Kind::Event => "event",
+            Kind::Array => "array",
+            Kind::Pool => "pool",
+            Kind::Queue => "queue",
+            Kind::Value => "value",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How long a segment lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u32)]
+pub enum Lifetime {
+    /// Removed when the last process using it leaves or dies.
+    #[default]
+    Scoped = 0,
+    /// Kept until it is unlinked, whoever uses it.
+    Persistent = 1,
+}
+
+impl Lifetime {
+    /// The lifetime stored as `raw`, if known.
+    pub fn from_raw(raw: u32) -> Option<Lifetime> {
+        match raw {
+            0 => Some(Lifetime::Scoped),
+            1 => Some(Lifetime::Persistent),
+            _ => None,
+        }
+    }
+}
+
+/// Where each participant's liveness lease sits: byte offsets relative to
+/// [`LEASE_BASE`](crate::liveness::LEASE_BASE) of the segment file (see [`crate::liveness`]).
+pub mod lease {
+    /// A topic's publisher row `p` is alive while lease byte `TOPIC_PUBLISHER + p` is held.
+    pub const TOPIC_PUBLISHER: u64 = 0;
+    /// A topic's subscriber row `k` is alive while lease byte `TOPIC_SUBSCRIBER + k` is held.
+    pub const TOPIC_SUBSCRIBER: u64 = 1024;
+    /// Every process that maps a pool segment holds a shared lease on this byte of it.
+    pub const POOL_MAPPER: u64 = 0;
+
+    /// The lease byte of topic publisher row `p`.
+    pub fn topic_publisher(p: u32) -> u64 {
+        TOPIC_PUBLISHER + u64::from(p)
+    }
+
+    /// The lease byte of topic subscriber row `k`.
+    pub fn topic_subscriber(k: u32) -> u64 {
+        TOPIC_SUBSCRIBER + u64::from(k)
+    }
+}
+
+/// A topic segment's payload: the publish mutex, then the ring at [`RING_OFFSET`](topic::RING_OFFSET).
+pub mod topic {
+    /// Payload offset of the ring (after the robust publish mutex).
+    pub const RING_OFFSET: usize = 128;
+
+    /// Indices of a topic header's `params` (written once by the creator, for tools).
+    pub mod param {
+        /// Ring entries.
+        pub const CAPACITY: usize = 0;
+        /// Bytes per slot.
+        pub const SLOT_SIZE: usize = 1;
+        /// Most subscribers.
+        pub const MAX_SUBSCRIBERS: usize = 2;
+        /// Most publishers.
+        pub const MAX_PUBLISHERS: usize = 3;
+        /// 1 for back-pressure, 0 for overwrite.
+        pub const BACK_PRESSURE: usize = 4;
+        /// Number of slots.
+        pub const SLOTS: usize = 5;
+        /// 1 when publishers record publish times.
+        pub const TIMESTAMPS: usize = 6;
+    }
+}
+
+/// Indices of a topic header's `counters` (what tools show).
+pub mod counter {
+    /// Messages published.
+    pub const PUBLISHED: usize = 0;
+    /// Messages subscribers missed by lagging, summed over subscribers.
+    pub const LAGGED: usize = 1;
+    /// Messages lost with a publisher that died while publishing them.
+    pub const LOST: usize = 2;
+    /// Times a publisher had to wait for a slow subscriber.
+    pub const BACKPRESSURE_WAITS: usize = 3;
+    /// Number of counters the ring uses.
+    pub const COUNT: usize = 4;
+}
+
+/// Indices of an array header's `params`: `[dtype, ndim, shape[0..6]]`.
+pub mod array_param {
+    /// The dtype's code.
+    pub const DTYPE: usize = 0;
+    /// Number of dimensions.
+    pub const NDIM: usize = 1;
+    /// The first dimension's extent; at most six fit.
+    pub const SHAPE: usize = 2;
+}
+
+/// Type names that shmbus derives rather than the application.
+pub mod type_name {
+    /// Array topics record `array+<metadata type name>`.
+    pub const ARRAY_TOPIC_PREFIX: &str = "array+";
+    /// The type name of array-pool segments.
+    pub const POOL: &str = "shmbus.array-pool";
+}
+
+/// The framing of serde (postcard) messages in a slot: a little-endian `u32` length, then that
+/// many bytes of postcard.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_core::wire::frame;
+///
+/// let mut slot = [0u8; 16];
+/// let body = frame::body_mut(&mut slot);
+/// body[..3].copy_from_slice(b"abc");
+/// frame::set_len(&mut slot, 3).unwrap();
+/// assert_eq!(frame::message(&slot).unwrap(), b"abc");
+/// slot[0] = 200; // a length past the end of the slot
+/// assert!(frame::message(&slot).is_err());
+/// ```
+pub mod frame {
+    /// Bytes of the length prefix.
+    pub const LEN_PREFIX: usize = 4;
+
+    /// Why a slot does not hold a well-framed message.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum FrameError {
+        /// The slot cannot even hold the prefix.
+        #[error("a slot of {0} bytes cannot hold the {LEN_PREFIX}-byte length prefix")]
+        TooShort(usize),
+        /// The prefix names more bytes than follow it.
+        #[error("length prefix {len} exceeds the {room} bytes after it")]
+        Overrun {
+            /// The length found.
+            len: u64,
+            /// The bytes after the prefix.
+            room: usize,
+        },
+    }
+
+    /// The bytes after the prefix, where the encoder writes (empty if the slot is too short).
+    pub fn body_mut(slot: &mut [u8]) -> &mut [u8] {
+        slot.get_mut(LEN_PREFIX..).unwrap_or_default()
+    }
+
+    /// How many message bytes a slot of `slot_len` bytes holds.
+    pub fn capacity(slot_len: usize) -> usize {
+        slot_len.saturating_sub(LEN_PREFIX)
+    }
+
+    /// Writes the prefix for a message of `len` bytes already in [`body_mut`].
+    pub fn set_len(slot: &mut [u8], len: usize) -> Result<(), FrameError> {
+        let room = capacity(slot.len());
+        if slot.len() < LEN_PREFIX {
+            return Err(FrameError::TooShort(slot.len()));
+        }
+        let small = u32::try_from(len).ok().filter(|&l| l as usize <= room);
+        let Some(l) = small else {
+            return Err(FrameError::Overrun {
+                len: len as u64,
+                room,
+            });
+        };
+        slot[..LEN_PREFIX].copy_from_slice(&l.to_le_bytes());
+        Ok(())
+    }
+
+    /// The message bytes of a framed slot, checked against the slot's length.
+    pub fn message(slot: &[u8]) -> Result<&[u8], FrameError> {
+        let Some((prefix, body)) = slot.split_first_chunk::<LEN_PREFIX>() else {
+            return Err(FrameError::TooShort(slot.len()));
+        };
+        let len = u32::from_le_bytes(*prefix);
+        usize::try_from(len)
+            .ok()
+            .and_then(|l| body.get(..l))
+            .ok_or(FrameError::Overrun {
+                len: u64::from(len),
+                room: body.len(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_lifetimes_round_trip() {
+        for raw in 0..16 {
+            if let Some(k) = Kind::from_raw(raw) {
+                assert_eq!(k as u32, raw);
+            }
+            if let Some(l) = Lifetime::from_raw(raw) {
+                assert_eq!(l as u32, raw);
+            }
+        }
+        assert_eq!(Kind::from_raw(0), None);
+        assert_eq!(Lifetime::from_raw(2), None);
+    }
+
+    #[test]
+    fn frames_refuse_overruns_at_every_length() {
+        for slot_len in 0..12 {
+            let mut slot = vec![0u8; slot_len];
+            for len in 0..16 {
+                match frame::set_len(&mut slot, len) {
+                    Ok(()) => assert_eq!(frame::message(&slot).unwrap().len(), len),
+                    Err(_) => assert!(slot_len < frame::LEN_PREFIX || len > slot_len - 4),
+                }
+            }
+        }
+        let mut slot = [0xffu8; 8];
+        assert_eq!(
+            frame::message(&slot),
+            Err(frame::FrameError::Overrun {
+                len: u64::from(u32::MAX),
+                room: 4
+            })
+        );
+        slot[..4].copy_from_slice(&4u32.to_le_bytes());
+        assert_eq!(frame::message(&slot).unwrap(), &[0xff; 4]);
+    }
+}
