@@ -810,20 +810,44 @@ impl Rng {
 /// `shmbus_core::segment::gc()` removes every stale segment on the machine, including one that
 /// another test deliberately left stale to check it. Tests that need a stale or foreign file to
 /// stay hold this lock shared; the test that calls `gc()` holds it exclusively.
+///
+/// A test that makes stale files and then runs `gc()` itself takes it exclusively from the
+/// start (releasing a shared lock before `gc()` would let another test's `gc()` in between);
+/// while a thread holds it exclusively, its further `shared()`/`exclusive()` are covered by
+/// that and return at once (they must not outlive the outer guard).
 #[derive(Debug)]
 pub struct GcLock {
-    _file: File,
+    _file: Option<File>,
+    exclusive: bool,
+}
+
+thread_local! {
+    /// How many exclusive guards this thread holds (the first one holds the file lock).
+    static EXCLUSIVE_HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 impl GcLock {
     fn take(exclusive: bool) -> GcLock {
         use rustix::fs::FlockOperation as Op;
+        let held = EXCLUSIVE_HELD.with(std::cell::Cell::get);
+        if held > 0 {
+            if exclusive {
+                EXCLUSIVE_HELD.with(|c| c.set(held + 1));
+            }
+            return GcLock {
+                _file: None,
+                exclusive,
+            };
+        }
         let path = std::env::temp_dir().join("shmbus-tests.gc.lock");
+        // Created by whoever comes first; another user (the file is 0644) opens it read-only,
+        // which is enough for `flock`.
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
+            .or_else(|_| File::open(&path))
             .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
         let op = if exclusive {
             Op::NonBlockingLockExclusive
@@ -834,7 +858,13 @@ impl GcLock {
             rustix::fs::flock(file.as_fd(), op).is_ok()
         });
         assert!(ok, "could not take the gc lock {} in 30 s", path.display());
-        GcLock { _file: file }
+        if exclusive {
+            EXCLUSIVE_HELD.with(|c| c.set(1));
+        }
+        GcLock {
+            _file: Some(file),
+            exclusive,
+        }
     }
 
     /// Keeps `gc()` of other tests away while held.
@@ -845,6 +875,14 @@ impl GcLock {
     /// Waits until no test needs its stale files, then holds them off.
     pub fn exclusive() -> GcLock {
         GcLock::take(true)
+    }
+}
+
+impl Drop for GcLock {
+    fn drop(&mut self) {
+        if self.exclusive {
+            EXCLUSIVE_HELD.with(|c| c.set(c.get().saturating_sub(1)));
+        }
     }
 }
 

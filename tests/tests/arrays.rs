@@ -347,7 +347,9 @@ fn forged_descriptors_are_rejected() {
 fn persistent_and_scoped_arrays_and_delete() {
     let mut s = scope!("arrlife");
     let env = ShmEnv::private_or_global(&mut s);
-    let _gc = (!env.is_private()).then(GcLock::shared);
+    // Exclusive from the start in the machine's /dev/shm: the killed scoped array must stay
+    // stale until this test's own gc() (see GcLock).
+    let _gc = (!env.is_private()).then(GcLock::exclusive);
     let (persistent, scoped) = (s.name(), s.name());
     let mut p = env.spawn(
         &mut s,
