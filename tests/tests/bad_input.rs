@@ -1,7 +1,6 @@
 //! Bad input: foreign files under our names, invalid names, missing permission, no space.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,7 +10,10 @@ use shmbus_core::name::Name;
 use shmbus_core::segment::{
     self, CreateOptions, Kind, Segment, FORMAT_VERSION, HEADER_SIZE, MAGIC,
 };
-use shmbus_tests::{scope, segment_error_code, shm_file, wait_until, GcLock, Msg, Rec, Rng, STEP};
+use shmbus_tests::{
+    is_root, nobody, require_root, scope, segment_error_code, shm_file, wait_until, GcLock, Msg,
+    Rec, Rng, STEP,
+};
 
 /// What a file looked like, to check that nobody touched it.
 #[derive(Debug, PartialEq)]
@@ -201,31 +203,16 @@ fn invalid_names_are_name_errors() {
 
 /// Scenario 11: a topic created with the default mode is private: a process running as `nobody`
 /// gets `PermissionDenied`; one created with mode 0o666 is open to it, and messages flow.
-/// Needs root (to create the other process as `nobody`); skipped otherwise.
+/// Needs root, to run a process as another user (see `require_root`).
 #[test]
 fn other_users_get_permission_denied_on_private_topics() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("NOTE: skipping the permission test: it needs root to run a peer as nobody");
+    if !require_root(
+        "other_users_get_permission_denied_on_private_topics",
+        "only root can run a process as another user (nobody)",
+    ) {
         return;
     }
     let mut s = scope!("perm");
-    let exe = s.exe().to_owned();
-    // `nobody` must be able to run the peer binary.
-    let runnable = exe
-        .ancestors()
-        .skip(1)
-        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
-        && std::fs::metadata(&exe).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
-    if !runnable {
-        eprintln!(
-            "NOTE: skipping the permission test: {} is not executable by nobody",
-            exe.display()
-        );
-        return;
-    }
-    let as_nobody = |c: &mut std::process::Command| {
-        c.uid(65534).gid(65534).current_dir("/");
-    };
 
     let private = s.name();
     let publ = Topic::builder(&private)
@@ -236,10 +223,14 @@ fn other_users_get_permission_denied_on_private_topics() {
         0o600,
         "default mode"
     );
-    let mut p = s.spawn_with("nobody", &["open", "--topic", &private], as_nobody);
-    let err = p.expect("error", STEP);
-    assert_eq!(err.get("code"), "permission-denied", "{}", err.raw);
-    p.wait(STEP);
+    for extra in [&[][..], &["--publisher"][..]] {
+        let mut args = vec!["open", "--topic", &private];
+        args.extend_from_slice(extra);
+        let mut p = s.spawn_as_nobody("nobody", &args);
+        let err = p.expect("error", STEP);
+        assert_eq!(err.get("code"), "permission-denied", "{}", err.raw);
+        p.wait(STEP);
+    }
     drop(publ);
     s.assert_gone(&private);
 
@@ -253,7 +244,7 @@ fn other_users_get_permission_denied_on_private_topics() {
         0o666,
         "the mode asked for, whatever the umask"
     );
-    let mut sub = s.spawn_with(
+    let mut sub = s.spawn_as_nobody(
         "nobody",
         &[
             "subscribe",
@@ -264,7 +255,6 @@ fn other_users_get_permission_denied_on_private_topics() {
             "--timeout-ms",
             "3000",
         ],
-        as_nobody,
     );
     sub.expect("ready", STEP);
     for i in 0..5 {
@@ -279,6 +269,66 @@ fn other_users_get_permission_denied_on_private_topics() {
     );
     drop(publ);
     s.assert_gone(&shared);
+}
+
+/// Scenario 11: a topic file whose permission bits refuse its own owner (mode 0o000) gives
+/// `PermissionDenied` to every way of joining it and is left alone. Runs as any user: not as
+/// root, the owner is this user (the typed API in this process and another process are
+/// refused); root may open any file, so as root the file is handed to `nobody`, whose
+/// processes are refused.
+#[test]
+fn a_topic_its_owner_may_not_open_is_permission_denied() {
+    let mut s = scope!("perm0");
+    let name = s.name();
+    let publ = Topic::builder(&name).publisher::<Msg>().expect("publisher");
+    let path = shm_file(&name);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).expect("chmod 000");
+    let root = is_root();
+    if root {
+        let (uid, gid) = nobody();
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown to nobody");
+    } else {
+        let topic = Topic::builder(&name);
+        let results: Vec<(&str, Result<(), OpenError>)> = vec![
+            ("subscriber", topic.subscriber::<Msg>().map(drop)),
+            ("publisher", topic.publisher::<Msg>().map(drop)),
+        ];
+        for (how, r) in results {
+            match r {
+                Err(OpenError::Topic(TopicError::Segment(SegmentError::PermissionDenied(_)))) => {}
+                other => panic!("{how} in this process: expected PermissionDenied, got {other:?}"),
+            }
+        }
+    }
+    let meta = |p: &Path| {
+        let m = std::fs::metadata(p).expect("the file should still exist");
+        (m.ino(), m.mode(), m.uid(), m.len())
+    };
+    let before = meta(&path);
+    for extra in [&[][..], &["--publisher"][..]] {
+        let mut args = vec!["open", "--topic", &name];
+        args.extend_from_slice(extra);
+        let mut p = if root {
+            s.spawn_as_nobody("owner (nobody)", &args)
+        } else {
+            s.spawn("owner", &args)
+        };
+        let err = p.expect("error", STEP);
+        assert_eq!(
+            err.get("code"),
+            "permission-denied",
+            "{args:?}: {}",
+            err.raw
+        );
+        p.wait(STEP);
+    }
+    assert_eq!(
+        meta(&path),
+        before,
+        "a file its owner may not open must be left alone"
+    );
+    drop(publ);
+    s.assert_gone(&name);
 }
 
 /// Hidden shmbus files (segments are built as unnamed `O_TMPFILE` files, so there should be none).
