@@ -9,6 +9,21 @@
 //!
 //! The named mutex of the tests is the library's own, `shmbus::Mutex<u64>`; like everything
 //! else here it needs no `unsafe`.
+//!
+//! # No silent skips
+//!
+//! A test never passes without having done its job. As root (as in CI) every test runs in
+//! full: another user is `nobody`, in a child process that drops to it
+//! ([`Scope::spawn_as_nobody`]); a private or small `/dev/shm` is a tmpfs in a mount namespace
+//! of a child process, never of the test process ([`ShmEnv`]). Not as root, a private
+//! `/dev/shm` comes from a user namespace where the kernel allows them, and the tests that can
+//! do their job another way do so (e.g. `gc()` in the machine's `/dev/shm` under [`GcLock`]).
+//!
+//! A test that still cannot do its job here (it needs a second user, or no namespace can be
+//! made) calls [`require_root`] or [`skip_or_fail`]: that **fails** the test, saying why,
+//! unless `SHMBUS_ALLOW_SKIP=1` is set; then it prints a line `SKIPPED: <test>: <why>` and the
+//! test returns without checking anything. Set the variable only where such a skip is accepted,
+//! and look for the lines, e.g. `cargo nextest run --success-output final 2>&1 | grep SKIPPED:`.
 #![forbid(unsafe_code)]
 
 use std::cell::RefCell;
@@ -17,6 +32,8 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::rc::Rc;
@@ -402,22 +419,27 @@ impl Peer {
         }
     }
 
-    /// Waits for the peer to exit successfully (bounded) and returns its last line tagged `tag`.
-    pub fn finish(&mut self, tag: &str, timeout: Duration) -> Line {
+    /// Waits (bounded) for the peer to exit, however it ends; returns how, and the lines it
+    /// printed that were not consumed yet.
+    pub fn wait_output(&mut self, timeout: Duration) -> (ExitStatus, Vec<Line>) {
         let status = self.wait(timeout);
         // The reader thread sees EOF once the process is gone; drain what it read.
-        let mut last = None;
+        let mut lines = Vec::new();
         let deadline = Instant::now() + STEP;
         while let Ok(raw) = self
             .lines
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
         {
             self.seen.push(raw.clone());
-            let l = Line::parse(&raw);
-            if l.tag == tag {
-                last = Some(l);
-            }
+            lines.push(Line::parse(&raw));
         }
+        (status, lines)
+    }
+
+    /// Waits for the peer to exit successfully (bounded) and returns its last line tagged `tag`.
+    pub fn finish(&mut self, tag: &str, timeout: Duration) -> Line {
+        let (status, lines) = self.wait_output(timeout);
+        let last = lines.into_iter().rfind(|l| l.tag == tag);
         if !status.success() {
             let t = self.transcript();
             panic!("peer {} failed: {status}\n{t}", self.label);
@@ -458,6 +480,10 @@ pub struct Scope {
     names: Vec<String>,
     files: Vec<PathBuf>,
     children: Vec<SharedChild>,
+    /// The peer binary as `nobody` can run it (see [`Scope::spawn_as_nobody`]).
+    nobody_exe: Option<PathBuf>,
+    /// Directories to remove (recursively) when the scope drops.
+    dirs: Vec<PathBuf>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -471,6 +497,8 @@ impl Scope {
             names: Vec::new(),
             files: Vec::new(),
             children: Vec::new(),
+            nobody_exe: None,
+            dirs: Vec::new(),
         }
     }
 
@@ -511,15 +539,89 @@ impl Scope {
         self.spawn_command(label, args, cmd)
     }
 
+    /// Spawns the peer with `args` as the user `nobody` (see [`nobody`]), in `/`. Needs root.
+    ///
+    /// If `nobody` cannot run the peer binary where it is (e.g. under a 0700 directory), runs a
+    /// copy in a fresh directory of mode 0755 instead, removed when the scope drops.
+    ///
+    /// # Panics
+    ///
+    /// If not root, or if `nobody` can run neither the binary nor a copy of it.
+    pub fn spawn_as_nobody(&mut self, label: &str, args: &[&str]) -> Peer {
+        assert!(is_root(), "only root can run a process as nobody");
+        let exe = self.exe_for_nobody();
+        let (uid, gid) = nobody();
+        let mut cmd = Command::new(exe);
+        cmd.args(args).uid(uid).gid(gid).current_dir("/");
+        self.spawn_command(label, args, cmd)
+    }
+
+    /// The peer binary, or a copy of it, that `nobody` can run.
+    fn exe_for_nobody(&mut self) -> PathBuf {
+        if let Some(exe) = &self.nobody_exe {
+            return exe.clone();
+        }
+        let mut why = match runs_as_nobody(&self.exe) {
+            Ok(()) => {
+                self.nobody_exe = Some(self.exe.clone());
+                return self.exe.clone();
+            }
+            Err(e) => vec![format!("{}: {e}", self.exe.display())],
+        };
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let bases = [
+            std::env::temp_dir(),
+            PathBuf::from("/tmp"),
+            PathBuf::from("/var/tmp"),
+        ];
+        for base in bases {
+            let dir = base.join(format!(
+                "shmbus-tests-{}-{n}-{}",
+                std::process::id(),
+                self.test
+            ));
+            if std::fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            self.dirs.push(dir.clone());
+            let copy = dir.join("shmbus-test-peer");
+            let made = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                .and_then(|()| std::fs::copy(&self.exe, &copy))
+                .and_then(|_| {
+                    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|()| runs_as_nobody(&copy));
+            match made {
+                Ok(()) => {
+                    self.nobody_exe = Some(copy.clone());
+                    return copy;
+                }
+                Err(e) => why.push(format!("{}: {e}", copy.display())),
+            }
+        }
+        panic!("nobody can run neither the peer binary nor a copy of it: {why:?}");
+    }
+
     /// Spawns `cmd` (a peer, possibly behind a wrapper that `exec`s it) as a [`Peer`].
-    pub fn spawn_command(&mut self, label: &str, args: &[&str], mut cmd: Command) -> Peer {
+    pub fn spawn_command(&mut self, label: &str, args: &[&str], cmd: Command) -> Peer {
+        self.try_spawn_command(label, args, cmd)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Scope::spawn_command`], returning why `cmd` could not be started instead of
+    /// panicking.
+    pub fn try_spawn_command(
+        &mut self,
+        label: &str,
+        args: &[&str],
+        mut cmd: Command,
+    ) -> Result<Peer, String> {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("SHMBUS_TEST_PARENT", std::process::id().to_string());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let mut child = cmd.spawn().map_err(|e| format!("spawning {cmd:?}: {e}"))?;
         let pid = child.id();
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
@@ -548,7 +650,7 @@ impl Scope {
         }
         let child = Rc::new(RefCell::new(Some(child)));
         self.children.push(Rc::clone(&child));
-        Peer {
+        Ok(Peer {
             label: format!("{label} ({})", args.join(" ")),
             child,
             pid,
@@ -557,7 +659,7 @@ impl Scope {
             seen: Vec::new(),
             stderr,
             status: None,
-        }
+        })
     }
 
     /// Waits (bounded) until the segment file of `name` is gone: the last user out removes it.
@@ -590,6 +692,9 @@ impl Drop for Scope {
         for f in &self.files {
             let _ = std::fs::remove_file(f);
         }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
         // Objects derived from our names (an array topic's pool segments: `<name>.pool.*`).
         let prefixes: Vec<String> = self
             .names
@@ -608,17 +713,104 @@ impl Drop for Scope {
     }
 }
 
-/// Where a test that calls `gc()` runs its processes.
+// ---------------------------------------------------------------------------------------------
+// What the machine allows (see "No silent skips" at the top)
+// ---------------------------------------------------------------------------------------------
+
+/// The environment variable that turns a test which cannot do its job here from a failure into
+/// a reported skip (a `SKIPPED:` line): `SHMBUS_ALLOW_SKIP=1`.
+pub const ALLOW_SKIP: &str = "SHMBUS_ALLOW_SKIP";
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `test` cannot do its job here, for `why`: fails the test (panics), unless
+/// `SHMBUS_ALLOW_SKIP=1` is set, then prints `SKIPPED: <test>: <why>` and returns; the caller
+/// then returns without checking anything.
 ///
-/// `gc()` removes every stale segment on the machine, not just the test's. As root, the test
-/// gets a private `/dev/shm` (a tmpfs in a mount namespace of its own, held by an idle peer;
-/// peers join it with `nsenter`), so it sees and removes only its own files. Otherwise it uses
-/// the real `/dev/shm` and holds [`GcLock::exclusive`] while `gc()` runs (also when
-/// `SHMBUS_TEST_GLOBAL_SHM` is set, to test that path as root).
+/// # Panics
+///
+/// Unless `SHMBUS_ALLOW_SKIP=1` is set.
+pub fn skip_or_fail(test: &str, why: &str) {
+    if std::env::var(ALLOW_SKIP).is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: {test}: {why}");
+    } else {
+        panic!(
+            "{test} cannot do its job here: {why}. CI runs it as root, where it must pass; set \
+             {ALLOW_SKIP}=1 to report it as SKIPPED instead of failing"
+        );
+    }
+}
+
+/// Whether `test` may go on: true as root; otherwise [`skip_or_fail`] with `why` (what root is
+/// needed for), so false only when skips are allowed.
+///
+/// # Panics
+///
+/// If not root, unless `SHMBUS_ALLOW_SKIP=1` is set.
+pub fn require_root(test: &str, why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    skip_or_fail(test, &format!("needs root: {why}"));
+    false
+}
+
+/// The uid and gid of the user `nobody` (from `/etc/passwd`; 65534 if it has no entry there).
+pub fn nobody() -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            match f.as_slice() {
+                ["nobody", _, uid, gid, ..] => Some((uid.parse().ok()?, gid.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .unwrap_or((65534, 65534))
+}
+
+/// Whether `nobody` can run the peer binary `exe` (runs `exe --help` as nobody). Needs root.
+fn runs_as_nobody(exe: &Path) -> Result<(), String> {
+    let (uid, gid) = nobody();
+    let status = Command::new(exe)
+        .arg("--help")
+        .uid(uid)
+        .gid(gid)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("nobody cannot run it: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("run as nobody, `--help` ended with {status}"))
+    }
+}
+
+/// Where a test that calls `gc()` (or needs a `/dev/shm` of a given size) runs its processes.
+///
+/// `gc()` removes every stale segment on the machine, not just the test's. A private
+/// `/dev/shm` is a tmpfs in a mount namespace of its own, held by an idle peer (peers join it
+/// with `nsenter`), so that the test sees and removes only its own files. Root makes it with
+/// `unshare --mount`; another user inside a user namespace (`unshare --user --map-root-user
+/// --mount`) where the kernel allows that. Otherwise, or when `SHMBUS_TEST_GLOBAL_SHM` is set
+/// (to test that path as root), a `gc()` test uses the real `/dev/shm` and holds
+/// [`GcLock::exclusive`] while `gc()` runs.
 #[derive(Debug)]
 pub enum ShmEnv {
     /// A private `/dev/shm`, held by this idle peer.
-    Private(Peer),
+    Private {
+        /// The idle peer whose mount namespace has the tmpfs.
+        holder: Peer,
+        /// Whether that namespace belongs to a user namespace of its own (not root).
+        user_ns: bool,
+    },
     /// The machine's `/dev/shm`.
     Global,
 }
@@ -626,36 +818,68 @@ pub enum ShmEnv {
 impl ShmEnv {
     /// A private `/dev/shm` if this process may make one, else the global one (with a note).
     pub fn private_or_global(scope: &mut Scope) -> ShmEnv {
+        if std::env::var_os("SHMBUS_TEST_GLOBAL_SHM").is_some() {
+            eprintln!("NOTE: using the machine's /dev/shm (SHMBUS_TEST_GLOBAL_SHM is set)");
+            return ShmEnv::Global;
+        }
         match ShmEnv::private(scope) {
             Ok(env) => env,
             Err(why) => {
-                eprintln!("NOTE: using the machine's /dev/shm ({why})");
+                eprintln!("NOTE: using the machine's /dev/shm, gc() under the gc lock ({why})");
                 ShmEnv::Global
             }
         }
     }
 
-    /// A private `/dev/shm`, or why not.
+    /// A private `/dev/shm` of `bytes` bytes, or `None` after [`skip_or_fail`] (when no mount
+    /// namespace can be made here) for `test`.
+    ///
+    /// # Panics
+    ///
+    /// If no private `/dev/shm` can be made, unless `SHMBUS_ALLOW_SKIP=1` is set.
+    pub fn private_or_skip(scope: &mut Scope, test: &str, bytes: u64) -> Option<ShmEnv> {
+        match ShmEnv::private_sized(scope, bytes) {
+            Ok(env) => Some(env),
+            Err(why) => {
+                skip_or_fail(
+                    test,
+                    &format!(
+                        "needs a private /dev/shm (a mount namespace, as root or in a user \
+                         namespace): {why}"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A private `/dev/shm` (64 MiB), or why not.
     pub fn private(scope: &mut Scope) -> Result<ShmEnv, String> {
-        if std::env::var_os("SHMBUS_TEST_GLOBAL_SHM").is_some() {
-            return Err("SHMBUS_TEST_GLOBAL_SHM is set".into());
-        }
-        if !rustix::process::geteuid().is_root() {
-            return Err("not root: cannot mount a private /dev/shm".into());
-        }
+        ShmEnv::private_sized(scope, 64 << 20)
+    }
+
+    /// A private `/dev/shm` of `bytes` bytes (rounded up to pages), or why not.
+    pub fn private_sized(scope: &mut Scope, bytes: u64) -> Result<ShmEnv, String> {
+        let user_ns = !is_root();
         let mut cmd = Command::new("unshare");
+        if user_ns {
+            cmd.args(["--user", "--map-root-user"]);
+        }
         cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg("mount -t tmpfs -o size=64m,mode=1777 shmbus-tests /dev/shm && exec \"$0\" idle")
+            .arg(format!(
+                "mount -t tmpfs -o size={bytes},mode=1777 shmbus-tests /dev/shm && exec \"$0\" idle"
+            ))
             .arg(scope.exe());
-        let mut holder = scope.spawn_command(
-            "private /dev/shm",
-            &["idle (in a new mount namespace)"],
-            cmd,
-        );
+        let what = if user_ns {
+            "idle (in new user and mount namespaces)"
+        } else {
+            "idle (in a new mount namespace)"
+        };
+        let mut holder = scope.try_spawn_command("private /dev/shm", &[what], cmd)?;
         holder
             .try_expect("ready", STEP)
             .map_err(|e| format!("could not set up a private /dev/shm: {e}"))?;
-        let env = ShmEnv::Private(holder);
+        let env = ShmEnv::Private { holder, user_ns };
         // Check that it is really private.
         let probe = env.dir().join(format!("probe-{}", std::process::id()));
         std::fs::write(&probe, b"x")
@@ -673,7 +897,7 @@ impl ShmEnv {
     /// The `/dev/shm` directory the peers see, as seen from this process.
     pub fn dir(&self) -> PathBuf {
         match self {
-            ShmEnv::Private(holder) => {
+            ShmEnv::Private { holder, .. } => {
                 PathBuf::from(format!("/proc/{}/root/dev/shm", holder.pid()))
             }
             ShmEnv::Global => PathBuf::from(shmbus_core::segment::SHM_DIR),
@@ -688,14 +912,18 @@ impl ShmEnv {
 
     /// Whether this is a private `/dev/shm`.
     pub fn is_private(&self) -> bool {
-        matches!(self, ShmEnv::Private(_))
+        matches!(self, ShmEnv::Private { .. })
     }
 
     /// Spawns a peer that sees this `/dev/shm`.
     pub fn spawn(&self, scope: &mut Scope, label: &str, args: &[&str]) -> Peer {
         match self {
-            ShmEnv::Private(holder) => {
+            ShmEnv::Private { holder, user_ns } => {
                 let mut cmd = Command::new("nsenter");
+                if *user_ns {
+                    cmd.arg(format!("--user=/proc/{}/ns/user", holder.pid()))
+                        .arg("--preserve-credentials");
+                }
                 cmd.arg(format!("--mount=/proc/{}/ns/mnt", holder.pid()))
                     .arg("--")
                     .arg(scope.exe())
@@ -719,6 +947,10 @@ impl ShmEnv {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Checks and utilities
+// ---------------------------------------------------------------------------------------------
 
 /// Checks a subscriber's `summary` line: `n` messages published from sequence number 0 on,
 /// every one either received intact and in order or reported as lag, and the subscriber saw
@@ -810,20 +1042,44 @@ impl Rng {
 /// `shmbus_core::segment::gc()` removes every stale segment on the machine, including one that
 /// another test deliberately left stale to check it. Tests that need a stale or foreign file to
 /// stay hold this lock shared; the test that calls `gc()` holds it exclusively.
+///
+/// A test that makes stale files and then runs `gc()` itself takes it exclusively from the
+/// start (releasing a shared lock before `gc()` would let another test's `gc()` in between);
+/// while a thread holds it exclusively, its further `shared()`/`exclusive()` are covered by
+/// that and return at once (they must not outlive the outer guard).
 #[derive(Debug)]
 pub struct GcLock {
-    _file: File,
+    _file: Option<File>,
+    exclusive: bool,
+}
+
+thread_local! {
+    /// How many exclusive guards this thread holds (the first one holds the file lock).
+    static EXCLUSIVE_HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 impl GcLock {
     fn take(exclusive: bool) -> GcLock {
         use rustix::fs::FlockOperation as Op;
+        let held = EXCLUSIVE_HELD.with(std::cell::Cell::get);
+        if held > 0 {
+            if exclusive {
+                EXCLUSIVE_HELD.with(|c| c.set(held + 1));
+            }
+            return GcLock {
+                _file: None,
+                exclusive,
+            };
+        }
         let path = std::env::temp_dir().join("shmbus-tests.gc.lock");
+        // Created by whoever comes first; another user (the file is 0644) opens it read-only,
+        // which is enough for `flock`.
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
+            .or_else(|_| File::open(&path))
             .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
         let op = if exclusive {
             Op::NonBlockingLockExclusive
@@ -834,7 +1090,13 @@ impl GcLock {
             rustix::fs::flock(file.as_fd(), op).is_ok()
         });
         assert!(ok, "could not take the gc lock {} in 30 s", path.display());
-        GcLock { _file: file }
+        if exclusive {
+            EXCLUSIVE_HELD.with(|c| c.set(1));
+        }
+        GcLock {
+            _file: Some(file),
+            exclusive,
+        }
     }
 
     /// Keeps `gc()` of other tests away while held.
@@ -845,6 +1107,14 @@ impl GcLock {
     /// Waits until no test needs its stale files, then holds them off.
     pub fn exclusive() -> GcLock {
         GcLock::take(true)
+    }
+}
+
+impl Drop for GcLock {
+    fn drop(&mut self) {
+        if self.exclusive {
+            EXCLUSIVE_HELD.with(|c| c.set(c.get().saturating_sub(1)));
+        }
     }
 }
 

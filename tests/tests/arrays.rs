@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use shmbus::{ArrayError, Overflow, PoolLoanError, RecvError, SharedArray, Topic};
 use shmbus_core::segment::Lifetime;
-use shmbus_tests::{check_frame, fill_frame, rss_kib, scope, FrameMeta, GcLock, ShmEnv, STEP};
+use shmbus_tests::{
+    check_frame, fill_frame, rss_kib, scope, shm_file, FrameMeta, GcLock, ShmEnv, STEP,
+};
 
 /// A subscriber process that takes two frames and keeps them until killed.
 fn spawn_holder(s: &mut shmbus_tests::Scope, name: &str) -> shmbus_tests::Peer {
@@ -347,7 +349,9 @@ fn forged_descriptors_are_rejected() {
 fn persistent_and_scoped_arrays_and_delete() {
     let mut s = scope!("arrlife");
     let env = ShmEnv::private_or_global(&mut s);
-    let _gc = (!env.is_private()).then(GcLock::shared);
+    // Exclusive from the start in the machine's /dev/shm: the killed scoped array must stay
+    // stale until this test's own gc() (see GcLock).
+    let _gc = (!env.is_private()).then(GcLock::exclusive);
     let (persistent, scoped) = (s.name(), s.name());
     let mut p = env.spawn(
         &mut s,
@@ -375,10 +379,21 @@ fn persistent_and_scoped_arrays_and_delete() {
     );
     assert!(env.file(&persistent).exists());
 
-    if env.is_private() {
-        // The rest uses this process's /dev/shm; a private one is not visible here.
-        return;
-    }
+    // The rest uses this process's /dev/shm (a private one is not this process's): a persistent
+    // array made there by a process that has exited (the same one unless /dev/shm is private).
+    // gc() never removes a persistent array, so this needs no gc lock.
+    let persistent = if env.is_private() {
+        let name = s.name();
+        let mut p = s.spawn(
+            "persistent (here)",
+            &["array-create", "--name", &name, "--fill", "3"],
+        );
+        p.finish("created", STEP);
+        assert!(shm_file(&name).exists(), "outlives its creator");
+        name
+    } else {
+        persistent
+    };
     let a = SharedArray::<u8>::attach(&persistent).expect("attach");
     assert_eq!(a.lifetime(), Lifetime::Persistent);
     let listed = shmbus::array::list().expect("list");
@@ -391,7 +406,7 @@ fn persistent_and_scoped_arrays_and_delete() {
         (&[4, 5][..], Lifetime::Persistent)
     );
     shmbus::array::delete(&persistent).expect("delete");
-    assert!(!env.file(&persistent).exists(), "the name is gone");
+    assert!(!shm_file(&persistent).exists(), "the name is gone");
     assert!(
         a.to_vec().iter().all(|&b| b == 3),
         "the attachment is still valid"

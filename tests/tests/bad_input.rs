@@ -1,17 +1,16 @@
 //! Bad input: foreign files under our names, invalid names, missing permission, no space.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::time::Duration;
 
 use shmbus::{NameError, OpenError, SegmentError, Topic, TopicError};
-use shmbus_core::layout::{Codec, TypeInfo};
 use shmbus_core::name::Name;
-use shmbus_core::segment::{
-    self, CreateOptions, Kind, Segment, FORMAT_VERSION, HEADER_SIZE, MAGIC,
+use shmbus_core::segment::{self, FORMAT_VERSION, HEADER_SIZE, MAGIC};
+use shmbus_tests::{
+    is_root, nobody, require_root, scope, segment_error_code, shm_file, GcLock, Line, Msg, Rec,
+    Rng, Scope, ShmEnv, STEP,
 };
-use shmbus_tests::{scope, segment_error_code, shm_file, wait_until, GcLock, Msg, Rec, Rng, STEP};
 
 /// What a file looked like, to check that nobody touched it.
 #[derive(Debug, PartialEq)]
@@ -201,31 +200,16 @@ fn invalid_names_are_name_errors() {
 
 /// Scenario 11: a topic created with the default mode is private: a process running as `nobody`
 /// gets `PermissionDenied`; one created with mode 0o666 is open to it, and messages flow.
-/// Needs root (to create the other process as `nobody`); skipped otherwise.
+/// Needs root, to run a process as another user (see `require_root`).
 #[test]
 fn other_users_get_permission_denied_on_private_topics() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("NOTE: skipping the permission test: it needs root to run a peer as nobody");
+    if !require_root(
+        "other_users_get_permission_denied_on_private_topics",
+        "only root can run a process as another user (nobody)",
+    ) {
         return;
     }
     let mut s = scope!("perm");
-    let exe = s.exe().to_owned();
-    // `nobody` must be able to run the peer binary.
-    let runnable = exe
-        .ancestors()
-        .skip(1)
-        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
-        && std::fs::metadata(&exe).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
-    if !runnable {
-        eprintln!(
-            "NOTE: skipping the permission test: {} is not executable by nobody",
-            exe.display()
-        );
-        return;
-    }
-    let as_nobody = |c: &mut std::process::Command| {
-        c.uid(65534).gid(65534).current_dir("/");
-    };
 
     let private = s.name();
     let publ = Topic::builder(&private)
@@ -236,10 +220,14 @@ fn other_users_get_permission_denied_on_private_topics() {
         0o600,
         "default mode"
     );
-    let mut p = s.spawn_with("nobody", &["open", "--topic", &private], as_nobody);
-    let err = p.expect("error", STEP);
-    assert_eq!(err.get("code"), "permission-denied", "{}", err.raw);
-    p.wait(STEP);
+    for extra in [&[][..], &["--publisher"][..]] {
+        let mut args = vec!["open", "--topic", &private];
+        args.extend_from_slice(extra);
+        let mut p = s.spawn_as_nobody("nobody", &args);
+        let err = p.expect("error", STEP);
+        assert_eq!(err.get("code"), "permission-denied", "{}", err.raw);
+        p.wait(STEP);
+    }
     drop(publ);
     s.assert_gone(&private);
 
@@ -253,7 +241,7 @@ fn other_users_get_permission_denied_on_private_topics() {
         0o666,
         "the mode asked for, whatever the umask"
     );
-    let mut sub = s.spawn_with(
+    let mut sub = s.spawn_as_nobody(
         "nobody",
         &[
             "subscribe",
@@ -264,7 +252,6 @@ fn other_users_get_permission_denied_on_private_topics() {
             "--timeout-ms",
             "3000",
         ],
-        as_nobody,
     );
     sub.expect("ready", STEP);
     for i in 0..5 {
@@ -281,81 +268,196 @@ fn other_users_get_permission_denied_on_private_topics() {
     s.assert_gone(&shared);
 }
 
-/// Hidden shmbus files (segments are built as unnamed `O_TMPFILE` files, so there should be none).
-fn tmp_files_of_this_process() -> Vec<String> {
-    let prefix = ".shmbus".to_owned();
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|f| f.starts_with(&prefix))
-        .collect()
+/// Scenario 11: a topic file whose permission bits refuse its own owner (mode 0o000) gives
+/// `PermissionDenied` to every way of joining it and is left alone. Runs as any user: not as
+/// root, the owner is this user (the typed API in this process and another process are
+/// refused); root may open any file, so as root the file is handed to `nobody`, whose
+/// processes are refused.
+#[test]
+fn a_topic_its_owner_may_not_open_is_permission_denied() {
+    let mut s = scope!("perm0");
+    let name = s.name();
+    let publ = Topic::builder(&name).publisher::<Msg>().expect("publisher");
+    let path = shm_file(&name);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).expect("chmod 000");
+    let root = is_root();
+    if root {
+        let (uid, gid) = nobody();
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown to nobody");
+    } else {
+        let topic = Topic::builder(&name);
+        let results: Vec<(&str, Result<(), OpenError>)> = vec![
+            ("subscriber", topic.subscriber::<Msg>().map(drop)),
+            ("publisher", topic.publisher::<Msg>().map(drop)),
+        ];
+        for (how, r) in results {
+            match r {
+                Err(OpenError::Topic(TopicError::Segment(SegmentError::PermissionDenied(_)))) => {}
+                other => panic!("{how} in this process: expected PermissionDenied, got {other:?}"),
+            }
+        }
+    }
+    let meta = |p: &Path| {
+        let m = std::fs::metadata(p).expect("the file should still exist");
+        (m.ino(), m.mode(), m.uid(), m.len())
+    };
+    let before = meta(&path);
+    for extra in [&[][..], &["--publisher"][..]] {
+        let mut args = vec!["open", "--topic", &name];
+        args.extend_from_slice(extra);
+        let mut p = if root {
+            s.spawn_as_nobody("owner (nobody)", &args)
+        } else {
+            s.spawn("owner", &args)
+        };
+        let err = p.expect("error", STEP);
+        assert_eq!(
+            err.get("code"),
+            "permission-denied",
+            "{args:?}: {}",
+            err.raw
+        );
+        p.wait(STEP);
+    }
+    assert_eq!(
+        meta(&path),
+        before,
+        "a file its owner may not open must be left alone"
+    );
+    drop(publ);
+    s.assert_gone(&name);
+}
+
+/// What one creation in a peer came to: its `result` line (the peer must exit normally: a
+/// SIGBUS or any other signal fails the test).
+fn create_segment(env: &ShmEnv, s: &mut Scope, name: &str, size: u64) -> Line {
+    let size = size.to_string();
+    let mut p = env.spawn(
+        s,
+        "creator",
+        &["segment-create", "--name", name, "--size", &size],
+    );
+    p.finish("result", STEP)
+}
+
+/// Joins `name` as a publisher in a peer with `extra` options; returns its error code, or "ok".
+fn create_topic(env: &ShmEnv, s: &mut Scope, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["open", "--publisher", "--topic", name];
+    args.extend_from_slice(extra);
+    let mut p = env.spawn(s, "topic creator", &args);
+    let (status, lines) = p.wait_output(STEP);
+    let t = p.transcript();
+    assert!(
+        status.signal().is_none(),
+        "the topic creator was killed by a signal ({status}), not refused\n{t}"
+    );
+    match lines.iter().find(|l| l.tag == "ok" || l.tag == "error") {
+        Some(l) if l.tag == "ok" => "ok".to_owned(),
+        Some(l) => l.get("code").to_owned(),
+        None => panic!("the topic creator printed neither ok nor error ({status})\n{t}"),
+    }
+}
+
+/// Bytes in use in the file system of `dir`.
+fn used_bytes(dir: &Path) -> u64 {
+    let st = rustix::fs::statvfs(dir).expect("statvfs");
+    (st.f_blocks - st.f_bfree) * st.f_frsize
 }
 
 /// Scenario 11: a segment larger than `/dev/shm` can hold fails with `OutOfSpace` at creation
-/// (not with SIGBUS later), and leaves no file behind: neither the name nor a temporary file.
-/// The request exceeds the file system's total size, so tmpfs refuses it up front instead of
-/// filling memory first.
+/// (not with SIGBUS later), and leaves nothing behind: neither a file (named or hidden) nor used
+/// space. Runs in a private 1 MiB `/dev/shm` (a tmpfs in a mount namespace of the peers, see
+/// `ShmEnv`), both with a request above its total size and with one that fits its size but not
+/// its free space (the case that would fault on first touch without `fallocate`).
 #[test]
 fn segment_larger_than_dev_shm_is_out_of_space() {
-    const GIB: u64 = 1 << 30;
-    let st = rustix::fs::statvfs("/dev/shm").expect("statvfs /dev/shm");
-    let total = st.f_blocks * st.f_frsize;
-    let free = st.f_bavail * st.f_frsize;
-    let request = total.max(free) + GIB;
-    if total == 0 || request >= isize::MAX as u64 / 2 {
-        eprintln!("NOTE: skipping the out-of-space test: /dev/shm reports {total} bytes in total");
-        return;
-    }
+    const TEST: &str = "segment_larger_than_dev_shm_is_out_of_space";
+    const KIB: u64 = 1 << 10;
+    const SIZE: u64 = 1 << 20;
     let mut s = scope!("nospace");
+    let Some(env) = ShmEnv::private_or_skip(&mut s, TEST, SIZE) else {
+        return;
+    };
+    let dir = env.dir();
+    let st = rustix::fs::statvfs(&dir).expect("statvfs of the private /dev/shm");
+    assert_eq!(
+        st.f_blocks * st.f_frsize,
+        SIZE,
+        "the private /dev/shm's size"
+    );
+    let empty = used_bytes(&dir);
+    let left_over = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .expect("read the private /dev/shm")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    };
 
-    // Raw segment.
-    let name = s.name();
-    let ty = TypeInfo::new("bytes", 1, 1, Codec::Bytes).unwrap();
-    let r = Segment::create(
-        &Name::new(&name).unwrap(),
-        &CreateOptions::new(Kind::Value, ty, request as usize),
-        |_| panic!("init must not run for a segment that could not be reserved"),
-    );
-    match r {
-        Err(SegmentError::OutOfSpace { requested, .. }) => {
-            assert!(requested >= request, "requested {requested} < {request}")
+    // Raw segments: above the total size; above the free space (a filler takes most of it).
+    let filler = dir.join("filler");
+    for (what, request, fill) in [
+        ("above the total size", 4 * SIZE, 0),
+        (
+            "within the size but above the free space",
+            512 * KIB,
+            640 * KIB,
+        ),
+    ] {
+        if fill > 0 {
+            std::fs::write(&filler, vec![0x5a; fill as usize]).expect("write the filler");
         }
-        other => panic!("expected OutOfSpace for {request} bytes ({free} free), got {other:?}"),
+        let name = s.name();
+        let r = create_segment(&env, &mut s, &name, request);
+        let ctx = format!("{what}: {request} bytes: {}", r.raw);
+        assert_eq!(r.get("code"), "out-of-space", "{ctx}");
+        assert!(r.num("requested") >= request, "{ctx}");
+        assert_eq!(
+            r.get("init"),
+            "no",
+            "init ran for a segment not reserved: {ctx}"
+        );
+        assert!(
+            !env.file(&name).exists(),
+            "a file was left under the name: {ctx}"
+        );
+        if fill > 0 {
+            std::fs::remove_file(&filler).expect("remove the filler");
+        }
+        assert_eq!(
+            left_over(&dir),
+            Vec::<String>::new(),
+            "files left behind: {ctx}"
+        );
+        assert_eq!(used_bytes(&dir), empty, "space left in use: {ctx}");
     }
-    assert!(
-        !shm_file(&name).exists(),
-        "no file may be left under the name"
-    );
-    assert!(
-        wait_until(Duration::from_secs(2), || tmp_files_of_this_process()
-            .is_empty()),
-        "temporary files left behind: {:?}",
-        tmp_files_of_this_process()
-    );
 
-    // A topic whose slots add up to more than /dev/shm holds.
-    let name = s.name();
-    let slot = GIB as u32;
-    let capacity = (total / GIB + 2) as u32;
-    match Topic::builder(&name)
-        .slot_size(slot)
-        .capacity(capacity)
-        .serde_publisher::<Rec>()
-    {
-        Err(OpenError::Topic(TopicError::Segment(SegmentError::OutOfSpace { .. }))) => {}
-        other => {
-            panic!("expected OutOfSpace for a topic of {capacity}+ slots of 1 GiB, got {other:?}")
-        }
+    // Topics whose slots add up to more than the private /dev/shm holds: serde and POD.
+    for extra in [
+        &["--type", "rec", "--slot-size", "65536", "--capacity", "32"][..],
+        &["--capacity", "32768"][..],
+    ] {
+        let name = s.name();
+        let code = create_topic(&env, &mut s, &name, extra);
+        assert_eq!(code, "out-of-space", "a topic {extra:?} of 2 MiB in 1 MiB");
+        assert!(!env.file(&name).exists(), "a file was left under the name");
+        assert_eq!(left_over(&dir), Vec::<String>::new(), "files left behind");
+        assert_eq!(used_bytes(&dir), empty, "space left in use: {extra:?}");
     }
-    assert!(
-        !shm_file(&name).exists(),
-        "no file may be left under the name"
+
+    // What fits is created (the refusals above were for want of space, not of anything else).
+    let name = s.name();
+    let r = create_segment(&env, &mut s, &name, 256 * KIB);
+    assert_eq!(
+        (r.get("code"), r.get("init")),
+        ("created", "ran"),
+        "{}",
+        r.raw
     );
-    assert!(
-        wait_until(Duration::from_secs(2), || tmp_files_of_this_process()
-            .is_empty()),
-        "temporary files left behind: {:?}",
-        tmp_files_of_this_process()
+    let name = s.name();
+    assert_eq!(create_topic(&env, &mut s, &name, &[]), "ok");
+    assert_eq!(
+        left_over(&dir),
+        Vec::<String>::new(),
+        "the last user out removes its file"
     );
 }

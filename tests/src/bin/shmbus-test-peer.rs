@@ -57,6 +57,8 @@ enum Role {
     Gc(GcArgs),
     /// Create and drop the topic `--topic` as fast as possible for `--for-ms`; print a summary.
     Churn(ChurnArgs),
+    /// Create a raw segment of `--size` payload bytes; print `result` (created or the error).
+    SegmentCreate(SegmentCreateArgs),
     /// Publish `--count` verifiable frames on an array topic.
     FramesPub(arrays::FramesPubArgs),
     /// Receive and verify frames; print a summary.
@@ -83,6 +85,14 @@ struct ChurnArgs {
     topic: String,
     #[arg(long, default_value_t = 1000)]
     for_ms: u64,
+}
+
+#[derive(Args)]
+struct SegmentCreateArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    size: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -847,6 +857,41 @@ fn churn(a: &ChurnArgs) -> Result<(), Fail> {
     Ok(())
 }
 
+/// Prints `result code=<created|error code> requested=<bytes> init=<ran|no> msg=<error>`; an
+/// error is an outcome here, not a failure of the peer.
+fn segment_create(a: &SegmentCreateArgs) -> Result<(), Fail> {
+    use shmbus_core::layout::{Codec, TypeInfo};
+    use shmbus_core::segment::{CreateOptions, Kind, Segment, SegmentError};
+    let name = shmbus_core::name::Name::new(&a.name).map_err(|e| Fail::new("name", e))?;
+    let ty =
+        TypeInfo::new("bytes", 1, 1, Codec::Bytes).ok_or_else(|| Fail::new("type", "bytes"))?;
+    let mut init_ran = false;
+    let r = Segment::create(&name, &CreateOptions::new(Kind::Value, ty, a.size), |_| {
+        init_ran = true;
+    });
+    let init = if init_ran { "ran" } else { "no" };
+    match r {
+        Ok(seg) => {
+            println!(
+                "result code=created requested={} init={init} msg=ok",
+                a.size
+            );
+            drop(seg);
+        }
+        Err(e) => {
+            let requested = match &e {
+                SegmentError::OutOfSpace { requested, .. } => requested.to_string(),
+                _ => "none".to_owned(),
+            };
+            println!(
+                "result code={} requested={requested} init={init} msg={e}",
+                shmbus_tests::segment_error_code(&e)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tie_to_parent();
     let cli = Cli::parse();
@@ -868,6 +913,7 @@ fn main() -> ExitCode {
         }
         Role::Gc(a) => gc(a),
         Role::Churn(a) => churn(a),
+        Role::SegmentCreate(a) => segment_create(a),
         Role::FramesPub(a) => arrays::frames_pub(a),
         Role::FramesSub(a) => arrays::frames_sub(a),
         Role::FramesHold(a) => arrays::frames_hold(a),
