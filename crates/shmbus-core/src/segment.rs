@@ -206,9 +206,15 @@ impl Header {
         let len = usize::try_from(self.type_name_len).ok()?;
         let name = std::str::from_utf8(self.type_name.get(..len)?).ok()?;
         let codec = Codec::from_raw(self.type_codec)?;
-        let info = TypeInfo::new(name, self.type_size, self.type_align, codec)?;
-        // A fingerprint that disagrees with the other fields means a corrupt header.
-        (info.fingerprint == self.type_fingerprint).then_some(info)
+        // The fingerprint is taken as recorded: a type's layout fingerprint is mixed into it
+        // (`TypeInfo::with_layout`) and not stored, so it cannot be recomputed here.
+        TypeInfo::with_fingerprint(
+            name,
+            self.type_size,
+            self.type_align,
+            codec,
+            self.type_fingerprint,
+        )
     }
 
     /// The segment's kind, if known.
