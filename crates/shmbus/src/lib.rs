@@ -48,6 +48,7 @@
 pub mod array;
 mod error;
 mod frames;
+pub mod identity;
 mod sync;
 mod topic;
 
@@ -55,6 +56,7 @@ pub use array::{ArrayError, ArrayOptions, Element, ReadOnlyArray, SharedArray};
 pub use bytemuck;
 pub use error::{OpenError, RecvError, SendError};
 pub use frames::{ArrayLoan, ArrayPublisher, ArraySample, ArraySubscriber, PoolLoanError};
+pub use identity::{Join, Message};
 pub use shmbus_core::dtype::Dtype;
 pub use shmbus_core::name::{Name, NameError};
 pub use shmbus_core::pool::PoolStats;
