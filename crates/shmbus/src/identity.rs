@@ -480,5 +480,11 @@ mod tests {
             .field::<u32>("b", 4)
             .finish();
         assert_eq!(Pair::LAYOUT, by_hand);
+        // Only an offset differs: another fingerprint.
+        let moved = LayoutHasher::defined::<Pair>("test.Pair", 2)
+            .field::<u32>("a", 0)
+            .field::<u32>("b", 8)
+            .finish();
+        assert_ne!(by_hand, moved);
     }
 }
