@@ -50,6 +50,7 @@
 pub mod array;
 mod error;
 mod frames;
+pub mod identity;
 mod sync;
 mod topic;
 
@@ -60,6 +61,7 @@ pub use error::{
     RecvError, SendError, SendFailure,
 };
 pub use frames::{ArrayLoan, ArrayPublisher, ArraySample, ArraySubscriber, PoolLoanError};
+pub use identity::{Join, Message};
 pub use shmbus_core::dtype::Dtype;
 pub use shmbus_core::fork::UsedAfterFork;
 pub use shmbus_core::name::{Name, NameError};

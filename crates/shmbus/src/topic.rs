@@ -57,6 +57,8 @@ pub struct Topic {
     history: u32,
     publish_timeout: Option<Duration>,
     type_name: Option<String>,
+    /// The stable name and layout fingerprint of a `Message` type ([`Topic::join`]).
+    identity: Option<(&'static str, u64)>,
     pool: PoolOptions,
 }
 
@@ -70,6 +72,7 @@ impl Topic {
             history: 0,
             publish_timeout: Some(Duration::from_secs(1)),
             type_name: None,
+            identity: None,
             pool: PoolOptions::default(),
         }
     }
@@ -180,11 +183,26 @@ impl Topic {
         self
     }
 
-    /// The type name recorded in the topic (default: Rust's type name). Set the same name in
+    /// The type name recorded in the topic (default: Rust's type name, or the name of a
+    /// [`Message`](crate::Message) type joined with [`Topic::join`]). Set the same name in
     /// every program that shares the topic when their crates name the type differently.
     pub fn type_name(mut self, name: &str) -> Self {
         self.type_name = Some(name.to_owned());
         self
+    }
+
+    /// This builder, recording the stable `name` (unless [`Topic::type_name`] set one) and
+    /// the `layout` fingerprint of the type instead of Rust's type name.
+    pub(crate) fn identified(&self, name: &'static str, layout: u64) -> Topic {
+        let mut this = self.clone();
+        this.identity = Some((name, layout));
+        this
+    }
+
+    /// The name recorded for `T` unless [`Topic::type_name`] set one.
+    fn default_name<T>(&self) -> &'static str {
+        self.identity
+            .map_or_else(short_type_name::<T>, |(name, _)| name)
     }
 
     fn open(&self, info: TypeInfo, slot_size: u32) -> Result<Arc<RawTopic>, OpenError> {
@@ -202,7 +220,11 @@ impl Topic {
         codec: Codec,
     ) -> Result<TypeInfo, OpenError> {
         let name = self.type_name.as_deref().unwrap_or(default_name);
-        TypeInfo::new(name, size, align, codec).ok_or_else(|| OpenError::UnsupportedType {
+        let info = match self.identity {
+            Some((_, layout)) => TypeInfo::with_layout(name, size, align, codec, layout),
+            None => TypeInfo::new(name, size, align, codec),
+        };
+        info.ok_or_else(|| OpenError::UnsupportedType {
             type_name: name.to_owned(),
             reason: format!("type names are limited to {} bytes", TypeInfo::MAX_NAME),
         })
@@ -212,12 +234,12 @@ impl Topic {
         let (size, align) = (size_of::<T>(), align_of::<T>());
         if size == 0 || align > 64 || size > u32::MAX as usize {
             return Err(OpenError::UnsupportedType {
-                type_name: short_type_name::<T>().to_owned(),
+                type_name: self.default_name::<T>().to_owned(),
                 reason: format!("size {size} and alignment {align}: need a non-zero size and alignment at most 64"),
             });
         }
         let info = self.type_info(
-            short_type_name::<T>(),
+            self.default_name::<T>(),
             size as u64,
             align as u64,
             Codec::Pod,
@@ -228,7 +250,7 @@ impl Topic {
     fn serde_topic<T>(&self) -> Result<Arc<RawTopic>, OpenError> {
         // The slot size is a QoS (checked against the topic's), not part of the type: size 0
         // stands for "variable-length encoding".
-        let info = self.type_info(short_type_name::<T>(), 0, 1, Codec::Postcard)?;
+        let info = self.type_info(self.default_name::<T>(), 0, 1, Codec::Postcard)?;
         let name = Name::new(&self.name)?;
         let mut opts = self.opts.clone();
         opts.default_slot_size = Some(256);
@@ -239,11 +261,11 @@ impl Topic {
         let meta = size_of::<M>();
         if align_of::<M>() > 64 || meta > u32::MAX as usize / 2 {
             return Err(OpenError::UnsupportedType {
-                type_name: short_type_name::<M>().to_owned(),
+                type_name: self.default_name::<M>().to_owned(),
                 reason: "array metadata needs an alignment of at most 64".into(),
             });
         }
-        let default = format!("{ARRAY_TOPIC_PREFIX}{}", short_type_name::<M>());
+        let default = format!("{ARRAY_TOPIC_PREFIX}{}", self.default_name::<M>());
         let size = frames::slot_size::<M>();
         let info = self.type_info(&default, size as u64, 64, Codec::Pod)?;
         self.open(info, size as u32)

@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[path = "shmbus-test-peer/arrays.rs"]
 mod arrays;
+#[path = "shmbus-test-peer/identity.rs"]
+mod identity;
 use shmbus::{
     Event, EventMode, LoanError, LockError, Mutex, Overflow, PublishError, PublishFailure,
     Publisher, RecvError, Semaphore, SendError, SendFailure, SerdePublisher, SerdeSubscriber,
@@ -71,6 +73,11 @@ enum Role {
     ArrayCreate(arrays::ArrayCreateArgs),
     /// Attach a named array; print its shape and sum.
     ArrayAttach(arrays::ArrayAttachArgs),
+    /// Print the name and layout fingerprint of this binary's `shmbus::Message` types.
+    IdentLayouts,
+    /// Join a topic with one of this binary's `shmbus::Message` types (publishing with
+    /// `--publisher`).
+    IdentOpen(identity::IdentOpenArgs),
 }
 
 #[derive(Args)]
@@ -920,6 +927,8 @@ fn main() -> ExitCode {
         Role::FramesForge(a) => arrays::frames_forge(a),
         Role::ArrayCreate(a) => arrays::array_create(a),
         Role::ArrayAttach(a) => arrays::array_attach(a),
+        Role::IdentLayouts => identity::ident_layouts(),
+        Role::IdentOpen(a) => identity::ident_open(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,13 +91,16 @@ impl Header {
         let len = usize::try_from(self.type_name_len).ok()?;
         let name = std::str::from_utf8(self.type_name.get(..len)?).ok()?;
         let codec = Codec::from_raw(self.type_codec)?;
-        let info = TypeInfo::new(name, self.type_size, self.type_align, codec)?;
-        // A fingerprint that disagrees with the other fields means a corrupt header (or a type
-        // with a layout fingerprint: the fingerprint is then checked against the opener's).
-        Some(TypeInfo {
-            fingerprint: self.type_fingerprint,
-            ..info
-        })
+        // The fingerprint is taken as recorded: a type's layout fingerprint is mixed into it
+        // (`TypeInfo::with_layout`) and not stored, so it cannot be recomputed here; openers
+        // compare it with their own.
+        TypeInfo::with_fingerprint(
+            name,
+            self.type_size,
+            self.type_align,
+            codec,
+            self.type_fingerprint,
+        )
     }
 
     /// The segment's kind, if known.
