@@ -10,8 +10,10 @@
 //! - **Leases** are the parent's alone. In the child, each lease descriptor is replaced by
 //!   `/dev/null`, so the lock lives and dies with the parent.
 //! - **Segments** stay mapped in the child, and the child becomes a user of its own: each segment
-//!   descriptor is reopened (a new open file description, locked shared) so the segment lives
-//!   while either process does, and the child leaving never releases the parent's lock.
+//!   descriptor is reopened (a new open file description, locked shared) and its mapping is
+//!   remade in place from it (a mapping pins the description it came from, and with it the
+//!   parent's lock), so the segment lives while either process does, the parent's lock dies
+//!   with the parent, and the child leaving never releases the parent's lock.
 //! - **Participant handles** (publishers, subscribers, their loans and samples, array pools) were
 //!   made by the parent. Used in the child they fail with a `UsedAfterFork` error, and dropping
 //!   them in the child touches no shared state: the child opens its own handles instead.
@@ -72,7 +74,14 @@ impl Born {
 #[derive(Clone, Copy)]
 enum What {
     Lease,
-    Segment { read_only: bool },
+    Segment {
+        read_only: bool,
+        /// The mapping, which must be moved to the new open file description too: a mapping
+        /// keeps a reference to the description it was made from, and with it the parent's
+        /// `flock`.
+        addr: usize,
+        len: usize,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -147,9 +156,22 @@ fn register(fd: RawFd, what: What) -> Registration {
     })
 }
 
-/// Registers a segment descriptor: a forked child reopens and locks it as its own.
-pub(crate) fn register_segment(fd: RawFd, read_only: bool) -> Registration {
-    register(fd, What::Segment { read_only })
+/// Registers a segment descriptor and its mapping: a forked child reopens, locks and maps it
+/// as its own.
+pub(crate) fn register_segment(
+    fd: RawFd,
+    read_only: bool,
+    addr: *mut u8,
+    len: usize,
+) -> Registration {
+    register(
+        fd,
+        What::Segment {
+            read_only,
+            addr: addr as usize,
+            len,
+        },
+    )
 }
 
 /// Registers a lease descriptor: in a forked child it becomes `/dev/null`.
@@ -196,15 +218,20 @@ extern "C" fn child() {
                     unsafe { libc::dup3(null, e.fd, libc::O_CLOEXEC) };
                 }
             }
-            What::Segment { read_only } => reopen_locked(e.fd, read_only),
+            What::Segment {
+                read_only,
+                addr,
+                len,
+            } => reopen_locked(e.fd, read_only, addr, len),
         }
     }
     GENERATION.fetch_add(1, Ordering::Relaxed);
     REGISTRY.release();
 }
 
-/// Replaces `fd` by a new open file description of the same file, holding a shared `flock`.
-fn reopen_locked(fd: RawFd, read_only: bool) {
+/// Replaces `fd` by a new open file description of the same file, holding a shared `flock`,
+/// and maps `[addr, addr + len)` anew from it (the same pages: same file, same offset).
+fn reopen_locked(fd: RawFd, read_only: bool, addr: usize, len: usize) {
     let mut path = [0u8; 32];
     let prefix = b"/proc/self/fd/";
     path[..prefix.len()].copy_from_slice(prefix);
@@ -231,14 +258,29 @@ fn reopen_locked(fd: RawFd, read_only: bool) {
     } else {
         libc::O_RDWR
     } | libc::O_CLOEXEC;
+    let prot = if read_only {
+        libc::PROT_READ
+    } else {
+        libc::PROT_READ | libc::PROT_WRITE
+    };
     // SAFETY: `path` is NUL-terminated; the calls below only touch descriptors this process
-    // owns (`fd` and the new one).
+    // owns (`fd` and the new one) and the segment's own mapping, which `MAP_FIXED` replaces by a
+    // mapping of the same file at the same offset and protection: every byte keeps its address
+    // and its contents (the same shared pages), so references into it stay valid.
     unsafe {
         let new = libc::open(path.as_ptr().cast(), flags);
         if new < 0 {
             return;
         }
         libc::flock(new, libc::LOCK_SH);
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            prot,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            new,
+            0,
+        );
         libc::dup3(new, fd, libc::O_CLOEXEC);
         libc::close(new);
     }

@@ -3,7 +3,8 @@
 //! Every role prints machine-readable lines to stdout: a tag, then `key=value` fields (see
 //! `shmbus_tests::Line`). `ready` once it has joined; `error code=<code> msg=<text>` when
 //! something fails (and exits with status 2); a role-specific summary at the end.
-#![forbid(unsafe_code)]
+// Unsafe code only where the fork role calls fork(2) (`#[allow]` on that one call).
+#![deny(unsafe_code)]
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -13,6 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[path = "shmbus-test-peer/arrays.rs"]
 mod arrays;
+#[path = "shmbus-test-peer/fork.rs"]
+mod fork;
 #[path = "shmbus-test-peer/identity.rs"]
 mod identity;
 use shmbus::{
@@ -73,6 +76,8 @@ enum Role {
     ArrayCreate(arrays::ArrayCreateArgs),
     /// Attach a named array; print its shape and sum.
     ArrayAttach(arrays::ArrayAttachArgs),
+    /// Make handles, fork, and report what parent and child can do with them.
+    Fork(fork::ForkArgs),
     /// Print the name and layout fingerprint of this binary's `shmbus::Message` types.
     IdentLayouts,
     /// Join a topic with one of this binary's `shmbus::Message` types (publishing with
@@ -927,6 +932,7 @@ fn main() -> ExitCode {
         Role::FramesForge(a) => arrays::frames_forge(a),
         Role::ArrayCreate(a) => arrays::array_create(a),
         Role::ArrayAttach(a) => arrays::array_attach(a),
+        Role::Fork(a) => fork::fork(a),
         Role::IdentLayouts => identity::ident_layouts(),
         Role::IdentOpen(a) => identity::ident_open(a),
     };

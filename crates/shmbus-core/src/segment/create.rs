@@ -153,7 +153,7 @@ impl Segment {
             created_unix_ns: now_ns(),
             params: opts.params,
         };
-        let _fork = fork_registration(&fd, false);
+        let _fork = fork_registration(&fd, &map, false);
         let mut seg = Segment {
             name: name.clone(),
             path,

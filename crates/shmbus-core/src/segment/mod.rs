@@ -475,7 +475,8 @@ fn same_file(fd: &OwnedFd, path: &Path) -> bool {
     }
 }
 
-/// Registers `fd` with the fork handler (a forked child re-locks the segment as its own user).
-fn fork_registration(fd: &OwnedFd, read_only: bool) -> fork::Registration {
-    fork::register_segment(fd.as_raw_fd(), read_only)
+/// Registers `fd` and `map` with the fork handler (a forked child re-locks and re-maps the
+/// segment as its own user).
+fn fork_registration(fd: &OwnedFd, map: &Mapping, read_only: bool) -> fork::Registration {
+    fork::register_segment(fd.as_raw_fd(), read_only, map.ptr.as_ptr(), map.len)
 }

@@ -271,7 +271,7 @@ impl Segment {
             }
         }
         tracing::debug!(name = %name, kind = %snapshot.kind, "attached segment");
-        let _fork = fork_registration(&fd, expect.read_only);
+        let _fork = fork_registration(&fd, &map, expect.read_only);
         Ok(Attempt::Opened(Segment {
             name: name.clone(),
             path,
