@@ -3,6 +3,7 @@
 //! A [`Dtype`] is stored in array headers and block descriptors as its [`Dtype::code`], and
 //! shown as numpy's array-interface type string (`"<f4"`, `"|u1"`), so a Python process reading
 //! the same array agrees on what the bytes are.
+#![deny(unsafe_code)]
 
 use std::fmt;
 

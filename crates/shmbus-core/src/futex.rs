@@ -22,6 +22,7 @@
 //! assert_eq!(futex::wait(&word, 8, None), futex::Wait::ValueChanged);
 //! assert_eq!(futex::wake(&word, u32::MAX), 0); // nobody sleeps
 //! ```
+#![deny(unsafe_code)]
 
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;

@@ -5,6 +5,7 @@
 //! stable identity (shmbus's `Message` trait) have their own name and a fingerprint of their
 //! layout, which is mixed into that fingerprint ([`TypeInfo::with_layout`]). Two processes agree
 //! on a type when every field agrees; a mismatch is reported naming both sides.
+#![deny(unsafe_code)]
 
 use std::fmt;
 

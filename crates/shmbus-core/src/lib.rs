@@ -20,6 +20,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs, missing_debug_implementations)]
+// The loom build exists to run the ring's models (`cargo test --lib`); without the modules that
+// loom cannot run (segments' users: topics, pools), the ring's crate-private API looks unused.
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(

@@ -3,6 +3,7 @@
 //! A name is what users pass (`"camera.front"`); on disk it becomes the file
 //! `/dev/shm/shmbus.camera.front`. Names are 1 to [`Name::MAX_LEN`] bytes of ASCII letters,
 //! digits, `_`, `-` and `.`, and do not start with `.` or `-`.
+#![deny(unsafe_code)]
 
 use std::fmt;
 

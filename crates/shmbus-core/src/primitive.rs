@@ -2,6 +2,7 @@
 //!
 //! The lock-free protocols import everything through this module so that the very same code runs
 //! under loom's model checker on heap memory.
+#![deny(unsafe_code)]
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};

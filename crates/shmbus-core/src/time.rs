@@ -1,4 +1,5 @@
 //! Deadlines for bounded waits.
+#![deny(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

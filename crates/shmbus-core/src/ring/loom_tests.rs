@@ -60,7 +60,11 @@ impl Model {
             .ring()
             .loan(0, hint)
             .expect("the pool is sized for every participant");
-        self.data[slot as usize].with_mut(|p| unsafe { *p = value });
+        self.data[slot as usize].with_mut(|p| {
+            // SAFETY: the cell's pointer is valid in the closure; whether the access races
+            // another is what the model checks (the slot is this thread's loan or hold).
+            unsafe { *p = value }
+        });
         // SAFETY: one publishing thread per model; the slot is our loan and is written.
         let (_, freed) = unsafe { self.ring().publish(slot, &self.futex) };
         if let Some(f) = freed {
@@ -72,7 +76,11 @@ impl Model {
     fn try_recv(&self, k: u32, cursor: &mut u64) -> Option<Result<(u64, u64), u64>> {
         match self.ring().try_acquire(k, cursor, &self.futex).unwrap() {
             Acquired::Message { seq, slot } => {
-                let v = self.data[slot as usize].with(|p| unsafe { *p });
+                let v = self.data[slot as usize].with(|p| {
+                    // SAFETY: the cell's pointer is valid in the closure; whether the access races
+                    // another is what the model checks (the slot is this thread's loan or hold).
+                    unsafe { *p }
+                });
                 self.ring().release(k, slot);
                 Some(Ok((seq, v)))
             }
@@ -246,7 +254,14 @@ fn held_sample_is_never_overwritten() {
             })
         };
         // Reading while the publisher runs: loom flags a race if it wrote our slot.
-        assert_eq!(m.data[slot as usize].with(|p| unsafe { *p }), value_of(0));
+        assert_eq!(
+            m.data[slot as usize].with(|p| {
+                // SAFETY: the cell's pointer is valid in the closure; whether the access races
+                // another is what the model checks (the slot is this thread's loan or hold).
+                unsafe { *p }
+            }),
+            value_of(0)
+        );
         m.ring().release(0, slot);
         p.join().unwrap();
     });
@@ -267,7 +282,11 @@ fn publisher_stopping_mid_write_is_repaired() {
                     let mut hint = 0;
                     m.send(&mut hint, value_of(0));
                     let slot = m.ring().loan(0, &mut hint).unwrap();
-                    m.data[slot as usize].with_mut(|p| unsafe { *p = value_of(1) });
+                    m.data[slot as usize].with_mut(|p| {
+                        // SAFETY: the cell's pointer is valid in the closure; whether the access races
+                        // another is what the model checks (the slot is this thread's loan or hold).
+                        unsafe { *p = value_of(1) }
+                    });
                     // SAFETY: the only publisher.
                     let done = unsafe { m.ring().publish_steps(slot, &m.futex, stop_after) };
                     assert!(done.is_none(), "stopped early");
@@ -321,7 +340,11 @@ fn retired_message_is_either_read_intact_or_reported_as_lag() {
             thread::spawn(move || {
                 let mut hint = 0;
                 let slot = m.ring().loan(0, &mut hint).unwrap();
-                m.data[slot as usize].with_mut(|p| unsafe { *p = value_of(0) });
+                m.data[slot as usize].with_mut(|p| {
+                    // SAFETY: the cell's pointer is valid in the closure; whether the access races
+                    // another is what the model checks (the slot is this thread's loan or hold).
+                    unsafe { *p = value_of(0) }
+                });
                 // SAFETY: the only publishing thread has publish rights.
                 let (seq, _) = unsafe { m.ring().publish(slot, &m.futex) };
                 // SAFETY: as above.

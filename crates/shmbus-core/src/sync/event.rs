@@ -1,4 +1,5 @@
 //! An auto-reset or manual-reset event on shared futexes.
+#![deny(unsafe_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! A counting semaphore on shared futexes.
+#![deny(unsafe_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
