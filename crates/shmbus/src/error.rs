@@ -192,9 +192,10 @@ pub enum ArraySendFailure {
 /// use shmbus::{SendFailure, Topic};
 ///
 /// # let name = format!("doc-send-error-{}", std::process::id());
-/// let mut publisher = Topic::builder(&name).slot_size(16).serde_publisher::<String>()?;
-/// let err = publisher.send("far too long for a sixteen-byte slot".to_owned()).unwrap_err();
-/// assert!(matches!(err.reason(), SendFailure::TooLarge { capacity: 12, .. }));
+/// // Slots are whole cache lines: 64 bytes, 60 after the length prefix.
+/// let mut publisher = Topic::builder(&name).slot_size(64).serde_publisher::<String>()?;
+/// let err = publisher.send("far too long ".repeat(10)).unwrap_err();
+/// assert!(matches!(err.reason(), SendFailure::TooLarge { capacity: 60, .. }));
 /// let message: String = err.into_inner(); // nothing is lost
 /// assert!(message.starts_with("far"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
