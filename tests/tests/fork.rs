@@ -22,6 +22,22 @@ fn live_publishers(topic: &str) -> usize {
         .count()
 }
 
+/// Waits for a line of each tag, in whatever order the two processes print them.
+fn expect_each(peer: &mut shmbus_tests::Peer, tags: &[&str]) -> Vec<shmbus_tests::Line> {
+    let mut found: Vec<Option<shmbus_tests::Line>> = vec![None; tags.len()];
+    let ok = wait_until(STEP, || {
+        for line in peer.pending() {
+            assert_ne!(line.tag, "error", "{}", line.raw);
+            if let Some(i) = tags.iter().position(|t| *t == line.tag) {
+                found[i].get_or_insert(line);
+            }
+        }
+        found.iter().all(Option::is_some)
+    });
+    assert!(ok, "no line of each of {tags:?}:\n{}", peer.transcript());
+    found.into_iter().map(Option::unwrap).collect()
+}
+
 fn receive_from(sub: &shmbus::Subscriber<Msg>, producer: u64, count: u64) {
     let mut next = 0;
     while next < count {
@@ -61,15 +77,17 @@ fn a_forked_child_neither_inherits_the_lease_nor_acts_as_its_parent() {
     let (parent, child) = (forked.num("parent"), forked.num("child"));
     assert_ne!(parent, child);
 
-    // Both processes act after the fork: the parent through its handles...
-    peer.expect("parent-published", STEP);
+    // Both processes act after the fork: the parent through its handles, while the child finds
+    // the same handles refusing to act, and drops them.
+    let lines = expect_each(
+        &mut peer,
+        &["parent-published", "child-checked", "child-dropped"],
+    );
     receive_from(&sub, parent, 10);
-    // ...the child finds the same handles refusing to act, and drops them.
-    let checked = peer.expect("child-checked", STEP);
+    let checked = &lines[1];
     assert_eq!(checked.get("publish"), "used-after-fork", "{}", checked.raw);
     assert_eq!(checked.get("loan"), "used-after-fork", "{}", checked.raw);
     assert_eq!(checked.get("receive"), "used-after-fork", "{}", checked.raw);
-    peer.expect("child-dropped", STEP);
     // The child dropping its copies left the parent's publisher row and lease as they were.
     assert_eq!(live_publishers(&topic), 1, "the parent's lease is held");
     assert_eq!(
