@@ -73,18 +73,21 @@ fn a_forked_child_neither_inherits_the_lease_nor_acts_as_its_parent() {
             "fork", "--topic", &topic, "--array", &array, "--go", &go, "--count", "10",
         ],
     );
-    let forked = peer.expect("forked", STEP);
-    let (parent, child) = (forked.num("parent"), forked.num("child"));
-    assert_ne!(parent, child);
-
-    // Both processes act after the fork: the parent through its handles, while the child finds
-    // the same handles refusing to act, and drops them.
+    // Both processes act after the fork, in either order: the parent through its handles, while
+    // the child finds the same handles refusing to act, and drops them.
     let lines = expect_each(
         &mut peer,
-        &["parent-published", "child-checked", "child-dropped"],
+        &[
+            "forked",
+            "parent-published",
+            "child-checked",
+            "child-dropped",
+        ],
     );
+    let (parent, child) = (lines[0].num("parent"), lines[0].num("child"));
+    assert_ne!(parent, child);
     receive_from(&sub, parent, 10);
-    let checked = &lines[1];
+    let checked = &lines[2];
     assert_eq!(checked.get("publish"), "used-after-fork", "{}", checked.raw);
     assert_eq!(checked.get("loan"), "used-after-fork", "{}", checked.raw);
     assert_eq!(checked.get("receive"), "used-after-fork", "{}", checked.raw);

@@ -347,7 +347,8 @@ impl PoolSegment {
         // SAFETY: the payload is page-aligned and at least GENERATIONS_OFFSET >=
         // size_of::<PoolMeta>() bytes; PoolMeta is plain integers, written before the segment
         // was named, copied out here once (volatile: another process may write it).
-        let meta = unsafe { std::ptr::read_volatile(seg.payload_ptr().cast::<PoolMeta>().as_ptr()) };
+        let meta =
+            unsafe { std::ptr::read_volatile(seg.payload_ptr().cast::<PoolMeta>().as_ptr()) };
         if meta.pool_id != pool_id || meta.index != index {
             return Err(format!(
                 "segment says pool {:016x} segment {}, descriptor says {pool_id:016x} {index}",
