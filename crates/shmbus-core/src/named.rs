@@ -4,8 +4,11 @@
 //! | type | segment kind | payload |
 //! |---|---|---|
 //! | [`RawMutex`] | [`Kind::Mutex`] | a [`RobustMutex`] at offset 0 (padded to [`MUTEX_VALUE_OFFSET`] = 64 bytes), then the guarded value's bytes |
-//! | [`RawSemaphore`] | [`Kind::Semaphore`] | a [`Semaphore`] at offset 0 |
-//! | [`RawEvent`] | [`Kind::Event`] | an [`Event`] at offset 0 |
+//! | [`RawSemaphore`] = [`Named`]`<`[`Semaphore`]`>` | [`Kind::Semaphore`] | a [`Semaphore`] at offset 0 |
+//! | [`RawEvent`] = [`Named`]`<`[`Event`]`>` | [`Kind::Event`] | an [`Event`] at offset 0 |
+//!
+//! A semaphore or an event is its whole payload, so one generic handle, [`Named`], serves both:
+//! it dereferences to the primitive, whose own methods act on the shared value.
 //!
 //! Any process opens them by [`Name`]. The creator initialises the primitive in place before the
 //! segment gets its name (see [`Segment::create`]), so an opener never sees a half-built one.
@@ -28,9 +31,7 @@ use crate::name::Name;
 use crate::segment::{
     CreateOptions, Expect, Kind, Lifetime, Segment, SegmentError, DEFAULT_OPEN_TIMEOUT,
 };
-use crate::sync::{
-    Acquired, Event, EventMode, LockError, RobustMutex, Semaphore, SemaphoreError, TryLockError,
-};
+use crate::sync::{Acquired, Event, EventMode, LockError, RobustMutex, Semaphore, TryLockError};
 
 /// Payload offset of a [`RawMutex`]'s value: the [`RobustMutex`] before it is padded to 64 bytes,
 /// so the value is 64-byte aligned (the payload is page-aligned).
@@ -446,8 +447,105 @@ impl Drop for RawGuard<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Semaphore
+// Primitives that are the whole payload: one generic handle
 // ---------------------------------------------------------------------------------------------
+
+/// A primitive that is the whole payload of a segment of its own kind, shared by every process
+/// that opens it by name ([`Named`]).
+pub trait InSegment: Sync + Sized + fmt::Debug + 'static {
+    /// The segment kind.
+    const KIND: Kind;
+    /// Bytes it occupies at payload offset 0.
+    const SIZE: usize;
+    /// What it is called in errors.
+    const WHAT: &'static str;
+}
+
+impl InSegment for Semaphore {
+    const KIND: Kind = Kind::Semaphore;
+    const SIZE: usize = Semaphore::SIZE;
+    const WHAT: &'static str = "a semaphore";
+}
+
+impl InSegment for Event {
+    const KIND: Kind = Kind::Event;
+    const SIZE: usize = Event::SIZE;
+    const WHAT: &'static str = "an event";
+}
+
+/// A process-shared primitive `P` in a named segment of its own: dereferences to `P`, whose
+/// methods ([`Semaphore::post`], [`Event::set`], ...) act on the shared value directly.
+pub struct Named<P: InSegment> {
+    segment: Segment,
+    created: bool,
+    _p: PhantomData<P>,
+}
+
+impl<P: InSegment> fmt::Debug for Named<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Named")
+            .field("name", self.segment.name())
+            .field("value", &**self)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: InSegment> std::ops::Deref for Named<P> {
+    type Target = P;
+    fn deref(&self) -> &P {
+        // SAFETY: the payload is mapped read-write for as long as `self.segment`, which the
+        // reference borrows, is page-aligned, and holds at least `P::SIZE` bytes (checked in
+        // `attach`); `P` is made of atomics, valid for every bit pattern and meant to be shared,
+        // including with other processes.
+        unsafe { &*self.segment.payload_ptr().as_ptr().cast::<P>() }
+    }
+}
+
+impl<P: InSegment> Named<P> {
+    fn attach(segment: Segment, created: bool) -> Result<Named<P>, SegmentError> {
+        let len = segment.payload_len();
+        if len < P::SIZE || align_of::<P>() > 4096 {
+            return Err(corrupt(
+                &segment,
+                format!("a payload of {len} bytes cannot hold {}", P::WHAT),
+            ));
+        }
+        Ok(Named {
+            segment,
+            created,
+            _p: PhantomData,
+        })
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> &Name {
+        self.segment.name()
+    }
+
+    /// Whether this handle created the segment.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// The segment.
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+}
+
+/// The primitive `P` at `p`, the start of a payload of `len` bytes (for initialising it).
+///
+/// # Safety
+///
+/// `p` must be valid for reads and writes of `len` bytes for `'a`, and writable through (not
+/// derived from a shared reference to bytes without interior mutability).
+unsafe fn primitive_at<'a, P: InSegment>(p: *mut u8, len: usize) -> &'a P {
+    assert!(len >= P::SIZE && p as usize % align_of::<P>() == 0);
+    // SAFETY: `p` is valid for `len >= P::SIZE` bytes for `'a` (the caller's promise and the
+    // assertion) and aligned for `P` (asserted; payloads are page-aligned). `P` is made of
+    // atomics, valid for every bit pattern and meant to be shared.
+    unsafe { &*p.cast::<P>() }
+}
 
 /// A named counting semaphore shared by every process that opens it.
 ///
@@ -468,21 +566,9 @@ impl Drop for RawGuard<'_> {
 /// assert_eq!(other.value(), 1);
 /// # Ok::<(), SegmentError>(())
 /// ```
-pub struct RawSemaphore {
-    segment: Segment,
-    created: bool,
-}
+pub type RawSemaphore = Named<Semaphore>;
 
-impl fmt::Debug for RawSemaphore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawSemaphore")
-            .field("name", self.segment.name())
-            .field("value", &self.value())
-            .finish_non_exhaustive()
-    }
-}
-
-impl RawSemaphore {
+impl Named<Semaphore> {
     /// Opens the semaphore `name`, creating it with `initial` units (file mode `mode`, lifetime
     /// `lifetime`) if it does not exist.
     ///
@@ -518,7 +604,7 @@ impl RawSemaphore {
         let (segment, created) = Segment::open_or_create(name, &expect, &opts, |p| {
             // SAFETY: `p` is the payload, borrowed mutably for this call, which the reference
             // does not outlive.
-            unsafe { semaphore_at(p.as_mut_ptr(), p.len()) }.init(initial);
+            unsafe { primitive_at::<Semaphore>(p.as_mut_ptr(), p.len()) }.init(initial);
         })?;
         Self::attach(segment, created)
     }
@@ -532,77 +618,7 @@ impl RawSemaphore {
         let segment = Segment::open(name, &Expect::new(Kind::Semaphore, semaphore_type()))?;
         Self::attach(segment, false)
     }
-
-    fn attach(segment: Segment, created: bool) -> Result<RawSemaphore, SegmentError> {
-        let len = segment.payload_len();
-        if len < Semaphore::SIZE {
-            return Err(corrupt(
-                &segment,
-                format!("a payload of {len} bytes cannot hold a semaphore"),
-            ));
-        }
-        Ok(RawSemaphore { segment, created })
-    }
-
-    fn semaphore(&self) -> &Semaphore {
-        // SAFETY: the payload is mapped read-write for as long as `self.segment`, which the
-        // reference borrows, and is at least `Semaphore::SIZE` bytes (checked at attach).
-        unsafe { semaphore_at(self.segment.payload_ptr().as_ptr(), Semaphore::SIZE) }
-    }
-
-    /// The semaphore's name.
-    pub fn name(&self) -> &Name {
-        self.segment.name()
-    }
-
-    /// Whether this handle created the segment.
-    pub fn created(&self) -> bool {
-        self.created
-    }
-
-    /// Adds one unit and wakes one waiter, in any process. See [`Semaphore::post`].
-    ///
-    /// # Errors
-    ///
-    /// [`SemaphoreError::Overflow`] if the count is already [`Semaphore::MAX`].
-    pub fn post(&self) -> Result<(), SemaphoreError> {
-        self.semaphore().post()
-    }
-
-    /// Takes one unit if there is one, without waiting. Returns whether it did.
-    pub fn try_wait(&self) -> bool {
-        self.semaphore().try_wait()
-    }
-
-    /// Takes one unit, waiting at most `timeout` (`None`: no limit). Returns whether it did.
-    pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        self.semaphore().wait(timeout)
-    }
-
-    /// The current count (a snapshot).
-    pub fn value(&self) -> u32 {
-        self.semaphore().value()
-    }
 }
-
-/// The semaphore at `p`, the start of a payload of `len` bytes.
-///
-/// # Safety
-///
-/// `p` must be valid for reads and writes of `len` bytes for `'a`, and writable through (not
-/// derived from a shared reference to bytes without interior mutability).
-unsafe fn semaphore_at<'a>(p: *mut u8, len: usize) -> &'a Semaphore {
-    assert!(len >= Semaphore::SIZE && p as usize % align_of::<Semaphore>() == 0);
-    // SAFETY: `p` is valid for `len >= Semaphore::SIZE` bytes for `'a` (the caller's promise and
-    // the assertion) and aligned for a `Semaphore` (asserted; payloads are page-aligned). A
-    // `Semaphore` is two atomics, valid for every bit pattern and meant to be shared, including
-    // with other processes.
-    unsafe { &*p.cast::<Semaphore>() }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Event
-// ---------------------------------------------------------------------------------------------
 
 /// A named event (auto- or manual-reset) shared by every process that opens it.
 ///
@@ -617,7 +633,7 @@ unsafe fn semaphore_at<'a>(p: *mut u8, len: usize) -> &'a Semaphore {
 /// let name = Name::new(&format!("doc-rawevent-{}", std::process::id())).unwrap();
 /// let e = RawEvent::open_or_create(&name, EventMode::ManualReset, false, 0o600, Lifetime::Scoped)?;
 /// let other = RawEvent::open(&name)?; // any mode: it is read from the segment
-/// assert_eq!(other.mode(), EventMode::ManualReset);
+/// assert_eq!(other.event_mode(), EventMode::ManualReset);
 /// e.set();
 /// assert!(other.try_wait() && other.try_wait()); // stays set
 /// // The other mode is a different type.
@@ -625,23 +641,9 @@ unsafe fn semaphore_at<'a>(p: *mut u8, len: usize) -> &'a Semaphore {
 /// assert!(matches!(wrong, Err(SegmentError::WrongType { .. })));
 /// # Ok::<(), SegmentError>(())
 /// ```
-pub struct RawEvent {
-    segment: Segment,
-    mode: EventMode,
-    created: bool,
-}
+pub type RawEvent = Named<Event>;
 
-impl fmt::Debug for RawEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawEvent")
-            .field("name", self.segment.name())
-            .field("mode", &self.mode)
-            .field("set", &self.is_set())
-            .finish_non_exhaustive()
-    }
-}
-
-impl RawEvent {
+impl Named<Event> {
     /// Opens the event `name` of mode `mode`, creating it (set or not, file mode `file_mode`,
     /// lifetime `lifetime`) if it does not exist.
     ///
@@ -669,9 +671,9 @@ impl RawEvent {
         let (segment, created) = Segment::open_or_create(name, &expect, &opts, |p| {
             // SAFETY: `p` is the payload, borrowed mutably for this call, which the reference
             // does not outlive.
-            unsafe { event_at(p.as_mut_ptr(), p.len()) }.init(mode, initially_set);
+            unsafe { primitive_at::<Event>(p.as_mut_ptr(), p.len()) }.init(mode, initially_set);
         })?;
-        Self::attach(segment, mode, created)
+        Self::attach_event(segment, mode, created)
     }
 
     /// Opens the existing event `name`, whichever its mode.
@@ -688,36 +690,36 @@ impl RawEvent {
             timeout: DEFAULT_OPEN_TIMEOUT,
         };
         let segment = Segment::open(name, &expect)?;
-        let found = Some(segment.snapshot().type_info.clone());
+        let found = segment.snapshot().type_info.clone();
         let mode = [EventMode::AutoReset, EventMode::ManualReset]
             .into_iter()
-            .find(|&m| found.as_ref().is_some_and(|f| f.matches(&event_type(m))));
+            .find(|&m| found.matches(&event_type(m)));
         match mode {
-            Some(mode) => Self::attach(segment, mode, false),
-            None => {
-                let found = found.map_or_else(|| "a malformed type".to_owned(), |f| f.to_string());
-                Err(corrupt(
-                    &segment,
-                    format!("it stores {found}, neither event/auto nor event/manual"),
-                ))
-            }
+            Some(mode) => Self::attach_event(segment, mode, false),
+            None => Err(corrupt(
+                &segment,
+                format!("it stores {found}, neither event/auto nor event/manual"),
+            )),
         }
     }
 
-    fn attach(segment: Segment, mode: EventMode, created: bool) -> Result<RawEvent, SegmentError> {
-        let len = segment.payload_len();
-        if len < Event::SIZE {
-            return Err(corrupt(
-                &segment,
-                format!("a payload of {len} bytes cannot hold an event"),
-            ));
+    /// The event's mode, as its segment's type records it (and the event agrees).
+    pub fn event_mode(&self) -> EventMode {
+        match self.mode() {
+            Some(m) => m,
+            // Checked at attach; another process may have overwritten the word since: report
+            // what the type says.
+            None => EventMode::AutoReset,
         }
-        let e = RawEvent {
-            segment,
-            mode,
-            created,
-        };
-        match e.event().mode() {
+    }
+
+    fn attach_event(
+        segment: Segment,
+        mode: EventMode,
+        created: bool,
+    ) -> Result<RawEvent, SegmentError> {
+        let e = Self::attach(segment, created)?;
+        match e.mode() {
             Some(m) if m == mode => Ok(e),
             m => Err(corrupt(
                 &e.segment,
@@ -725,67 +727,6 @@ impl RawEvent {
             )),
         }
     }
-
-    fn event(&self) -> &Event {
-        // SAFETY: the payload is mapped read-write for as long as `self.segment`, which the
-        // reference borrows, and is at least `Event::SIZE` bytes (checked at attach).
-        unsafe { event_at(self.segment.payload_ptr().as_ptr(), Event::SIZE) }
-    }
-
-    /// The event's name.
-    pub fn name(&self) -> &Name {
-        self.segment.name()
-    }
-
-    /// Whether this handle created the segment.
-    pub fn created(&self) -> bool {
-        self.created
-    }
-
-    /// The event's mode.
-    pub fn mode(&self) -> EventMode {
-        self.mode
-    }
-
-    /// Sets the event, waking one waiter (auto-reset) or all (manual-reset), in any process.
-    pub fn set(&self) {
-        self.event().set()
-    }
-
-    /// Clears the event.
-    pub fn reset(&self) {
-        self.event().reset()
-    }
-
-    /// Whether the event is set now (a snapshot; does not consume an auto-reset event).
-    pub fn is_set(&self) -> bool {
-        self.event().is_set()
-    }
-
-    /// Waits at most `timeout` (`None`: no limit) for the event; see [`Event::wait`]. Returns
-    /// whether it was set.
-    pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        self.event().wait(timeout)
-    }
-
-    /// Returns whether the event is set, without waiting (consuming it in auto-reset mode).
-    pub fn try_wait(&self) -> bool {
-        self.event().try_wait()
-    }
-}
-
-/// The event at `p`, the start of a payload of `len` bytes.
-///
-/// # Safety
-///
-/// As for [`semaphore_at`].
-unsafe fn event_at<'a>(p: *mut u8, len: usize) -> &'a Event {
-    assert!(len >= Event::SIZE && p as usize % align_of::<Event>() == 0);
-    // SAFETY: `p` is valid for `len >= Event::SIZE` bytes for `'a` (the caller's promise and the
-    // assertion) and aligned for an `Event` (asserted; payloads are page-aligned). An `Event` is
-    // three atomics, valid for every bit pattern (a bad mode reads as `None`) and meant to be
-    // shared, including with other processes.
-    unsafe { &*p.cast::<Event>() }
 }
 
 #[cfg(test)]
@@ -1044,7 +985,7 @@ mod tests {
             other => panic!("expected WrongType, got {other:?}"),
         }
         let b = RawEvent::open(&n).unwrap();
-        assert_eq!(b.mode(), EventMode::AutoReset);
+        assert_eq!(b.event_mode(), EventMode::AutoReset);
         assert!(b.try_wait(), "the initial set");
         assert!(!a.try_wait(), "consumed by the other handle");
         std::thread::scope(|s| {

@@ -1011,7 +1011,7 @@ impl Event {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn mode(&self) -> EventMode {
-        self.raw.mode()
+        self.raw.event_mode()
     }
 
     /// The event's name.
