@@ -1,0 +1,324 @@
+//! A topic's publisher: its lease and row, loans, publish rights, publishing.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Why a loan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LoanError {
+    /// Every slot is taken even after reclaiming dead participants (a live subscriber holds more
+    /// than the topic was sized for; cannot happen through this API).
+    #[error("no free slot in topic {0:?}")]
+    PoolExhausted(Name),
+    /// This publisher already has a slot on loan.
+    #[error("this publisher already has a slot on loan; publish or cancel it first")]
+    AlreadyLoaned,
+    /// The publisher was made before a fork; this process is the child.
+    #[error(transparent)]
+    UsedAfterFork(#[from] UsedAfterFork),
+}
+
+/// Why a publish did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Back-pressure: the slowest live subscriber did not make room in time.
+    #[error("timed out waiting for a slow subscriber to make room")]
+    Timeout,
+    /// The multi-publisher lock could not be taken.
+    #[error("the publish lock failed: {0}")]
+    Lock(#[from] sync::LockError),
+    /// The publisher was made before a fork; this process is the child.
+    #[error(transparent)]
+    UsedAfterFork(#[from] UsedAfterFork),
+}
+
+/// A publisher's membership of a topic.
+pub struct RawPublisher {
+    topic: Arc<RawTopic>,
+    index: u32,
+    hint: u32,
+    loaned: bool,
+    /// A slot loaned ahead, right after the last publish, for the next [`RawPublisher::loan`]
+    /// to hand out without touching shared memory. It is this publisher's one loan while the
+    /// caller has none, so the slot budget is unchanged.
+    spare: Option<u32>,
+    /// Lower bound of the subscribers' cursors (back-pressure topics).
+    room: RoomCache,
+    id: u64,
+    /// The process generation that made it: used in a forked child, it refuses to act.
+    born: Born,
+    _lease: Lease,
+}
+
+/// A slot on loan to a [`RawPublisher`]: write it, then publish or cancel it. Cannot be forged
+/// or copied. Dropping it without publishing or cancelling keeps the slot, and the publisher's
+/// one loan, until the publisher drops (the typed `shmbus::Loan` cancels on drop).
+#[derive(Debug)]
+#[must_use = "a loan is only given back by publish or cancel"]
+pub struct Loan {
+    slot: u32,
+    owner: u64,
+}
+
+impl Loan {
+    /// The slot index.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+}
+
+impl fmt::Debug for RawPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawPublisher")
+            .field("topic", self.topic.name())
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl RawPublisher {
+    /// Joins `topic` as a publisher.
+    pub fn new(topic: Arc<RawTopic>) -> Result<RawPublisher, TopicError> {
+        let max = topic.ring.config().max_publishers;
+        let fd = topic.segment.fd();
+        for p in 0..max {
+            let lease = Lease::try_acquire(fd, lease::topic_publisher(p)).map_err(|source| {
+                TopicError::Os {
+                    op: "taking a publisher lease",
+                    source,
+                }
+            })?;
+            let Some(lease) = lease else { continue };
+            if topic.ring.publisher_active(p) {
+                topic.reclaim_publisher_row(p);
+            }
+            topic.ring.join_publisher(p, std::process::id());
+            tracing::debug!(topic = %topic.name(), publisher = p, "publisher joined");
+            return Ok(RawPublisher {
+                topic,
+                index: p,
+                hint: 0,
+                loaned: false,
+                spare: None,
+                room: RoomCache::new(),
+                id: next_id(),
+                born: Born::now(),
+                _lease: lease,
+            });
+        }
+        Err(TopicError::TooManyPublishers {
+            name: topic.name().clone(),
+            max,
+        })
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &Arc<RawTopic> {
+        &self.topic
+    }
+
+    /// `Err` in a forked child of the process that made this publisher.
+    pub fn check_fork(&self) -> Result<(), UsedAfterFork> {
+        self.born.check()
+    }
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Loans a free slot; write it through [`RawPublisher::slot_mut`], then
+    /// [`RawPublisher::publish`] or [`RawPublisher::cancel`] it. A publisher has one loan at a
+    /// time: a second call before the first is published or cancelled fails with
+    /// [`LoanError::AlreadyLoaned`].
+    pub fn loan(&mut self) -> Result<Loan, LoanError> {
+        self.born.check()?;
+        if self.loaned {
+            return Err(LoanError::AlreadyLoaned);
+        }
+        if let Some(slot) = self.spare.take() {
+            self.loaned = true;
+            return Ok(Loan {
+                slot,
+                owner: self.id(),
+            });
+        }
+        let slot = match self.topic.ring.loan(self.index, &mut self.hint) {
+            Some(s) => s,
+            None => {
+                self.topic.reclaim_dead();
+                self.topic
+                    .ring
+                    .loan(self.index, &mut self.hint)
+                    .ok_or_else(|| LoanError::PoolExhausted(self.topic.name().clone()))?
+            }
+        };
+        self.loaned = true;
+        Ok(Loan {
+            slot,
+            owner: self.id(),
+        })
+    }
+
+    /// The bytes of the slot on `loan`.
+    ///
+    /// # Panics
+    ///
+    /// If `loan` came from another publisher.
+    pub fn slot_mut(&mut self, loan: &Loan) -> &mut [u8] {
+        assert_eq!(
+            loan.owner,
+            self.id(),
+            "a loan used with a publisher that did not make it"
+        );
+        let ring = &self.topic.ring;
+        let p = ring.slot_ptr(loan.slot);
+        // SAFETY: the slot is on loan to this publisher (the `Loan` token cannot be forged or
+        // copied, and is consumed by publish/cancel), so nobody else reads or writes it; it
+        // spans `slot_size` bytes inside the mapping, which lives as long as `self.topic`; the
+        // `&mut self` borrow keeps a second slice from existing at the same time.
+        unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), ring.config().slot_size as usize) }
+    }
+
+    /// The bytes of the slot on `loan`, for reading back what was written.
+    ///
+    /// # Panics
+    ///
+    /// If `loan` came from another publisher.
+    pub fn slot(&self, loan: &Loan) -> &[u8] {
+        assert_eq!(
+            loan.owner,
+            self.id(),
+            "a loan used with a publisher that did not make it"
+        );
+        let ring = &self.topic.ring;
+        // SAFETY: as in `slot_mut`: the slot is ours alone; the shared borrow of `self` keeps
+        // `slot_mut` from being called while this slice lives.
+        unsafe {
+            std::slice::from_raw_parts(
+                ring.slot_ptr(loan.slot).as_ptr(),
+                ring.config().slot_size as usize,
+            )
+        }
+    }
+
+    /// Whether `slot` is free (see [`Ring::slot_is_free`]). On a topic with one publisher, that
+    /// publisher may reuse whatever its last message in `slot` referenced.
+    pub fn slot_is_free(&self, slot: u32) -> bool {
+        slot < self.topic.ring.layout().slots && self.topic.ring.slot_is_free(slot)
+    }
+
+    /// Withdraws this publisher's message `seq` in `slot` if nobody has taken it yet (see
+    /// [`Ring::retire`]); returns whether the slot is free now. Only on a topic with a single
+    /// publisher (elsewhere it does nothing and returns `false`).
+    pub fn retire(&mut self, seq: u64, slot: u32) -> bool {
+        let ring = &self.topic.ring;
+        if !self.born.is_current()
+            || ring.config().max_publishers != 1
+            || slot >= ring.layout().slots
+        {
+            return false;
+        }
+        // SAFETY: on a single-publisher topic the holder of its only publisher lease (this
+        // publisher) has publish rights, and `&mut self` keeps it from publishing meanwhile.
+        unsafe { ring.retire(seq, slot) }
+    }
+
+    /// The slot this publisher loaned ahead for its next loan, if any. Whatever an older
+    /// message in that slot referenced is unreferenced: the slot was free when it was loaned.
+    pub fn spare_slot(&self) -> Option<u32> {
+        self.spare
+    }
+
+    /// Gives an unpublished loan back (it stays reserved for this publisher's next loan).
+    pub fn cancel(&mut self, loan: Loan) {
+        assert_eq!(
+            loan.owner,
+            self.id(),
+            "a loan used with a publisher that did not make it"
+        );
+        debug_assert!(self.spare.is_none());
+        self.spare = Some(loan.slot);
+        self.loaned = false;
+    }
+
+    /// Publishes `loan`, waiting up to `timeout` for room in back-pressure mode.
+    /// On error the loan is handed back.
+    pub fn publish(
+        &mut self,
+        loan: Loan,
+        timeout: Option<Duration>,
+    ) -> Result<u64, (PublishError, Loan)> {
+        assert_eq!(
+            loan.owner,
+            self.id(),
+            "a loan used with a publisher that did not make it"
+        );
+        if let Err(e) = self.born.check() {
+            return Err((e.into(), loan));
+        }
+        let slot = loan.slot;
+        let topic = &*self.topic;
+        let ring = &topic.ring;
+        let multi = ring.config().max_publishers > 1;
+        let deadline = Deadline::after(timeout);
+        let lock = topic.publish_lock();
+        if multi {
+            let acquired = match lock.lock(timeout) {
+                Ok(a) => a,
+                Err(e) => return Err((e.into(), loan)),
+            };
+            match acquired {
+                sync::Acquired::Clean => {}
+                sync::Acquired::OwnerDied => {
+                    // SAFETY: we hold the publish mutex, so we have publish rights.
+                    unsafe { ring.repair(&Futex) };
+                    // SAFETY: we hold the mutex after OwnerDied and repaired what it guards.
+                    let _ = unsafe { lock.make_consistent() };
+                    tracing::warn!(topic = %topic.name(), "a publisher died while publishing; repaired the ring");
+                }
+            }
+        }
+        let room = ring.has_room_cached(&mut self.room)
+            || ring.wait_for_space(&Futex, deadline, CHECK_EVERY, || {
+                topic.reclaim_dead();
+            });
+        let result = if room {
+            if ring.config().timestamps {
+                ring.set_stamp(slot, monotonic_ns());
+            }
+            // SAFETY: publish rights: with one publisher row we hold its lease; with several we
+            // hold the robust publish mutex. `slot` is our loan, written by the caller. In
+            // back-pressure mode we just saw room while holding the rights.
+            let (seq, freed) = unsafe { ring.publish(slot, &Futex) };
+            if let Some(f) = freed {
+                self.hint = f;
+            }
+            self.loaned = false;
+            // Loan the next slot now, while the subscribers read this message: the next loan
+            // then costs nothing on the path to them. (No reclaim if none is free: the next
+            // `loan` does that.)
+            self.spare = ring.loan(self.index, &mut self.hint);
+            Ok(seq)
+        } else {
+            Err((PublishError::Timeout, loan))
+        };
+        if multi {
+            // SAFETY: this thread locked it above.
+            unsafe { lock.unlock() };
+        }
+        result
+    }
+}
+
+impl Drop for RawPublisher {
+    fn drop(&mut self) {
+        if !self.born.is_current() {
+            // A forked child's copy: the row, the loan and the lease are the parent's.
+            return;
+        }
+        // Frees a loan that was dropped unpublished, and marks the row free.
+        self.topic.ring.reclaim_publisher(self.index);
+        self.topic.wake_subscribers();
+        tracing::debug!(topic = %self.topic.name(), publisher = self.index, "publisher left");
+    }
+}

@@ -1,0 +1,271 @@
+//! A topic's subscriber: its lease and row, receiving, holding and releasing slots.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// A slot held by a [`RawSubscriber`]: read it, then release it. Cannot be forged or copied.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a held slot is only given back by release"]
+pub struct Held {
+    seq: u64,
+    slot: u32,
+    owner: u64,
+}
+
+impl Held {
+    /// The message's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    /// The slot index.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+}
+
+/// What a receive found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// A message, held until [`RawSubscriber::release`].
+    Message(Held),
+    /// Nothing new.
+    Empty,
+    /// The subscriber missed `n` messages (overwritten); the next receive resumes at the
+    /// oldest message still there.
+    Lagged(u64),
+    /// No publisher is alive and every message was read.
+    Disconnected,
+}
+
+/// Why a receive failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The topic's memory is damaged.
+    #[error("topic {name:?} is corrupt: {reason}")]
+    Corrupt {
+        /// The topic.
+        name: Name,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The subscriber already holds as many samples as the topic allows.
+    #[error(
+        "this subscriber already holds {0} samples, the most the topic allows; drop one first"
+    )]
+    TooManyHeld(u32),
+    /// The subscriber was made before a fork; this process is the child.
+    #[error(transparent)]
+    UsedAfterFork(#[from] UsedAfterFork),
+}
+
+/// A subscriber's membership of a topic.
+pub struct RawSubscriber {
+    topic: Arc<RawTopic>,
+    index: u32,
+    cursor: Cell<u64>,
+    held: Cell<u32>,
+    saw_publisher: Cell<bool>,
+    joins_at_start: u64,
+    id: u64,
+    /// The process generation that made it: used in a forked child, it refuses to act.
+    born: Born,
+    _lease: Lease,
+}
+
+impl fmt::Debug for RawSubscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawSubscriber")
+            .field("topic", self.topic.name())
+            .field("index", &self.index)
+            .field("cursor", &self.cursor.get())
+            .finish()
+    }
+}
+
+impl RawSubscriber {
+    /// Joins `topic` as a subscriber that first reads up to `history` recent messages.
+    pub fn new(topic: Arc<RawTopic>, history: u32) -> Result<RawSubscriber, TopicError> {
+        let max = topic.ring.config().max_subscribers;
+        let fd = topic.segment.fd();
+        for k in 0..max {
+            let lease = Lease::try_acquire(fd, lease::topic_subscriber(k)).map_err(|source| {
+                TopicError::Os {
+                    op: "taking a subscriber lease",
+                    source,
+                }
+            })?;
+            let Some(lease) = lease else { continue };
+            if topic.ring.subscriber_active(k) {
+                let held = topic.ring.reclaim_subscriber(k, &Futex);
+                tracing::info!(topic = %topic.name(), subscriber = k, held, "reclaimed a dead subscriber");
+            }
+            let cursor = topic.ring.join_subscriber(k, std::process::id(), history);
+            tracing::debug!(topic = %topic.name(), subscriber = k, cursor, "subscriber joined");
+            let joins_at_start = topic.ring.publisher_joins();
+            let saw = topic.has_publisher();
+            return Ok(RawSubscriber {
+                joins_at_start,
+                topic,
+                index: k,
+                cursor: Cell::new(cursor),
+                held: Cell::new(0),
+                saw_publisher: Cell::new(saw),
+                id: next_id(),
+                born: Born::now(),
+                _lease: lease,
+            });
+        }
+        Err(TopicError::TooManySubscribers {
+            name: topic.name().clone(),
+            max,
+        })
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &Arc<RawTopic> {
+        &self.topic
+    }
+
+    /// `Err` in a forked child of the process that made this subscriber.
+    pub fn check_fork(&self) -> Result<(), UsedAfterFork> {
+        self.born.check()
+    }
+
+    /// The sequence number of the next message to read.
+    pub fn cursor(&self) -> u64 {
+        self.cursor.get()
+    }
+
+    /// Takes the next message without waiting.
+    pub fn try_receive(&self) -> Result<Received, ReceiveError> {
+        self.born.check()?;
+        let max = self.topic.ring.config().max_held;
+        if self.held.get() >= max {
+            return Err(ReceiveError::TooManyHeld(max));
+        }
+        let mut cursor = self.cursor.get();
+        let r = self.topic.ring.try_acquire(self.index, &mut cursor, &Futex);
+        self.cursor.set(cursor);
+        match r {
+            Ok(Acquired::Message { seq, slot }) => {
+                self.held.set(self.held.get() + 1);
+                self.saw_publisher.set(true);
+                Ok(Received::Message(Held {
+                    seq,
+                    slot,
+                    owner: self.id(),
+                }))
+            }
+            Ok(Acquired::Empty) => Ok(Received::Empty),
+            Ok(Acquired::Lagged { skipped }) => Ok(Received::Lagged(skipped)),
+            Err(e) => Err(ReceiveError::Corrupt {
+                name: self.topic.name().clone(),
+                reason: e.0,
+            }),
+        }
+    }
+
+    /// Takes the next message, waiting up to `timeout` (`None`: no limit). Returns
+    /// [`Received::Empty`] on timeout and [`Received::Disconnected`] when every publisher this
+    /// subscriber saw is gone (left or died) and nothing is left to read.
+    pub fn receive(&self, timeout: Option<Duration>) -> Result<Received, ReceiveError> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            match self.try_receive()? {
+                Received::Empty => {}
+                r => return Ok(r),
+            }
+            let topic = &*self.topic;
+            let mut gone = false;
+            let ready = topic.ring.wait_for_message(
+                self.cursor.get(),
+                &Futex,
+                deadline,
+                CHECK_EVERY,
+                || {
+                    // A publisher existed if we saw one, or if one joined since we did (it may have
+                    // died and been reclaimed by someone else before we looked).
+                    if topic.has_publisher() || topic.ring.publisher_joins() != self.joins_at_start
+                    {
+                        self.saw_publisher.set(true);
+                    }
+                    topic.reclaim_dead();
+                    gone = self.saw_publisher.get() && !topic.has_publisher();
+                    !gone
+                },
+            );
+            if !ready {
+                if gone && !topic.ring.ready(self.cursor.get()) {
+                    return Ok(Received::Disconnected);
+                }
+                if deadline.expired() {
+                    return Ok(Received::Empty);
+                }
+            }
+        }
+    }
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The bytes of the slot `held` names.
+    ///
+    /// # Panics
+    ///
+    /// If `held` came from another subscriber.
+    pub fn slot<'a>(&'a self, held: &'a Held) -> &'a [u8] {
+        assert_eq!(
+            held.owner,
+            self.id(),
+            "a held slot used with a subscriber that did not take it"
+        );
+        let ring = &self.topic.ring;
+        let p = ring.slot_ptr(held.slot);
+        // SAFETY: this subscriber holds the slot (the `Held` token cannot be forged or copied
+        // and is consumed by `release`); a held slot is never loaned, so nobody writes it while
+        // the token lives. It spans `slot_size` bytes inside the mapping that lives as long as
+        // `self.topic`, and the returned slice borrows both `self` and the token.
+        unsafe { std::slice::from_raw_parts(p.as_ptr(), ring.config().slot_size as usize) }
+    }
+
+    /// When the message in `held` was published ([`monotonic_ns`](crate::time::monotonic_ns)
+    /// of the publisher), if the topic records publish times.
+    ///
+    /// # Panics
+    ///
+    /// If `held` came from another subscriber.
+    pub fn published_at(&self, held: &Held) -> Option<u64> {
+        assert_eq!(
+            held.owner,
+            self.id(),
+            "a held slot used with a subscriber that did not take it"
+        );
+        self.topic.ring.stamp_of(held.slot)
+    }
+
+    /// Releases `held`.
+    pub fn release(&self, held: Held) {
+        assert_eq!(
+            held.owner,
+            self.id(),
+            "a held slot used with a subscriber that did not take it"
+        );
+        if self.born.is_current() {
+            self.topic.ring.release(self.index, held.slot);
+        }
+        self.held.set(self.held.get().saturating_sub(1));
+    }
+}
+
+impl Drop for RawSubscriber {
+    fn drop(&mut self) {
+        if !self.born.is_current() {
+            // A forked child's copy: the row, its holds and the lease are the parent's.
+            return;
+        }
+        // Drops any hold still out (a `Held` forgotten by its user) and marks the row free.
+        self.topic.ring.reclaim_subscriber(self.index, &Futex);
+        tracing::debug!(topic = %self.topic.name(), subscriber = self.index, "subscriber left");
+    }
+}
