@@ -68,7 +68,7 @@ pub use shmbus_core::name::{Name, NameError};
 pub use shmbus_core::pool::PoolStats;
 pub use shmbus_core::ring::Overflow;
 pub use shmbus_core::segment::Lifetime;
-pub use shmbus_core::segment::{gc, list, unlink, SegmentError};
+pub use shmbus_core::segment::{gc, gc_report, list, unlink, GcReport, SegmentError, Stuck};
 pub use shmbus_core::sync::{LockError, SemaphoreError, TryLockError};
 pub use shmbus_core::time::monotonic_ns;
 pub use shmbus_core::topic::{LoanError, TopicError};
