@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[path = "shmbus-test-peer/arrays.rs"]
 mod arrays;
+#[path = "shmbus-test-peer/hostile.rs"]
+mod hostile;
 use shmbus::{
     Event, EventMode, LoanError, LockError, Mutex, Overflow, Publisher, RecvError, Semaphore,
     SendError, SerdePublisher, SerdeSubscriber, Subscriber, Topic,
@@ -68,6 +70,25 @@ enum Role {
     ArrayCreate(arrays::ArrayCreateArgs),
     /// Attach a named array; print its shape and sum.
     ArrayAttach(arrays::ArrayAttachArgs),
+    /// Hostile-writer tests: publish, subscribe or churn on a topic for `--for-ms`, counting
+    /// every outcome (see `shmbus-test-peer/hostile.rs`).
+    HTopic(hostile::TopicRoleArgs),
+    /// Hostile-writer tests: the same on an array topic.
+    HFrames(hostile::FramesRoleArgs),
+    /// Hostile-writer tests: hold or take a named mutex.
+    HMutex(hostile::SyncRoleArgs),
+    /// Hostile-writer tests: post to or wait on a named semaphore.
+    HSem(hostile::SyncRoleArgs),
+    /// Hostile-writer tests: set or wait on a named event.
+    HEvent(hostile::SyncRoleArgs),
+    /// Hostile-writer tests: own, read or write a named array.
+    HArray(hostile::SyncRoleArgs),
+    /// Hostile-writer tests: open a topic once, raw (with a timeout) and typed, timed.
+    HOpen(hostile::OpenProbeArgs),
+    /// Hostile-writer tests: write boundary values and random bytes into live segments.
+    HScribble(hostile::ScribbleArgs),
+    /// Run a command that dies with the test (the `shmbus` CLI).
+    HExec(hostile::ExecArgs),
 }
 
 #[derive(Args)]
@@ -855,6 +876,15 @@ fn main() -> ExitCode {
         Role::FramesForge(a) => arrays::frames_forge(a),
         Role::ArrayCreate(a) => arrays::array_create(a),
         Role::ArrayAttach(a) => arrays::array_attach(a),
+        Role::HTopic(a) => hostile::h_topic(a),
+        Role::HFrames(a) => hostile::h_frames(a),
+        Role::HMutex(a) => hostile::h_mutex(a),
+        Role::HSem(a) => hostile::h_sem(a),
+        Role::HEvent(a) => hostile::h_event(a),
+        Role::HArray(a) => hostile::h_array(a),
+        Role::HOpen(a) => hostile::h_open(a),
+        Role::HScribble(a) => hostile::h_scribble(a),
+        Role::HExec(a) => hostile::h_exec(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
