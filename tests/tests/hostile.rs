@@ -632,8 +632,14 @@ fn round(
     let mut s = scope!("hostile");
     let name = s.name();
 
-    // What to write into: the seed's choice of the scenario's families, unless overridden.
-    let families = scenario.families();
+    // What to write into: the seed's choice of the scenario's families (less those skipped),
+    // unless overridden.
+    let skipped = env_list("SHMBUS_HOSTILE_SKIP");
+    let mut families = scenario.families();
+    families.retain(|f| !skipped.iter().any(|s| s == f));
+    if families.is_empty() {
+        return;
+    }
     let focus: Vec<String> = {
         let forced = env_list("SHMBUS_HOSTILE_FOCUS");
         if !forced.is_empty() {
@@ -657,7 +663,7 @@ fn round(
     } else {
         focus.join(",")
     };
-    let skip = env_list("SHMBUS_HOSTILE_SKIP").join(",");
+    let skip = skipped.join(",");
     figures.rounds += 1;
 
     let run = ms.to_string();

@@ -1181,7 +1181,7 @@ fn fields_of(buf: &[u8], len: u64) -> (Vec<Field>, Vec<Lie>) {
         f.push(int("counters", format!("counters[{i}]"), 256 + 8 * i, 8, &[0, max, max - 1, 1 << 63]));
     }
     match rd(buf, 16, 4) {
-        1 => topic_fields(buf, len, payload, &mut f, &mut lies),
+        1 => topic_fields(buf, &mut f, &mut lies),
         2 => {
             mutex_fields("mutex", P, &mut f);
             f.push(int("mutex-value", "value", P + 64, 8, &[0, max]));
@@ -1195,8 +1195,8 @@ fn fields_of(buf: &[u8], len: u64) -> (Vec<Field>, Vec<Lie>) {
             f.push(int("event", "sleepers", P + 4, 4, &[0, 1, u32::MAX as u64]));
             f.push(int("event", "mode", P + 8, 4, &[0, 1, 2, u32::MAX as u64]));
         }
-        5 => array_fields(buf, len, payload, &mut f, &mut lies),
-        6 => pool_fields(buf, len, payload, &mut f, &mut lies),
+        5 => array_fields(buf, payload, &mut f, &mut lies),
+        6 => pool_fields(buf, &mut f, &mut lies),
         _ => {}
     }
     // Nothing past the end of the file.
@@ -1205,7 +1205,7 @@ fn fields_of(buf: &[u8], len: u64) -> (Vec<Field>, Vec<Lie>) {
 }
 
 #[rustfmt::skip]
-fn topic_fields(buf: &[u8], len: u64, payload: u64, f: &mut Vec<Field>, lies: &mut Vec<Lie>) {
+fn topic_fields(buf: &[u8], f: &mut Vec<Field>, lies: &mut Vec<Lie>) {
     let max = u64::MAX;
     mutex_fields("pubmutex", P, f);
     let w = |i: u64| rd(buf, RING + 8 * i, 8);
@@ -1309,11 +1309,10 @@ fn topic_fields(buf: &[u8], len: u64, payload: u64, f: &mut Vec<Field>, lies: &m
             toggle: (40, 8, 128 + big.size as u64),
         });
     }
-    let _ = (len, payload);
 }
 
 #[rustfmt::skip]
-fn array_fields(buf: &[u8], len: u64, payload: u64, f: &mut Vec<Field>, lies: &mut Vec<Lie>) {
+fn array_fields(buf: &[u8], payload: u64, f: &mut Vec<Field>, lies: &mut Vec<Lie>) {
     let max = u64::MAX;
     let ndim = rd(buf, P + 4, 4);
     let data_len = rd(buf, P + 24, 8);
@@ -1342,11 +1341,10 @@ fn array_fields(buf: &[u8], len: u64, payload: u64, f: &mut Vec<Field>, lies: &m
             toggle: (40, 8, 4096 + big_len),
         });
     }
-    let _ = len;
 }
 
 #[rustfmt::skip]
-fn pool_fields(buf: &[u8], len: u64, payload: u64, f: &mut Vec<Field>, lies: &mut Vec<Lie>) {
+fn pool_fields(buf: &[u8], f: &mut Vec<Field>, lies: &mut Vec<Lie>) {
     let max = u64::MAX;
     let count = rd(buf, P + 12, 4);
     let block_size = rd(buf, P + 16, 8);
@@ -1370,7 +1368,6 @@ fn pool_fields(buf: &[u8], len: u64, payload: u64, f: &mut Vec<Field>, lies: &mu
             toggle: (40, 8, big_off + block_size * big),
         });
     }
-    let _ = (len, payload);
 }
 
 /// Files of the objects `names` (and of their children) not seen yet.
