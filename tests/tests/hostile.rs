@@ -430,6 +430,17 @@ impl Scenario {
         }
     }
 
+    /// The kind of segment the scenario's object is (for `h-hold`).
+    fn kind(self) -> &'static str {
+        match self {
+            Scenario::Mutex => "mutex",
+            Scenario::Semaphore => "semaphore",
+            Scenario::Event => "event",
+            Scenario::NamedArray => "array",
+            _ => "topic",
+        }
+    }
+
     fn is_topic(self) -> bool {
         matches!(
             self,
@@ -700,8 +711,17 @@ fn round(
     for p in procs.iter_mut().skip(1) {
         let _ = p.peer.try_expect("ready", STEP);
     }
+    // A user that outlives the victims (killed once they are done): without it, an opener that
+    // waits for the other users to go would be freed by the victims' own exit.
+    let mut holder = s.spawn(
+        "holder",
+        &["h-hold", "--name", &name, "--kind", scenario.kind()],
+    );
+    let _ = holder.try_expect("ready", STEP);
 
     let scribble_ms = ms * 7 / 10;
+    // Sometimes a storm of writes, sometimes a few that each last.
+    let pause_us = [100, 500, 2000, 10_000][rng.range(0, 4) as usize].to_string();
     let seed_arg = rseed.to_string();
     let scribble_ms_arg = scribble_ms.to_string();
     let scribbler = s.spawn(
@@ -719,7 +739,7 @@ fn round(
             "--skip",
             &skip,
             "--pause-us",
-            "500",
+            &pause_us,
         ],
     );
     let mut scribbler = Proc::new(
@@ -783,6 +803,8 @@ fn round(
         std::thread::sleep(Duration::from_millis(5));
     }
 
+    holder.kill();
+
     // Figures.
     let writes: Vec<String> = scribbler.lines_tagged("w").map(|l| l.raw.clone()).collect();
     match scribbler.lines_tagged("scribbled").next() {
@@ -827,11 +849,12 @@ fn round(
         });
     }
     eprintln!(
-        "round {k}: {} focus={focus_text} writes={} processes={} findings={}",
+        "round {k}: {} focus={focus_text} writes={} processes={} findings={} last: {}",
         scenario.name(),
         writes.len(),
         procs.len() + 1,
-        findings.iter().filter(|f| f.round == k).count()
+        findings.iter().filter(|f| f.round == k).count(),
+        writes.last().map_or("-", |w| w.as_str())
     );
 }
 

@@ -87,6 +87,8 @@ enum Role {
     HOpen(hostile::OpenProbeArgs),
     /// Hostile-writer tests: write boundary values and random bytes into live segments.
     HScribble(hostile::ScribbleArgs),
+    /// Hostile-writer tests: attach a segment and keep it until killed.
+    HHold(hostile::HoldArgs),
     /// Run a command that dies with the test (the `shmbus` CLI).
     HExec(hostile::ExecArgs),
 }
@@ -884,6 +886,7 @@ fn main() -> ExitCode {
         Role::HArray(a) => hostile::h_array(a),
         Role::HOpen(a) => hostile::h_open(a),
         Role::HScribble(a) => hostile::h_scribble(a),
+        Role::HHold(a) => hostile::h_hold(a),
         Role::HExec(a) => hostile::h_exec(a),
     };
     match r {

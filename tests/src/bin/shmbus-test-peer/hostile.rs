@@ -1019,6 +1019,49 @@ pub(crate) fn h_open(a: &OpenProbeArgs) -> Result<(), Fail> {
     t.finish()
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum KindArg {
+    Topic,
+    Mutex,
+    Semaphore,
+    Event,
+    Array,
+}
+
+#[derive(Args)]
+pub(crate) struct HoldArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long, value_enum)]
+    kind: KindArg,
+}
+
+/// Attaches the segment `--name` (read-only, any type) and keeps it until killed: a user that
+/// outlives the victims, as a long-running process would, so that an opener that waits for
+/// the other users to go waits for good, and the test sees it.
+pub(crate) fn h_hold(a: &HoldArgs) -> Result<(), Fail> {
+    use shmbus_core::segment::{Expect, Kind, Segment};
+    let name = Name::new(&a.name).map_err(|e| Fail::new("name", e))?;
+    let kind = match a.kind {
+        KindArg::Topic => Kind::Topic,
+        KindArg::Mutex => Kind::Mutex,
+        KindArg::Semaphore => Kind::Semaphore,
+        KindArg::Event => Kind::Event,
+        KindArg::Array => Kind::Array,
+    };
+    let expect = Expect {
+        kind,
+        type_info: None,
+        read_only: true,
+        timeout: Duration::from_secs(1),
+    };
+    let seg = Segment::open(&name, &expect)
+        .map_err(|e| Fail::new(shmbus_tests::segment_error_code(&e), e))?;
+    println!("ready");
+    let _keep = seg;
+    super::sleep_forever();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Running a command that dies with the test
 // ---------------------------------------------------------------------------------------------
@@ -1673,6 +1716,36 @@ pub(crate) fn h_scribble(a: &ScribbleArgs) -> Result<(), Fail> {
         std::thread::sleep(Duration::from_micros(pause));
     }
     s.restore_due(&targets, true);
+    // A parting shot, every other run: one value from a field's own hints, left in place, so that
+    // the victims (which run on) also meet lasting damage, not only transient values.
+    let last: Vec<(usize, usize)> = targets
+        .iter()
+        .enumerate()
+        .flat_map(|(ti, t)| {
+            t.fields
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| allowed(f.family) && f.width > 0 && !f.hints.is_empty())
+                .map(move |(fi, _)| (ti, fi))
+        })
+        .collect();
+    if !last.is_empty() && s.rng.range(0, 2) == 0 {
+        let (ti, fi) = last[s.rng.range(0, last.len() as u64) as usize];
+        let (t, f) = (&targets[ti], &targets[ti].fields[fi]);
+        let value = f.hints[s.rng.range(0, f.hints.len() as u64) as usize] & width_max(f.width);
+        s.writes += 1;
+        println!(
+            "w n={} t_ms={} file={} fam={} field={} off={} width={} value={value:#x} mode=last",
+            s.writes,
+            s.t_ms(),
+            t.label,
+            f.family,
+            f.name,
+            f.off,
+            f.width
+        );
+        s.put(t, f.off, &value.to_ne_bytes()[..f.width]);
+    }
     println!(
         "scribbled writes={} toggles={} failed={} files={}",
         s.writes,
