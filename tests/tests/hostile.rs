@@ -12,7 +12,11 @@
 //!   bytes into its segments: header fields, ring configuration, cursors, entries, slot states
 //!   and data, participant rows, the publish mutex, pool segments, named primitives, array
 //!   metadata, and self-consistent lies whose size check races with their use (see
-//!   `tests/src/bin/shmbus-test-peer/hostile.rs`). Seeded and replayable:
+//!   `tests/src/bin/shmbus-test-peer/hostile.rs`). A holder process keeps the object attached
+//!   until the victims are done, as a long-running user would. The CLI runs `ls NAME`,
+//!   `inspect NAME`, `echo NAME --count 3 --timeout 2` (topics) and `gc NAME`, now and then
+//!   with `--json`; the name is a prefix, so that the CLI looks at this round's objects only.
+//!   Seeded and replayable:
 //!
 //!   | variable | meaning |
 //!   |---|---|
@@ -25,6 +29,7 @@
 //!   | `SHMBUS_HOSTILE_MS` | how long each round's processes run (default 1200) |
 //!   | `SHMBUS_HOSTILE_BUDGET_S` | stop starting rounds after this many seconds |
 //!   | `SHMBUS_HOSTILE_GDB` | backtraces (with `gdb`, if installed) of at most this many hung processes (default 1; 0: none) |
+//!   | `SHMBUS_CLI` | the `shmbus` binary to run (default: built with `$CARGO build -p shmbus-cli`) |
 //!
 //!   It prints `hostile: seed=.. rounds=.. writes=.. processes=.. crashes=.. panics=.. hangs=..`
 //!   and, on failure, every finding with its round, the process, what happened (signal, panic

@@ -16,7 +16,8 @@
 //! failure can be traced to the writes before it; the choices follow `--seed`.
 //!
 //! `h-open` opens a topic once (raw with an open timeout, and typed) and prints how long each
-//! took; `h-exec` runs a command (the `shmbus` CLI) that dies with the test.
+//! took; `h-hold` keeps a segment attached until killed; `h-exec` runs a command (the `shmbus`
+//! CLI) that dies with the test.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
