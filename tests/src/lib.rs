@@ -37,7 +37,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -294,6 +294,8 @@ pub struct Peer {
     lines: Receiver<String>,
     seen: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// Set once stderr reached its end.
+    stderr_done: Arc<AtomicBool>,
     status: Option<ExitStatus>,
 }
 
@@ -451,6 +453,55 @@ impl Peer {
                 panic!("peer {} exited without a {tag:?} line\n{t}", self.label);
             }
         }
+    }
+
+    /// The exit status, if the process has exited (without waiting).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.try_status()
+    }
+
+    /// Waits (at most `timeout`) for the peer to exit. On overrun, kills it and returns `None`
+    /// instead of failing the test (for tests that count overruns as findings).
+    pub fn wait_or_kill(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_status() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Every stdout line printed so far. Once the process has exited, waits (at most `timeout`)
+    /// for the end of its stdout and stderr, so that nothing it wrote is missed.
+    pub fn drain(&mut self, timeout: Duration) -> Vec<Line> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.lines.try_recv() {
+                Ok(raw) => self.seen.push(raw),
+                Err(mpsc::TryRecvError::Disconnected)
+                    if self.stderr_done.load(Ordering::Acquire) =>
+                {
+                    break
+                }
+                Err(_) => {
+                    if self.try_status().is_none() || Instant::now() >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        self.seen.iter().map(|l| Line::parse(l)).collect()
+    }
+
+    /// What the peer wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     /// Sends SIGKILL and reaps the peer.
@@ -636,8 +687,10 @@ impl Scope {
             }
         });
         let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr_done = Arc::new(AtomicBool::new(false));
         {
             let stderr = Arc::clone(&stderr);
+            let done = Arc::clone(&stderr_done);
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr_pipe).lines() {
                     let Ok(line) = line else { break };
@@ -646,6 +699,7 @@ impl Scope {
                         s.push('\n');
                     }
                 }
+                done.store(true, Ordering::Release);
             });
         }
         let child = Rc::new(RefCell::new(Some(child)));
@@ -658,6 +712,7 @@ impl Scope {
             lines,
             seen: Vec::new(),
             stderr,
+            stderr_done,
             status: None,
         })
     }
@@ -1019,6 +1074,11 @@ impl Rng {
             });
         eprintln!("random seed: SHMBUS_TEST_SEED={seed}");
         Rng(seed | 1)
+    }
+
+    /// A generator from `seed` (mixed first, so that nearby seeds give unrelated streams).
+    pub fn from_seed(seed: u64) -> Rng {
+        Rng(mix(seed) | 1)
     }
 
     /// The next number.

@@ -16,6 +16,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod arrays;
 #[path = "shmbus-test-peer/fork.rs"]
 mod fork;
+#[path = "shmbus-test-peer/hostile.rs"]
+mod hostile;
 #[path = "shmbus-test-peer/identity.rs"]
 mod identity;
 use shmbus::{
@@ -83,6 +85,27 @@ enum Role {
     /// Join a topic with one of this binary's `shmbus::Message` types (publishing with
     /// `--publisher`).
     IdentOpen(identity::IdentOpenArgs),
+    /// Hostile-writer tests: publish, subscribe or churn on a topic for `--for-ms`, counting
+    /// every outcome (see `shmbus-test-peer/hostile.rs`).
+    HTopic(hostile::TopicRoleArgs),
+    /// Hostile-writer tests: the same on an array topic.
+    HFrames(hostile::FramesRoleArgs),
+    /// Hostile-writer tests: hold or take a named mutex.
+    HMutex(hostile::SyncRoleArgs),
+    /// Hostile-writer tests: post to or wait on a named semaphore.
+    HSem(hostile::SyncRoleArgs),
+    /// Hostile-writer tests: set or wait on a named event.
+    HEvent(hostile::SyncRoleArgs),
+    /// Hostile-writer tests: own, read or write a named array.
+    HArray(hostile::SyncRoleArgs),
+    /// Hostile-writer tests: open a topic once, raw (with a timeout) and typed, timed.
+    HOpen(hostile::OpenProbeArgs),
+    /// Hostile-writer tests: write boundary values and random bytes into live segments.
+    HScribble(hostile::ScribbleArgs),
+    /// Hostile-writer tests: attach a segment and keep it until killed.
+    HHold(hostile::HoldArgs),
+    /// Run a command that dies with the test (the `shmbus` CLI).
+    HExec(hostile::ExecArgs),
 }
 
 #[derive(Args)]
@@ -935,6 +958,16 @@ fn main() -> ExitCode {
         Role::Fork(a) => fork::fork(a),
         Role::IdentLayouts => identity::ident_layouts(),
         Role::IdentOpen(a) => identity::ident_open(a),
+        Role::HTopic(a) => hostile::h_topic(a),
+        Role::HFrames(a) => hostile::h_frames(a),
+        Role::HMutex(a) => hostile::h_mutex(a),
+        Role::HSem(a) => hostile::h_sem(a),
+        Role::HEvent(a) => hostile::h_event(a),
+        Role::HArray(a) => hostile::h_array(a),
+        Role::HOpen(a) => hostile::h_open(a),
+        Role::HScribble(a) => hostile::h_scribble(a),
+        Role::HHold(a) => hostile::h_hold(a),
+        Role::HExec(a) => hostile::h_exec(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
