@@ -21,17 +21,21 @@
 //! naming both.
 
 use std::fmt;
+use std::io;
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::fork::Born;
 use crate::layout::{Codec, TypeInfo};
+use crate::liveness::{self, Lease};
 use crate::name::Name;
 use crate::segment::{
     CreateOptions, Expect, Kind, Lifetime, Segment, SegmentError, DEFAULT_OPEN_TIMEOUT,
 };
-use crate::sync::{Acquired, Event, EventMode, LockError, RobustMutex, Semaphore, TryLockError};
+use crate::sync::{
+    Acquired, Event, EventMode, Holders, LockError, RobustMutex, Semaphore, TryLockError,
+};
+use crate::wire::lease;
 
 /// Payload offset of a [`RawMutex`]'s value: the [`RobustMutex`] before it is padded to 64 bytes,
 /// so the value is 64-byte aligned (the payload is page-aligned).
@@ -73,25 +77,6 @@ fn corrupt(segment: &Segment, reason: String) -> SegmentError {
         name: segment.name().clone(),
         reason,
     }
-}
-
-/// The calling thread's id, as the kernel (and a robust mutex's lock word) knows it.
-fn current_tid() -> u32 {
-    rustix::thread::gettid().as_raw_nonzero().get() as u32
-}
-
-/// Whether a thread `tid` of this process may still exist (`true` when in doubt).
-fn thread_may_be_alive(tid: u32) -> bool {
-    let Ok(tid) = libc::pid_t::try_from(tid) else {
-        return true;
-    };
-    let Ok(pid) = libc::pid_t::try_from(std::process::id()) else {
-        return true;
-    };
-    // SAFETY: `tgkill` with signal 0 sends nothing; it only reports whether the thread exists.
-    // Every argument is a plain integer.
-    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -142,14 +127,42 @@ fn thread_may_be_alive(tid: u32) -> bool {
 /// # Ok::<(), SegmentError>(())
 /// ```
 pub struct RawMutex {
-    // Dropped by hand: kept mapped for good if a leaked guard's thread may still hold the mutex.
-    segment: ManuallyDrop<Segment>,
+    segment: Segment,
     /// Bytes of the value, from the payload length read once at open.
     value_len: usize,
     created: bool,
-    /// The thread holding the mutex through this handle, 0 if none. Written only while the
-    /// mutex is held (after locking, before unlocking), so the mutex orders the writes.
-    holder: AtomicU32,
+    /// This handle's holder row and its lease, taken on first use (again in a forked child,
+    /// whose copy of the parent's lease is not held).
+    row: std::sync::Mutex<Option<Row>>,
+}
+
+/// A holder row of a named mutex: the id the lock word records, alive while the lease is held.
+#[derive(Debug)]
+struct Row {
+    id: u32,
+    born: Born,
+    _lease: Lease,
+}
+
+/// The holders of a named mutex, as seen by one handle (`me`).
+struct MutexHolders<'a> {
+    segment: &'a Segment,
+    me: u32,
+}
+
+impl Holders for MutexHolders<'_> {
+    fn me(&self) -> u32 {
+        self.me
+    }
+
+    fn is_alive(&self, id: u32) -> bool {
+        // Ids outside the rows are another process's writes: nobody holds them.
+        if id == 0 || id > lease::MUTEX_ROWS {
+            return false;
+        }
+        liveness::is_held(self.segment.fd(), lease::MUTEX_HOLDER + u64::from(id - 1))
+            .unwrap_or(true)
+    }
 }
 
 impl fmt::Debug for RawMutex {
@@ -242,11 +255,46 @@ impl RawMutex {
             }
         };
         Ok(RawMutex {
-            segment: ManuallyDrop::new(segment),
+            segment,
             value_len,
             created,
-            holder: AtomicU32::new(0),
+            row: std::sync::Mutex::new(None),
         })
+    }
+
+    /// This handle's holder id, taking a row (and its lease) the first time, and again in a
+    /// forked child.
+    fn holders(&self) -> Result<MutexHolders<'_>, io::Error> {
+        let mut row = self.row.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = row.as_ref().filter(|r| r.born.is_current()) {
+            return Ok(MutexHolders {
+                segment: &self.segment,
+                me: r.id,
+            });
+        }
+        // Start at a different row in each process, so that handles rarely probe each other's.
+        let start = std::process::id() % lease::MUTEX_ROWS;
+        for i in 0..lease::MUTEX_ROWS {
+            let r = (start + i) % lease::MUTEX_ROWS;
+            if let Some(l) =
+                Lease::try_acquire(self.segment.fd(), lease::MUTEX_HOLDER + u64::from(r))?
+            {
+                let id = r + 1;
+                *row = Some(Row {
+                    id,
+                    born: Born::now(),
+                    _lease: l,
+                });
+                return Ok(MutexHolders {
+                    segment: &self.segment,
+                    me: id,
+                });
+            }
+        }
+        Err(io::Error::other(format!(
+            "all {} holder rows of the mutex are taken",
+            lease::MUTEX_ROWS
+        )))
     }
 
     /// The mutex's name.
@@ -277,10 +325,10 @@ impl RawMutex {
         unsafe { &*self.segment.payload_ptr().as_ptr().cast::<RobustMutex>() }
     }
 
-    fn guard(&self, acquired: Acquired) -> RawGuard<'_> {
-        self.holder.store(current_tid(), Ordering::Relaxed);
+    fn guard(&self, me: u32, acquired: Acquired) -> RawGuard<'_> {
         RawGuard {
             mutex: self,
+            me,
             owner_died: acquired == Acquired::OwnerDied,
             _not_send: PhantomData,
         }
@@ -295,8 +343,9 @@ impl RawMutex {
     /// holder dropped its guard without [`RawGuard::make_consistent`]), [`LockError::Deadlock`]
     /// (this thread holds it already), [`LockError::Os`].
     pub fn lock(&self, timeout: Option<Duration>) -> Result<RawGuard<'_>, LockError> {
-        let acquired = self.mutex().lock(timeout)?;
-        Ok(self.guard(acquired))
+        let h = self.holders().map_err(LockError::Os)?;
+        let acquired = self.mutex().lock(&h, timeout)?;
+        Ok(self.guard(h.me, acquired))
     }
 
     /// Locks the mutex if no thread holds it, without waiting.
@@ -306,26 +355,9 @@ impl RawMutex {
     /// [`TryLockError::WouldBlock`] if a thread (this one included) holds it,
     /// [`TryLockError::NotRecoverable`], [`TryLockError::Os`].
     pub fn try_lock(&self) -> Result<RawGuard<'_>, TryLockError> {
-        let acquired = self.mutex().try_lock()?;
-        Ok(self.guard(acquired))
-    }
-}
-
-impl Drop for RawMutex {
-    fn drop(&mut self) {
-        let tid = self.holder.load(Ordering::Relaxed);
-        if tid != 0 && thread_may_be_alive(tid) {
-            // A guard was leaked and its thread may still hold the mutex: its robust list points
-            // into this mapping. Keep the mapping (and the segment) until the process ends.
-            tracing::warn!(
-                name = %self.segment.name(),
-                tid,
-                "a guard of this mutex was leaked while held; keeping the segment mapped"
-            );
-            return;
-        }
-        // SAFETY: `segment` is dropped once, here, and not used afterwards.
-        unsafe { ManuallyDrop::drop(&mut self.segment) };
+        let h = self.holders().map_err(TryLockError::Os)?;
+        let acquired = self.mutex().try_lock(&h)?;
+        Ok(self.guard(h.me, acquired))
     }
 }
 
@@ -362,6 +394,8 @@ impl Drop for RawMutex {
 /// ```
 pub struct RawGuard<'a> {
     mutex: &'a RawMutex,
+    /// The holder id it was locked as.
+    me: u32,
     owner_died: bool,
     _not_send: PhantomData<*const ()>,
 }
@@ -428,21 +462,22 @@ impl RawGuard<'_> {
             return;
         }
         // SAFETY: this guard holds the mutex (made by a successful lock on this thread, which
-        // reported the owner's death) and the caller has repaired the value.
-        let r = unsafe { self.mutex.mutex().make_consistent() };
-        // glibc fails only for a mutex that is not in the owner-died state, which this one is
-        // while we hold it.
-        debug_assert!(r.is_ok(), "pthread_mutex_consistent failed: {r:?}");
+        // reported the owner's death) and the caller has repaired the value. It fails only if
+        // another process rewrote the state meanwhile: nothing to do about that here.
+        let _ = unsafe { self.mutex.mutex().make_consistent() };
         self.owner_died = false;
     }
 }
 
 impl Drop for RawGuard<'_> {
     fn drop(&mut self) {
-        self.mutex.holder.store(0, Ordering::Relaxed);
-        // SAFETY: this guard was made by a successful lock, on this thread (it is not `Send`),
-        // and the mutex has not been unlocked since.
-        unsafe { self.mutex.mutex().unlock() };
+        let h = MutexHolders {
+            segment: &self.mutex.segment,
+            me: self.me,
+        };
+        // SAFETY: this guard was made by a successful lock as `me`, on this thread (it is not
+        // `Send`), and the mutex has not been unlocked since.
+        unsafe { self.mutex.mutex().unlock(&h) };
     }
 }
 
@@ -733,7 +768,7 @@ impl Named<Event> {
 mod tests {
     use super::*;
     use crate::segment::{self, exists};
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     fn name(tag: &str) -> Name {
         static N: AtomicU64 = AtomicU64::new(0);
@@ -860,17 +895,22 @@ mod tests {
     }
 
     #[test]
-    fn a_guard_leaked_by_a_live_thread_keeps_the_segment_mapped() {
+    fn a_guard_leaked_by_a_dropped_handle_is_an_owner_death() {
         let n = name("mutex-leak");
         let m = u64_mutex(&n, 0);
+        let other = RawMutex::open(&n, &TypeInfo::pod::<u64>()).unwrap();
         std::mem::forget(m.lock(None).unwrap());
+        // The leaked guard's handle still lives: its holder row is alive, so others wait.
+        assert!(matches!(other.try_lock(), Err(TryLockError::WouldBlock)));
         drop(m);
-        assert!(
-            exists(&n),
-            "kept, because this thread still holds the mutex"
-        );
-        // Tidy up the name; the mapping stays until the process ends.
-        segment::unlink(&n).unwrap();
+        // Its row's lease went with it: the next locker takes over.
+        let mut g = other.lock(Some(Duration::from_secs(5))).unwrap();
+        assert!(g.owner_died());
+        g.make_consistent();
+        drop(g);
+        assert!(!other.lock(None).unwrap().owner_died());
+        drop(other);
+        assert!(!exists(&n));
     }
 
     #[test]

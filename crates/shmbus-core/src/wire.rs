@@ -25,7 +25,7 @@ pub const MAGIC: [u8; 8] = *b"SHMBUS\0\x01";
 
 /// Version of the on-shm format described in `docs/architecture.md`. Bumped on any change of
 /// any layout; a segment of another version is refused.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Bytes reserved for the segment header; the payload starts here (page-aligned).
 pub const HEADER_SIZE: usize = 4096;
@@ -133,6 +133,11 @@ pub mod lease {
     pub const TOPIC_SUBSCRIBER: u64 = 1024;
     /// Every process that maps a pool segment holds a shared lease on this byte of it.
     pub const POOL_MAPPER: u64 = 0;
+    /// A named mutex's handle row `r` (its holder id `r + 1`) is alive while lease byte
+    /// `MUTEX_HOLDER + r` is held.
+    pub const MUTEX_HOLDER: u64 = 0;
+    /// Rows of a named mutex: how many handles may use it at once.
+    pub const MUTEX_ROWS: u32 = 4096;
 
     /// The lease byte of topic publisher row `p`.
     pub fn topic_publisher(p: u32) -> u64 {

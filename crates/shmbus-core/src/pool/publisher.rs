@@ -354,7 +354,10 @@ impl PoolPublisher {
         let seg = &self.segments[block.segment as usize];
         // Release: pairs with a subscriber's Acquire load after it took the slot (the publish
         // orders it anyway); a new generation makes any older descriptor of this block stale.
-        let generation = seg.generation(block.block).fetch_add(1, Ordering::Release) + 1;
+        let generation = seg
+            .generation(block.block)
+            .fetch_add(1, Ordering::Release)
+            .wrapping_add(1); // shared memory: another process may have written u64::MAX
         self.loaned = true;
         Ok(BlockLoan {
             loan,

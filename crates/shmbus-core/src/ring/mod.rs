@@ -71,6 +71,10 @@ mod tests;
 pub const MAX_SUBSCRIBERS: u32 = 56;
 /// Most publishers a topic can have.
 pub const MAX_PUBLISHERS: u32 = 127;
+/// How many times a reader retries a step that another participant's progress keeps failing
+/// before it calls the topic corrupt (far above what any number of honest peers cause).
+const ROUND_LIMIT: u64 = if cfg!(loom) { 64 } else { 1 << 16 };
+
 /// Slots one publisher has on loan at most (the spare it loans ahead counts as its loan).
 pub const LOANS_PER_PUBLISHER: u32 = 1;
 

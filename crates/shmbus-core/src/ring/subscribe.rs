@@ -75,7 +75,19 @@ impl Ring {
     ) -> Result<Acquired, CorruptRing> {
         let bit = 1u64 << k;
         let cap = u64::from(self.layout.config.capacity);
+        // Every round either moves the cursor or follows an entry that changed under us; a
+        // writer that keeps changing them (or lies about a slot) is bounded here, not followed
+        // forever.
+        let mut rounds: u64 = cap.saturating_mul(4).saturating_add(ROUND_LIMIT);
         loop {
+            rounds = match rounds.checked_sub(1) {
+                Some(r) => r,
+                None => {
+                    return Err(CorruptRing(
+                        "its entries keep changing under the reader".into(),
+                    ))
+                }
+            };
             let n = *cursor;
             // The cursor started from the shared `tail`: wrapping arithmetic, never a panic.
             let next = n.wrapping_add(1);
@@ -107,8 +119,11 @@ impl Ring {
                     if e.seq.load(Ordering::Acquire) != next {
                         continue; // torn read of an entry being rewritten
                     }
+                    // Skip the message: the next receive goes on with the one after it.
+                    *cursor = next;
+                    self.store_cursor(k, next, notifier);
                     return Err(CorruptRing(format!(
-                        "entry names slot {slot} of {}",
+                        "entry {n} names slot {slot} of {}; message skipped",
                         self.layout.slots
                     )));
                 }
@@ -124,10 +139,19 @@ impl Ring {
                 // the entry was rewritten, so the retry below reads the new entry rather than
                 // spinning on a stale one.
                 let mut cur = RING_BIT;
+                let mut tries = ROUND_LIMIT;
                 let held = loop {
                     if cur & RING_BIT == 0 {
                         break false; // evicted meanwhile
                     }
+                    tries = match tries.checked_sub(1) {
+                        Some(t) => t,
+                        // Subscribers that take the slot at once succeed in turn; endless
+                        // failure is a process rewriting the word.
+                        None => {
+                            return Err(CorruptRing(format!("slot {slot}'s state keeps changing")))
+                        }
+                    };
                     // Acquire: pairs with the publisher's Release store of RING, so the message
                     // bytes are visible once we hold the slot.
                     match st.compare_exchange_weak(
@@ -151,6 +175,17 @@ impl Ring {
                         return Ok(Acquired::Message { seq: n, slot });
                     }
                     st.fetch_and(!bit, Ordering::Release);
+                } else if e.seq.load(Ordering::Acquire) == next
+                    && e.slot.load(Ordering::Acquire) == u64::from(slot)
+                {
+                    // RING is cleared only after the entry was rewritten (eviction, retire), and
+                    // seeing it cleared (Acquire) shows that rewrite: an entry that still names
+                    // the slot means its state word was written by another process.
+                    *cursor = next;
+                    self.store_cursor(k, next, notifier);
+                    return Err(CorruptRing(format!(
+                        "entry {n} names slot {slot}, which is not in the ring; message skipped"
+                    )));
                 }
                 continue; // the entry moved on: the next round reports the lag
             }

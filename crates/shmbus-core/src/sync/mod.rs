@@ -50,7 +50,7 @@ mod mutex;
 mod semaphore;
 
 pub use event::{Event, EventMode};
-pub use mutex::{Acquired, LockError, RobustMutex, TryLockError};
+pub use mutex::{Acquired, Holders, LockError, RobustMutex, TryLockError};
 pub use semaphore::{Semaphore, SemaphoreError};
 
 /// How many times a waiter re-checks before it sleeps in the kernel.

@@ -1,51 +1,67 @@
-//! A process-shared robust mutex: glibc's `pthread_mutex_t`.
+//! A process-shared robust mutex: a futex word that names its holder, and liveness leases that
+//! tell when that holder died.
 //!
-//! Why not a futex word of our own: robustness. When a thread dies, the kernel walks the list of
-//! robust mutexes that glibc registered for it (`set_robust_list`), marks each one it held as
-//! "owner died" and wakes a waiter. That makes a SIGKILLed holder detectable at the next lock,
-//! with no polling and no liveness check, and glibc already implements the protocol.
+//! # Why not glibc's `pthread_mutex_t`
 //!
-//! # Not `pthread_mutex_trylock`
+//! A robust pthread mutex keeps glibc's own bookkeeping inside the shared memory: the mutex kind,
+//! and the pointers of the holder thread's robust list, which glibc follows when it unlocks and
+//! which the kernel follows when the thread dies. Any process that can write the segment can
+//! change them, and then glibc dereferences a pointer it was handed (`SIGSEGV` in the holder's
+//! unlock) or trips an assertion on a kind it did not expect (`SIGABRT`): the hostile-writer tests
+//! found both. Nothing in this mutex is ever followed as a pointer, so a writer can only make it
+//! report wrong things (held, free, owner died), never crash or hang a process.
 //!
-//! glibc's `pthread_mutex_trylock` on a robust mutex in the not-recoverable state returns
-//! `ENOTRECOVERABLE` but leaves the lock word holding the caller's thread id (seen with glibc
-//! 2.36): afterwards the caller gets `EDEADLK` and every other thread blocks instead of being told
-//! the mutex is dead, and as the mutex is not on the caller's robust list, not even its death
-//! releases it. `pthread_mutex_lock` and `pthread_mutex_clocklock` handle that state correctly.
-//! So the non-blocking attempt here is `pthread_mutex_clocklock` with a deadline in the past,
-//! which takes a free mutex without a system call, and to keep it from sleeping (a futex system
-//! call, and a "waiters" mark that costs the holder a wake-up) on a held mutex, it is only made
-//! after a look at the lock word says the mutex is not held.
+//! # The protocol
 //!
-//! That look relies on the lock word being the `u32` at offset 0 of `pthread_mutex_t` in the
-//! kernel's robust-futex format: the holder's thread id in the low 30 bits, bit 30 set when the
-//! holder died, bit 31 when someone waits. The format is kernel ABI (glibc hands the word's
-//! offset to the kernel with `set_robust_list`) and the field is `__data.__lock` on every glibc
-//! port; a test checks it. It is only a hint: glibc decides.
+//! The word holds the holder's **id** (bits 0..=30; 0: free) and a *waiters* bit (31). An id
+//! names a participant that holds a liveness lease for as long as it may lock the mutex (a
+//! named mutex's handle row, a topic's publisher row: see [`Holders`]); the kernel drops the
+//! lease when the process dies, however it dies. So:
+//!
+//! - **lock**: CAS `0 → me` (with the waiters bit kept); then read `state`.
+//! - **wait**: spin briefly, then set the waiters bit and sleep on the word (futex), in slices,
+//!   checking after each slice whether the holder is still alive.
+//! - **a dead holder** (its lease is free, or it is this handle and the recorded thread no longer
+//!   exists): CAS `dead id → me`, mark the state *inconsistent* and report
+//!   [`Acquired::OwnerDied`]. The new holder repairs what the mutex guards and calls
+//!   [`make_consistent`](RobustMutex::make_consistent); unlocking without it makes the mutex
+//!   [not recoverable](LockError::NotRecoverable) for good, as with POSIX robust mutexes.
+//! - **unlock**: CAS `me → 0`, and a futex wake if the waiters bit was set.
+//!
+//! A live holder always holds its lease while the word names it (the lease is taken before the
+//! first lock and kept until the handle is dropped), so a takeover never happens under a live
+//! holder.
 
-use std::cell::UnsafeCell;
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::futex;
 use crate::sync::SPIN_LIMIT;
+use crate::time::Deadline;
 
-#[cfg(not(target_env = "gnu"))]
-compile_error!(
-    "shmbus's RobustMutex relies on glibc's robust, process-shared pthread mutexes and \
-     pthread_mutex_clocklock (glibc 2.30 or later)"
-);
+/// Bits of the lock word that hold the holder's id.
+const ID_MASK: u32 = (1 << 31) - 1;
+/// Set while a locker sleeps on the word (the unlocker then wakes one).
+const WAITERS: u32 = 1 << 31;
 
-extern "C" {
-    // glibc 2.30 and later; the libc crate does not bind it. Like `pthread_mutex_timedlock`, but
-    // the absolute deadline is measured on `clockid` (we use CLOCK_MONOTONIC, which does not jump
-    // when the wall clock is set). Returns 0 or an error number.
-    fn pthread_mutex_clocklock(
-        mutex: *mut libc::pthread_mutex_t,
-        clockid: libc::clockid_t,
-        abstime: *const libc::timespec,
-    ) -> libc::c_int;
+/// `state` values.
+const CONSISTENT: u32 = 0;
+const INCONSISTENT: u32 = 1;
+const NOT_RECOVERABLE: u32 = 2;
+
+/// How long one sleep of a waiter lasts before it checks on the holder.
+const CHECK_EVERY: Duration = Duration::from_millis(20);
+
+/// Who may hold a [`RobustMutex`], and whether they are alive.
+pub trait Holders {
+    /// The caller's holder id: non-zero, at most `2^31 - 1`, unique among the live users of the
+    /// mutex, and alive (its lease held) for as long as the caller may hold the mutex.
+    fn me(&self) -> u32;
+    /// Whether holder `id` is alive (`true` when in doubt). Called only while the mutex is
+    /// contended, at most once per sleep slice.
+    fn is_alive(&self, id: u32) -> bool;
 }
 
 /// What a successful lock found. Either way, the caller now holds the mutex.
@@ -54,7 +70,7 @@ extern "C" {
 pub enum Acquired {
     /// The previous holder unlocked normally.
     Clean,
-    /// The previous holder died while holding the mutex (`EOWNERDEAD`). The protected data may be
+    /// The previous holder died while holding the mutex. The protected data may be
     /// half-updated. Repair it, then call [`RobustMutex::make_consistent`] before
     /// [`RobustMutex::unlock`]; unlocking without doing so makes the mutex permanently unusable
     /// ([`LockError::NotRecoverable`]) for every process.
@@ -65,21 +81,20 @@ pub enum Acquired {
 /// (for [`Deadlock`](Self::Deadlock): no more than it did before).
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    /// The timeout passed while another thread held the mutex.
+    /// The timeout passed while another holder held the mutex.
     #[error("timed out waiting for the mutex")]
     Timeout,
     /// A holder got [`Acquired::OwnerDied`] and unlocked without
-    /// [`make_consistent`](RobustMutex::make_consistent) (`ENOTRECOVERABLE`). Nobody can ever
-    /// lock this mutex again; whatever it protects must be rebuilt (in practice: a new segment).
+    /// [`make_consistent`](RobustMutex::make_consistent). Nobody can ever lock this mutex again;
+    /// whatever it protects must be rebuilt (in practice: a new segment).
     #[error("the mutex is not recoverable: a previous holder died and nobody repaired it")]
     NotRecoverable,
-    /// The calling thread already holds the mutex (`EDEADLK`): the mutex is of the error-checking
-    /// type, so relocking is reported instead of hanging forever.
+    /// The calling thread already holds the mutex (through the same holder id): relocking is
+    /// reported instead of hanging forever.
     #[error("the calling thread already holds the mutex")]
     Deadlock,
-    /// Any other error from glibc, such as `EINVAL` for memory that does not hold an initialised
-    /// mutex.
-    #[error("pthread mutex error: {0}")]
+    /// The caller could not take part (no holder id could be had, for example).
+    #[error("the mutex could not be used: {0}")]
     Os(#[source] io::Error),
 }
 
@@ -94,17 +109,16 @@ pub enum TryLockError {
     /// As [`LockError::NotRecoverable`].
     #[error("the mutex is not recoverable: a previous holder died and nobody repaired it")]
     NotRecoverable,
-    /// Any other error from glibc.
-    #[error("pthread mutex error: {0}")]
+    /// As [`LockError::Os`].
+    #[error("the mutex could not be used: {0}")]
     Os(#[source] io::Error),
 }
 
 /// A mutex shared by the processes that map it, which survives the death of its holder.
 ///
-/// It is glibc's `pthread_mutex_t`, initialised by [`init`](Self::init) as process-shared
-/// (`PTHREAD_PROCESS_SHARED`), robust (`PTHREAD_MUTEX_ROBUST`) and error-checking
-/// (`PTHREAD_MUTEX_ERRORCHECK`). It protects nothing by itself: it is a lock word next to the data
-/// it guards in the segment, with explicit [`lock`](Self::lock) and [`unlock`](Self::unlock).
+/// It protects nothing by itself: it is a lock word next to the data it guards in the segment,
+/// with explicit [`lock`](Self::lock) and [`unlock`](Self::unlock). Every call names the caller
+/// through a [`Holders`] (see the module docs for the protocol).
 ///
 /// # Outcomes
 ///
@@ -113,334 +127,387 @@ pub enum TryLockError {
 /// | `lock`, `try_lock` | `Ok(Acquired::Clean)` | yes | use the data, then `unlock` |
 /// | `lock`, `try_lock` | `Ok(Acquired::OwnerDied)` | yes | the last holder died holding it: repair the data, `make_consistent`, then `unlock` |
 /// | `lock` | `Err(LockError::Timeout)` | no | someone else holds it |
-/// | `try_lock` | `Err(TryLockError::WouldBlock)` | no | another thread holds it |
+/// | `try_lock` | `Err(TryLockError::WouldBlock)` | no | another holder holds it |
 /// | `lock`, `try_lock` | `Err(..::NotRecoverable)` | no | a holder got `OwnerDied` and unlocked without `make_consistent`; the mutex is dead for good |
-/// | `try_lock` | `Err(TryLockError::WouldBlock)` | already did | a bug: this thread locked it twice |
 /// | `lock` | `Err(LockError::Deadlock)` | already did | a bug: this thread locked it twice |
-/// | `lock`, `try_lock` | `Err(..::Os(_))` | no | `EINVAL` and the like: not an initialised mutex |
-///
-/// "Died" means the holding *thread* ended: a killed process, but also a thread of this process
-/// that returned while holding the mutex. Unlocking after `OwnerDied` without `make_consistent`
-/// is the only way to reach `NotRecoverable`.
-///
-/// # Rules
-///
-/// * **Initialise once, in place.** The segment creator calls [`init`](Self::init) on the zeroed
-///   memory before publishing the segment. (All-zero bytes are glibc's static initialiser for a
-///   *private, non-robust* mutex: an uninitialised one appears to work inside one process but
-///   neither wakes other processes reliably nor reports dead holders.)
-/// * **Unlock on the thread that locked.** The lock word records the holder's thread id and glibc
-///   links the mutex into that thread's robust list; another thread cannot unlock it.
-/// * **Keep the memory mapped and in place while holding it.** The holder's robust list points at
-///   the mutex by its address in the holder's process; the kernel walks that list when the holder
-///   dies. Unmapping a held mutex breaks owner-died detection for it (and for mutexes linked after
-///   it), and whatever gets mapped at that address later may be written by the kernel. The mutex
-///   may be mapped at different addresses in different processes: each holder only ever uses its
-///   own address.
-/// * **Only trusted, like-built peers.** While a thread holds the mutex, glibc keeps its list
-///   links inside the mutex, in shared memory; a peer that scribbles over them can crash the
-///   holder. All participants must use the same layout of `pthread_mutex_t` (same architecture and
-///   pointer width, glibc) and the same PID namespace (the lock word holds a thread id).
-///
-/// # Layout
-///
-/// `#[repr(C)]`, exactly a `pthread_mutex_t`: [`SIZE`](Self::SIZE) bytes (40 on x86-64, 48 on
-/// aarch64) with [`ALIGN`](Self::ALIGN) (8 on both).
 ///
 /// # Examples
 ///
 /// ```
-/// use shmbus_core::sync::{Acquired, RobustMutex};
-/// use std::time::Duration;
+/// use shmbus_core::sync::{Acquired, Holders, RobustMutex};
 ///
-/// // On the heap here; in real use it sits inside a mapped segment.
-/// // SAFETY: a `RobustMutex` is plain bytes; all-zero is the state of fresh shared memory.
-/// let mut m: Box<RobustMutex> = Box::new(unsafe { std::mem::zeroed() });
-/// // SAFETY: the pointer is valid, aligned and nobody else uses the mutex yet.
-/// unsafe { RobustMutex::init(&mut *m) }.unwrap();
-///
-/// match m.lock(Some(Duration::from_secs(1))).unwrap() {
-///     Acquired::Clean => {}
-///     Acquired::OwnerDied => {
-///         // ... repair the data the mutex protects, then:
-///         // SAFETY: this thread holds the mutex and got `OwnerDied`.
-///         unsafe { m.make_consistent() }.unwrap();
-///     }
+/// struct Me;
+/// impl Holders for Me {
+///     fn me(&self) -> u32 { 1 }
+///     fn is_alive(&self, _: u32) -> bool { true }
 /// }
-/// // ... use the protected data ...
-/// // SAFETY: this thread locked the mutex above.
-/// unsafe { m.unlock() };
+///
+/// // In a segment, the creator initialises it in place; here, on the stack.
+/// let mut m = std::mem::MaybeUninit::<RobustMutex>::uninit();
+/// // SAFETY: fresh, aligned, exclusive memory.
+/// unsafe { RobustMutex::init(m.as_mut_ptr()) }?;
+/// // SAFETY: initialised just above.
+/// let m = unsafe { m.assume_init_ref() };
+/// assert_eq!(m.lock(&Me, None)?, Acquired::Clean);
+/// // SAFETY: locked just above by this thread, as holder 1.
+/// unsafe { m.unlock(&Me) };
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[repr(C)]
+#[repr(C, align(8))]
 pub struct RobustMutex {
-    inner: UnsafeCell<libc::pthread_mutex_t>,
+    /// Holder id (bits 0..=30) and the waiters bit (31); 0: free.
+    word: AtomicU32,
+    /// CONSISTENT, INCONSISTENT (a holder died; not repaired yet) or NOT_RECOVERABLE.
+    state: AtomicU32,
+    /// The holding thread's id (as the kernel knows it), written by the holder after locking:
+    /// tells a relock on the same thread (a deadlock) from another thread of the same holder,
+    /// and lets a holder's other threads see that the holding thread has ended.
+    tid: AtomicU32,
+    _reserved: AtomicU32,
 }
 
-// SAFETY: a `pthread_mutex_t` is made to be used from many threads at once through a shared
-// pointer (that is its purpose); every access goes through glibc's pthread functions, which
-// synchronise internally. The mutex does not hand out access to any data itself.
+// SAFETY: every field is an atomic; the type is meant to be shared, across processes too.
 unsafe impl Sync for RobustMutex {}
-
-// `Send` is automatic (`UnsafeCell<T>` is `Send` when `T` is); moving an unlocked mutex between
-// threads is fine. Checked here so that a change in the libc crate cannot silently remove it.
-const _: () = {
-    const fn assert_send<T: Send>() {}
-    assert_send::<RobustMutex>();
-};
-const _: () = assert!(core::mem::size_of::<RobustMutex>() == RobustMutex::SIZE);
-const _: () = assert!(core::mem::align_of::<RobustMutex>() == RobustMutex::ALIGN);
-#[cfg(target_arch = "x86_64")]
-const _: () = assert!(RobustMutex::SIZE == 40 && RobustMutex::ALIGN == 8);
-#[cfg(target_arch = "aarch64")]
-const _: () = assert!(RobustMutex::SIZE == 48 && RobustMutex::ALIGN == 8);
 
 impl fmt::Debug for RobustMutex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The contents are glibc's business, and reading them would race with other threads.
-        f.debug_struct("RobustMutex").finish_non_exhaustive()
+        let w = self.word.load(Ordering::Relaxed);
+        f.debug_struct("RobustMutex")
+            .field("holder", &(w & ID_MASK))
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
-/// Bits of a robust futex word (kernel ABI, `linux/futex.h`): the holder's thread id...
-const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
-/// ...and the mark the kernel sets when the holder dies.
-const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
-
-/// Maps the result of a blocking (or timed) pthread lock call.
-fn lock_result(rc: libc::c_int) -> Result<Acquired, LockError> {
-    match rc {
-        0 => Ok(Acquired::Clean),
-        libc::EOWNERDEAD => Ok(Acquired::OwnerDied),
-        libc::ETIMEDOUT => Err(LockError::Timeout),
-        libc::ENOTRECOVERABLE => Err(LockError::NotRecoverable),
-        libc::EDEADLK => Err(LockError::Deadlock),
-        e => Err(LockError::Os(io::Error::from_raw_os_error(e))),
-    }
+/// The calling thread's id, as the kernel knows it.
+fn current_tid() -> u32 {
+    rustix::thread::gettid().as_raw_nonzero().get() as u32
 }
 
-/// Turns a pthread return value (0 or an error number) into an `io::Result`.
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
+/// Whether a thread `tid` of this process may still exist (`true` when in doubt).
+fn thread_may_be_alive(tid: u32) -> bool {
+    let (Ok(tid), Ok(pid)) = (
+        libc::pid_t::try_from(tid),
+        libc::pid_t::try_from(std::process::id()),
+    ) else {
+        return true;
+    };
+    // SAFETY: `tgkill` with signal 0 sends nothing; it only reports whether the thread exists.
+    // Every argument is a plain integer.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
-/// The absolute CLOCK_MONOTONIC time `timeout` from now, or `None` if it cannot be represented
-/// (then the wait is unbounded, as with [`crate::time::Deadline`]).
-fn monotonic_deadline(timeout: Duration) -> Option<libc::timespec> {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    let now = Duration::new(
-        u64::try_from(now.tv_sec).ok()?,
-        u32::try_from(now.tv_nsec).ok()?,
-    );
-    let at = now.checked_add(timeout)?;
-    Some(libc::timespec {
-        tv_sec: libc::time_t::try_from(at.as_secs()).ok()?,
-        // Below 10^9, so it fits a `c_long` of any width.
-        tv_nsec: at.subsec_nanos() as libc::c_long,
-    })
+/// What one look at a held mutex found.
+enum Held {
+    /// By a live holder (another one, or another thread of this one).
+    Alive,
+    /// By this very thread.
+    ByMe,
+    /// By a holder that died.
+    Dead,
 }
 
 impl RobustMutex {
-    /// Size in bytes of a `RobustMutex` (that is, of glibc's `pthread_mutex_t`).
-    pub const SIZE: usize = core::mem::size_of::<libc::pthread_mutex_t>();
+    /// Bytes a mutex occupies.
+    pub const SIZE: usize = size_of::<RobustMutex>();
+    /// Its alignment.
+    pub const ALIGN: usize = align_of::<RobustMutex>();
 
-    /// Alignment in bytes of a `RobustMutex`; its offset in a segment must be a multiple of it.
-    pub const ALIGN: usize = core::mem::align_of::<libc::pthread_mutex_t>();
-
-    /// Initialises the mutex in place as process-shared, robust and error-checking, unlocked.
-    ///
-    /// # Errors
-    ///
-    /// Whatever glibc reports (in practice nothing, for valid memory).
+    /// Initialises a free, consistent mutex at `this`.
     ///
     /// # Safety
     ///
-    /// `this` must be valid for writes of [`SIZE`](Self::SIZE) bytes and aligned to
-    /// [`ALIGN`](Self::ALIGN), and no thread of any process may be using the mutex (locked,
-    /// waiting or about to): it is overwritten. Typically `this` points into a segment that the
-    /// caller has just created and not yet published.
+    /// `this` is valid for writes of [`RobustMutex::SIZE`] bytes, aligned to
+    /// [`RobustMutex::ALIGN`], and nobody else uses the memory during the call.
     pub unsafe fn init(this: *mut RobustMutex) -> io::Result<()> {
-        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-        // SAFETY: `attr` is writable memory of the right type; init fills it in.
-        check(unsafe { libc::pthread_mutexattr_init(attr.as_mut_ptr()) })?;
-        let attr = attr.as_mut_ptr();
-        let result = (|| {
-            // SAFETY: `attr` was initialised by pthread_mutexattr_init above and not destroyed.
-            check(unsafe {
-                libc::pthread_mutexattr_setpshared(attr, libc::PTHREAD_PROCESS_SHARED)
-            })?;
-            // SAFETY: as above.
-            check(unsafe { libc::pthread_mutexattr_setrobust(attr, libc::PTHREAD_MUTEX_ROBUST) })?;
-            // SAFETY: as above.
-            check(unsafe {
-                libc::pthread_mutexattr_settype(attr, libc::PTHREAD_MUTEX_ERRORCHECK)
-            })?;
-            // SAFETY: the caller guarantees that `this` is valid, aligned and unused, and
-            // `RobustMutex` is `repr(C)` around an `UnsafeCell<pthread_mutex_t>`, so the cast
-            // pointer addresses the `pthread_mutex_t`. `attr` is initialised.
-            check(unsafe { libc::pthread_mutex_init(this.cast::<libc::pthread_mutex_t>(), attr) })
-        })();
-        // SAFETY: `attr` is initialised and no longer needed; glibc's mutex does not keep it.
-        unsafe { libc::pthread_mutexattr_destroy(attr) };
-        result
-    }
-
-    fn raw(&self) -> *mut libc::pthread_mutex_t {
-        self.inner.get()
-    }
-
-    /// The robust-futex lock word at the start of the mutex (see the module documentation).
-    fn lock_word(&self) -> &AtomicU32 {
-        // SAFETY: glibc's `pthread_mutex_t` starts with its `int` lock word on every port, and it
-        // is at least 4 bytes long and 8-aligned (asserted above). The word lies inside the
-        // `UnsafeCell`, so sharing it as an `AtomicU32` (itself an `UnsafeCell`) is allowed, and
-        // glibc and the kernel only ever change it with atomic operations. The reference lives no
-        // longer than `self`.
-        unsafe { &*self.raw().cast::<AtomicU32>() }
-    }
-
-    /// Whether the lock word says a live thread holds the mutex (possibly the caller). A hint:
-    /// the answer may be stale at once.
-    fn looks_held(&self) -> bool {
-        let word = self.lock_word().load(Ordering::Relaxed);
-        word & FUTEX_TID_MASK != 0 && word & FUTEX_OWNER_DIED == 0
-    }
-
-    /// One attempt that does not sleep: `pthread_mutex_clocklock` with a deadline in the past.
-    /// Returns glibc's result: 0, `EOWNERDEAD`, `ENOTRECOVERABLE`, `EDEADLK`, `ETIMEDOUT` (held),
-    /// or another error number.
-    fn lock_now(&self) -> libc::c_int {
-        let past = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
+        // SAFETY: the caller guarantees valid, aligned, exclusive memory.
+        unsafe {
+            this.write(RobustMutex {
+                word: AtomicU32::new(0),
+                state: AtomicU32::new(CONSISTENT),
+                tid: AtomicU32::new(0),
+                _reserved: AtomicU32::new(0),
+            })
         };
-        // SAFETY: `self.raw()` points to a `pthread_mutex_t` that lives as long as `self` and is
-        // only ever accessed through pthread functions (and atomic loads); `past` is valid.
-        unsafe { pthread_mutex_clocklock(self.raw(), libc::CLOCK_MONOTONIC, &past) }
+        Ok(())
     }
 
-    /// Locks the mutex, waiting at most `timeout` (`None`: no limit).
-    ///
-    /// First spins a bounded number of rounds (about a hundred, a few microseconds) watching the
-    /// lock word and trying to take the mutex without sleeping whenever it looks free; then
-    /// sleeps in glibc until the mutex is free or the deadline, measured on `CLOCK_MONOTONIC`,
-    /// passes. See the [type's documentation](Self) for what each outcome means.
+    fn look(&self, word: u32, h: &dyn Holders) -> Held {
+        let holder = word & ID_MASK;
+        if holder != h.me() {
+            return if !h.is_alive(holder) {
+                Held::Dead
+            } else if self.tid.load(Ordering::Relaxed) == current_tid() {
+                // Thread ids are unique on the machine: this thread holds it, through another
+                // handle.
+                Held::ByMe
+            } else {
+                Held::Alive
+            };
+        }
+        // Held through our own id: by this thread, another live thread, or one that ended
+        // (0 is a holder between its CAS and its tid store: alive).
+        match self.tid.load(Ordering::Relaxed) {
+            t if t == current_tid() => Held::ByMe,
+            0 => Held::Alive,
+            t if thread_may_be_alive(t) => Held::Alive,
+            _ => Held::Dead,
+        }
+    }
+
+    /// After the word names the caller: record the thread, and read what the last holder left.
+    fn entered(&self, h: &dyn Holders, took_over: bool) -> Result<Acquired, bool> {
+        self.tid.store(current_tid(), Ordering::Relaxed);
+        let state = if took_over {
+            // The dead holder may have been half-way through an update.
+            self.state
+                .compare_exchange(
+                    CONSISTENT,
+                    INCONSISTENT,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .map_or_else(|s| s, |_| INCONSISTENT)
+        } else {
+            self.state.load(Ordering::Acquire)
+        };
+        match state {
+            CONSISTENT => Ok(Acquired::Clean),
+            NOT_RECOVERABLE => {
+                self.release(h);
+                Err(false)
+            }
+            // INCONSISTENT, or anything another process wrote: repair before use.
+            _ => Ok(Acquired::OwnerDied),
+        }
+    }
+
+    /// One attempt: `Ok` holding it, `Err(word)` with the word that kept us out.
+    fn attempt(&self, h: &dyn Holders, word: u32) -> Result<bool, u32> {
+        let me = h.me() & ID_MASK;
+        match self.word.compare_exchange(
+            word,
+            me | (word & WAITERS),
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => Ok(word & ID_MASK != 0),
+            Err(now) => Err(now),
+        }
+    }
+
+    /// Locks the mutex, waiting at most `timeout` (`None`: no limit; a dead holder never makes
+    /// this hang: a waiter checks on the holder every 20 ms).
     ///
     /// # Errors
     ///
-    /// [`LockError::Timeout`], [`LockError::NotRecoverable`], [`LockError::Deadlock`],
-    /// [`LockError::Os`]. The caller does not hold the mutex after an error.
-    pub fn lock(&self, timeout: Option<Duration>) -> Result<Acquired, LockError> {
-        // Fix the deadline first, so that the spinning counts against the timeout.
-        let deadline = timeout.and_then(monotonic_deadline);
-        for _ in 0..SPIN_LIMIT {
-            if !self.looks_held() {
-                match self.lock_now() {
-                    // Taken by someone else between our look and our attempt: keep spinning.
-                    libc::ETIMEDOUT => {}
-                    rc => return lock_result(rc),
+    /// [`LockError::Timeout`], [`LockError::NotRecoverable`], [`LockError::Deadlock`].
+    pub fn lock(&self, h: &dyn Holders, timeout: Option<Duration>) -> Result<Acquired, LockError> {
+        let deadline = Deadline::after(timeout);
+        let mut word = self.word.load(Ordering::Relaxed);
+        let mut spins = 0;
+        loop {
+            let free = word & ID_MASK == 0;
+            if !free {
+                match self.look(word, h) {
+                    Held::ByMe => return Err(LockError::Deadlock),
+                    Held::Dead => {}
+                    Held::Alive if spins < SPIN_LIMIT => {
+                        spins += 1;
+                        std::hint::spin_loop();
+                        word = self.word.load(Ordering::Relaxed);
+                        continue;
+                    }
+                    Held::Alive => {
+                        if deadline.expired() {
+                            return Err(LockError::Timeout);
+                        }
+                        // Announce ourselves, then sleep while the word is unchanged.
+                        let marked = word | WAITERS;
+                        if word & WAITERS == 0 {
+                            if let Err(now) = self.word.compare_exchange(
+                                word,
+                                marked,
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            ) {
+                                word = now;
+                                continue;
+                            }
+                        }
+                        let slice = deadline
+                            .remaining()
+                            .map_or(CHECK_EVERY, |r| r.min(CHECK_EVERY));
+                        futex::wait(&self.word, marked, Some(slice));
+                        word = self.word.load(Ordering::Relaxed);
+                        continue;
+                    }
                 }
             }
-            std::hint::spin_loop();
+            match self.attempt(h, word) {
+                Ok(took_over) => {
+                    if took_over {
+                        tracing::warn!(
+                            holder = word & ID_MASK,
+                            "took over a mutex whose holder died"
+                        );
+                    }
+                    return self
+                        .entered(h, took_over)
+                        .map_err(|_| LockError::NotRecoverable);
+                }
+                Err(now) => word = now,
+            }
         }
-        let rc = match deadline {
-            // SAFETY: `self.raw()` points to a `pthread_mutex_t` that lives as long as `self` and
-            // is only ever accessed through pthread functions (and atomic loads); the deadline is
-            // a valid timespec.
-            Some(at) => unsafe { pthread_mutex_clocklock(self.raw(), libc::CLOCK_MONOTONIC, &at) },
-            // SAFETY: as above.
-            None => unsafe { libc::pthread_mutex_lock(self.raw()) },
-        };
-        lock_result(rc)
     }
 
-    /// Locks the mutex if no thread holds it, without waiting and, when the mutex is held,
-    /// without a system call.
+    /// Locks the mutex if it is free or its holder is dead, without waiting.
     ///
     /// # Errors
     ///
-    /// [`TryLockError::WouldBlock`] if a thread holds it, [`TryLockError::NotRecoverable`],
-    /// [`TryLockError::Os`]. The caller does not hold the mutex after an error.
-    pub fn try_lock(&self) -> Result<Acquired, TryLockError> {
-        if self.looks_held() {
-            return Err(TryLockError::WouldBlock);
-        }
-        match self.lock_now() {
-            0 => Ok(Acquired::Clean),
-            libc::EOWNERDEAD => Ok(Acquired::OwnerDied),
-            // ETIMEDOUT: taken between the look and the attempt. EDEADLK: held by this very thread
-            // (not possible after the look, but it would block too).
-            libc::ETIMEDOUT | libc::EBUSY | libc::EDEADLK => Err(TryLockError::WouldBlock),
-            libc::ENOTRECOVERABLE => Err(TryLockError::NotRecoverable),
-            e => Err(TryLockError::Os(io::Error::from_raw_os_error(e))),
+    /// [`TryLockError::WouldBlock`] if a live holder (this thread included) holds it,
+    /// [`TryLockError::NotRecoverable`].
+    pub fn try_lock(&self, h: &dyn Holders) -> Result<Acquired, TryLockError> {
+        let mut word = self.word.load(Ordering::Relaxed);
+        loop {
+            if word & ID_MASK != 0 && !matches!(self.look(word, h), Held::Dead) {
+                return Err(TryLockError::WouldBlock);
+            }
+            match self.attempt(h, word) {
+                Ok(took_over) => {
+                    return self
+                        .entered(h, took_over)
+                        .map_err(|_| TryLockError::NotRecoverable)
+                }
+                Err(now) => word = now,
+            }
         }
     }
 
-    /// Unlocks the mutex.
-    ///
-    /// After [`Acquired::OwnerDied`] without [`make_consistent`](Self::make_consistent), this
-    /// makes the mutex permanently [not recoverable](LockError::NotRecoverable).
+    /// Clears the word if it names the caller, and wakes a waiter if one sleeps.
+    fn release(&self, h: &dyn Holders) {
+        let me = h.me() & ID_MASK;
+        self.tid.store(0, Ordering::Relaxed);
+        let mut word = self.word.load(Ordering::Relaxed);
+        loop {
+            if word & ID_MASK != me {
+                // Not ours (only another process's write can do that): leave it to the waiters'
+                // liveness checks.
+                return;
+            }
+            match self
+                .word
+                .compare_exchange(word, 0, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => word = now,
+            }
+        }
+        if word & WAITERS != 0 {
+            futex::wake(&self.word, 1);
+        }
+    }
+
+    /// Unlocks the mutex. If it was acquired with [`Acquired::OwnerDied`] and
+    /// [`make_consistent`](Self::make_consistent) was not called, it becomes not recoverable.
     ///
     /// # Safety
     ///
-    /// The calling thread must hold the mutex (a `lock` or `try_lock` on this thread returned
-    /// `Ok` and no `unlock` has followed). glibc refuses to unlock a robust mutex held by another
-    /// thread, but the data the mutex protects could already be in use by a thread that believes
-    /// it holds the lock.
-    pub unsafe fn unlock(&self) {
-        // SAFETY: `self.raw()` points to a live `pthread_mutex_t`; the caller holds it.
-        let rc = unsafe { libc::pthread_mutex_unlock(self.raw()) };
-        debug_assert_eq!(
-            rc, 0,
-            "pthread_mutex_unlock failed: the caller did not hold the mutex"
+    /// The calling thread holds the mutex as `h.me()` (a successful `lock`/`try_lock` on this
+    /// thread, not unlocked since).
+    pub unsafe fn unlock(&self, h: &dyn Holders) {
+        let _ = self.state.compare_exchange(
+            INCONSISTENT,
+            NOT_RECOVERABLE,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
         );
+        self.release(h);
     }
 
-    /// Marks the protected data as repaired after [`Acquired::OwnerDied`], so that the next
-    /// [`unlock`](Self::unlock) leaves a normal, usable mutex.
+    /// Marks the protected data repaired after [`Acquired::OwnerDied`], so that unlocking leaves a
+    /// normal, usable mutex.
     ///
     /// # Errors
     ///
-    /// `EINVAL` if the mutex is not in the owner-died state.
+    /// An `InvalidInput` error if the mutex was not in the owner-died state.
     ///
     /// # Safety
     ///
-    /// The calling thread must hold the mutex, having got [`Acquired::OwnerDied`], and must have
-    /// made the protected data consistent again.
+    /// The calling thread holds the mutex, acquired with [`Acquired::OwnerDied`], and has
+    /// repaired the data.
     pub unsafe fn make_consistent(&self) -> io::Result<()> {
-        // SAFETY: `self.raw()` points to a live `pthread_mutex_t`; the caller holds it.
-        check(unsafe { libc::pthread_mutex_consistent(self.raw()) })
+        match self.state.compare_exchange(
+            INCONSISTENT,
+            CONSISTENT,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the mutex is not in the owner-died state",
+            )),
+        }
+    }
+
+    /// Whether some holder holds the mutex now (a snapshot, for tools and tests).
+    pub fn is_held(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & ID_MASK != 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{mpsc, Arc};
+    use std::cell::UnsafeCell;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
     use std::thread;
     use std::time::Instant;
 
+    /// Holders for tests: ids `1..`, with a switch saying whether holder 2 is alive.
+    struct Ids {
+        me: u32,
+        two_alive: Arc<AtomicBool>,
+    }
+
+    impl Holders for Ids {
+        fn me(&self) -> u32 {
+            self.me
+        }
+        fn is_alive(&self, id: u32) -> bool {
+            id != 2 || self.two_alive.load(Ordering::SeqCst)
+        }
+    }
+
+    fn one() -> Ids {
+        Ids {
+            me: 1,
+            two_alive: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
     /// A robust mutex on the heap, initialised as the segment creator would.
     fn heap() -> Arc<RobustMutex> {
-        // SAFETY: `RobustMutex` is plain bytes; all-zero is the state of fresh shared memory.
-        let mut m: Arc<RobustMutex> = Arc::new(unsafe { std::mem::zeroed() });
+        let mut m = Arc::new(RobustMutex {
+            word: AtomicU32::new(7),
+            state: AtomicU32::new(7),
+            tid: AtomicU32::new(7),
+            _reserved: AtomicU32::new(7),
+        });
         let this: *mut RobustMutex = Arc::get_mut(&mut m).unwrap();
         // SAFETY: `this` comes from a unique reference to a live, aligned allocation.
         unsafe { RobustMutex::init(this) }.unwrap();
         m
     }
 
-    /// Locks on a new thread which then ends without unlocking; the mutex is left with a dead
-    /// owner.
+    /// Locks on a new thread (holder 1) which then ends without unlocking.
     fn abandon(m: &Arc<RobustMutex>) {
         let m = Arc::clone(m);
         thread::spawn(move || {
-            assert_eq!(m.lock(None).unwrap(), Acquired::Clean);
-            // Return while holding it: glibc and the kernel treat the thread's exit like death.
+            assert_eq!(m.lock(&one(), None).unwrap(), Acquired::Clean);
         })
         .join()
         .unwrap();
@@ -448,130 +515,121 @@ mod tests {
 
     #[test]
     fn lock_unlock_relock() {
-        let m = heap();
-        assert_eq!(m.lock(None).unwrap(), Acquired::Clean);
+        let (m, h) = (heap(), one());
+        assert_eq!(m.lock(&h, None).unwrap(), Acquired::Clean);
+        assert!(m.is_held());
         // SAFETY: locked on this thread just above.
-        unsafe { m.unlock() };
-        assert_eq!(m.try_lock().unwrap(), Acquired::Clean);
+        unsafe { m.unlock(&h) };
+        assert!(!m.is_held());
+        assert_eq!(m.try_lock(&h).unwrap(), Acquired::Clean);
         // SAFETY: locked on this thread just above.
-        unsafe { m.unlock() };
-        assert_eq!(
-            m.lock(Some(Duration::from_millis(10))).unwrap(),
-            Acquired::Clean
-        );
-        // SAFETY: locked on this thread just above.
-        unsafe { m.unlock() };
+        unsafe { m.unlock(&h) };
     }
 
     #[test]
     fn relocking_on_the_same_thread_is_a_deadlock_error() {
-        let m = heap();
-        assert_eq!(m.lock(None).unwrap(), Acquired::Clean);
-        assert!(matches!(m.lock(None), Err(LockError::Deadlock)));
-        assert!(matches!(
-            m.lock(Some(Duration::from_millis(1))),
-            Err(LockError::Deadlock)
-        ));
-        // `try_lock` cannot tell "held by me" from "held by another thread".
-        assert!(matches!(m.try_lock(), Err(TryLockError::WouldBlock)));
+        let (m, h) = (heap(), one());
+        assert_eq!(m.lock(&h, None).unwrap(), Acquired::Clean);
+        assert!(matches!(m.lock(&h, None), Err(LockError::Deadlock)));
+        assert!(matches!(m.try_lock(&h), Err(TryLockError::WouldBlock)));
         // SAFETY: locked on this thread above (the failed relocks changed nothing).
-        unsafe { m.unlock() };
-        assert_eq!(m.try_lock().unwrap(), Acquired::Clean);
+        unsafe { m.unlock(&h) };
+        assert_eq!(m.try_lock(&h).unwrap(), Acquired::Clean);
         // SAFETY: locked on this thread just above.
-        unsafe { m.unlock() };
+        unsafe { m.unlock(&h) };
     }
 
     #[test]
-    fn times_out_while_another_thread_holds_it() {
+    fn times_out_while_another_holder_holds_it_and_gets_it_on_unlock() {
         let m = heap();
-        let (locked_tx, locked_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let holder = {
             let m = Arc::clone(&m);
             thread::spawn(move || {
-                assert_eq!(m.lock(None).unwrap(), Acquired::Clean);
+                let two = Ids {
+                    me: 2,
+                    two_alive: Arc::new(AtomicBool::new(true)),
+                };
+                assert_eq!(m.lock(&two, None).unwrap(), Acquired::Clean);
                 locked_tx.send(()).unwrap();
                 release_rx.recv().unwrap();
-                // SAFETY: locked on this thread above.
-                unsafe { m.unlock() };
+                // SAFETY: locked on this thread as holder 2 above.
+                unsafe { m.unlock(&two) };
             })
         };
         locked_rx.recv().unwrap();
-
-        assert!(matches!(m.try_lock(), Err(TryLockError::WouldBlock)));
+        let h = one();
+        assert!(matches!(m.try_lock(&h), Err(TryLockError::WouldBlock)));
         let start = Instant::now();
         assert!(matches!(
-            m.lock(Some(Duration::from_millis(50))),
+            m.lock(&h, Some(Duration::from_millis(50))),
             Err(LockError::Timeout)
         ));
         assert!(start.elapsed() >= Duration::from_millis(50));
-        assert!(matches!(
-            m.lock(Some(Duration::ZERO)),
-            Err(LockError::Timeout)
-        ));
-
-        release_tx.send(()).unwrap();
-        holder.join().unwrap();
-        assert_eq!(
-            m.lock(Some(Duration::from_secs(10))).unwrap(),
-            Acquired::Clean
-        );
-        // SAFETY: locked on this thread just above.
-        unsafe { m.unlock() };
-    }
-
-    #[test]
-    fn a_waiter_gets_the_mutex_when_the_holder_unlocks() {
-        let m = heap();
-        assert_eq!(m.lock(None).unwrap(), Acquired::Clean);
-        let got_it = Arc::new(AtomicBool::new(false));
         let waiter = {
-            let (m, got_it) = (Arc::clone(&m), Arc::clone(&got_it));
+            let m = Arc::clone(&m);
             thread::spawn(move || {
-                let r = m.lock(Some(Duration::from_secs(10))).unwrap();
-                got_it.store(true, Ordering::SeqCst);
+                let h = one();
+                let r = m.lock(&h, Some(Duration::from_secs(10))).unwrap();
                 // SAFETY: locked on this thread just above.
-                unsafe { m.unlock() };
+                unsafe { m.unlock(&h) };
                 r
             })
         };
         thread::sleep(Duration::from_millis(30));
-        assert!(
-            !got_it.load(Ordering::SeqCst),
-            "the waiter got a held mutex"
-        );
-        // SAFETY: locked on this thread above.
-        unsafe { m.unlock() };
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
         assert_eq!(waiter.join().unwrap(), Acquired::Clean);
-        assert!(got_it.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_thread_holding_it_through_another_handle_gets_deadlock() {
+        let m = heap();
+        let two = Ids {
+            me: 2,
+            two_alive: Arc::new(AtomicBool::new(true)),
+        };
+        assert_eq!(m.lock(&two, None).unwrap(), Acquired::Clean);
+        assert!(matches!(
+            m.lock(&one(), Some(Duration::from_millis(5))),
+            Err(LockError::Deadlock)
+        ));
+        // SAFETY: locked on this thread as holder 2 above.
+        unsafe { m.unlock(&two) };
     }
 
     #[test]
     fn excludes_mutually() {
-        /// A counter updated non-atomically in two steps, under the mutex only.
         struct Guarded {
             mutex: RobustMutex,
             value: UnsafeCell<u64>,
         }
         // SAFETY: `value` is only touched while `mutex` is held.
         unsafe impl Sync for Guarded {}
-
-        const THREADS: u64 = 4;
+        const THREADS: u32 = 4;
         const ROUNDS: u64 = 2_000;
-        let mut g = Arc::new(Guarded {
-            // SAFETY: all-zero bytes, initialised in place below before any use.
-            mutex: unsafe { std::mem::zeroed() },
+        let g = Arc::new(Guarded {
+            mutex: RobustMutex {
+                word: AtomicU32::new(0),
+                state: AtomicU32::new(0),
+                tid: AtomicU32::new(0),
+                _reserved: AtomicU32::new(0),
+            },
             value: UnsafeCell::new(0),
         });
-        let this: *mut RobustMutex = &mut Arc::get_mut(&mut g).unwrap().mutex;
-        // SAFETY: `this` comes from a unique reference to a live, aligned allocation.
-        unsafe { RobustMutex::init(this) }.unwrap();
         let threads: Vec<_> = (0..THREADS)
-            .map(|_| {
+            .map(|i| {
                 let g = Arc::clone(&g);
                 thread::spawn(move || {
+                    // Half the threads share holder id 1 (one handle used by several threads),
+                    // the others have ids of their own.
+                    let h = Ids {
+                        me: if i % 2 == 0 { 1 } else { 10 + i },
+                        two_alive: Arc::new(AtomicBool::new(true)),
+                    };
                     for _ in 0..ROUNDS {
-                        assert_eq!(g.mutex.lock(None).unwrap(), Acquired::Clean);
+                        assert_eq!(g.mutex.lock(&h, None).unwrap(), Acquired::Clean);
                         // SAFETY: we hold the mutex, so nobody else touches `value`.
                         unsafe {
                             let v = std::ptr::read_volatile(g.value.get());
@@ -579,7 +637,7 @@ mod tests {
                             std::ptr::write_volatile(g.value.get(), v + 1);
                         }
                         // SAFETY: locked on this thread above.
-                        unsafe { g.mutex.unlock() };
+                        unsafe { g.mutex.unlock(&h) };
                     }
                 })
             })
@@ -587,139 +645,126 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        // SAFETY: every thread has been joined; nobody else touches `value`.
-        assert_eq!(unsafe { *g.value.get() }, THREADS * ROUNDS);
+        // SAFETY: every thread has been joined.
+        assert_eq!(unsafe { *g.value.get() }, u64::from(THREADS) * ROUNDS);
     }
 
     #[test]
     fn a_holder_thread_that_exits_leaves_owner_died() {
-        let m = heap();
+        let (m, h) = (heap(), one());
         abandon(&m);
         assert_eq!(
-            m.lock(Some(Duration::from_secs(10))).unwrap(),
+            m.lock(&h, Some(Duration::from_secs(10))).unwrap(),
             Acquired::OwnerDied
         );
         // SAFETY: this thread holds it after `OwnerDied`; there is no data to repair.
         unsafe { m.make_consistent() }.unwrap();
         // SAFETY: locked on this thread above.
-        unsafe { m.unlock() };
-        // Repaired: back to normal.
-        assert_eq!(m.lock(None).unwrap(), Acquired::Clean);
+        unsafe { m.unlock(&h) };
+        assert_eq!(m.lock(&h, None).unwrap(), Acquired::Clean);
         // SAFETY: locked on this thread just above.
-        unsafe { m.unlock() };
+        unsafe { m.unlock(&h) };
     }
 
     #[test]
-    fn try_lock_also_reports_owner_died() {
+    fn a_sleeping_waiter_takes_over_from_a_holder_that_died() {
         let m = heap();
-        abandon(&m);
-        assert_eq!(m.try_lock().unwrap(), Acquired::OwnerDied);
-        // SAFETY: this thread holds it after `OwnerDied`; there is no data to repair.
-        unsafe { m.make_consistent() }.unwrap();
-        // SAFETY: locked on this thread above.
-        unsafe { m.unlock() };
-        assert_eq!(m.try_lock().unwrap(), Acquired::Clean);
-        // SAFETY: locked on this thread just above.
-        unsafe { m.unlock() };
-    }
-
-    #[test]
-    fn a_sleeping_waiter_is_woken_by_the_holders_death() {
-        let m = heap();
-        let (locked_tx, locked_rx) = mpsc::channel();
-        let (exit_tx, exit_rx) = mpsc::channel::<()>();
-        let holder = {
-            let m = Arc::clone(&m);
-            thread::spawn(move || {
-                assert_eq!(m.lock(None).unwrap(), Acquired::Clean);
-                locked_tx.send(()).unwrap();
-                exit_rx.recv().unwrap();
-            })
+        let two_alive = Arc::new(AtomicBool::new(true));
+        let two = Ids {
+            me: 2,
+            two_alive: Arc::clone(&two_alive),
         };
-        locked_rx.recv().unwrap();
+        assert_eq!(m.lock(&two, None).unwrap(), Acquired::Clean);
         let waiter = {
             let m = Arc::clone(&m);
+            let two_alive = Arc::clone(&two_alive);
             thread::spawn(move || {
-                let r = m.lock(Some(Duration::from_secs(10)));
+                let h = Ids { me: 1, two_alive };
+                let r = m.lock(&h, Some(Duration::from_secs(10)));
                 if r.is_ok() {
                     // SAFETY: this thread holds it; no data to repair.
-                    unsafe { m.make_consistent() }.ok();
+                    let _ = unsafe { m.make_consistent() };
                     // SAFETY: locked on this thread above.
-                    unsafe { m.unlock() };
+                    unsafe { m.unlock(&h) };
                 }
                 r.map_err(|e| e.to_string())
             })
         };
-        thread::sleep(Duration::from_millis(30)); // let the waiter fall asleep in glibc
-        exit_tx.send(()).unwrap();
-        holder.join().unwrap();
+        thread::sleep(Duration::from_millis(30)); // let the waiter fall asleep
+        two_alive.store(false, Ordering::SeqCst); // holder 2's process "dies"
         assert_eq!(waiter.join().unwrap(), Ok(Acquired::OwnerDied));
+        assert!(!m.is_held());
+    }
+
+    #[test]
+    fn try_lock_also_takes_over_a_dead_holder() {
+        let (m, h) = (heap(), one());
+        abandon(&m);
+        assert_eq!(m.try_lock(&h).unwrap(), Acquired::OwnerDied);
+        // SAFETY: this thread holds it after `OwnerDied`.
+        unsafe { m.make_consistent() }.unwrap();
+        // SAFETY: locked on this thread above.
+        unsafe { m.unlock(&h) };
     }
 
     #[test]
     fn unlocking_without_make_consistent_is_not_recoverable() {
-        let m = heap();
+        let (m, h) = (heap(), one());
         abandon(&m);
-        assert_eq!(m.lock(None).unwrap(), Acquired::OwnerDied);
+        assert_eq!(m.lock(&h, None).unwrap(), Acquired::OwnerDied);
         // SAFETY: locked on this thread above; deliberately not made consistent.
-        unsafe { m.unlock() };
-        // Every way in, repeatedly, from this thread and from another: glibc's trylock would
-        // leave the mutex locked by the first caller here and the later calls would block or
-        // report a deadlock.
+        unsafe { m.unlock(&h) };
         for _ in 0..2 {
-            assert!(matches!(m.try_lock(), Err(TryLockError::NotRecoverable)));
-            assert!(matches!(m.lock(None), Err(LockError::NotRecoverable)));
-            assert!(matches!(
-                m.lock(Some(Duration::from_millis(1))),
-                Err(LockError::NotRecoverable)
-            ));
+            assert!(matches!(m.try_lock(&h), Err(TryLockError::NotRecoverable)));
+            assert!(matches!(m.lock(&h, None), Err(LockError::NotRecoverable)));
         }
-        let other = Arc::clone(&m);
-        let (try_lock, lock) = thread::spawn(move || {
-            let t = other.try_lock().map_err(|e| e.to_string());
-            let l = other
-                .lock(Some(Duration::from_secs(10)))
-                .map_err(|e| e.to_string());
-            (t, l)
-        })
-        .join()
-        .unwrap();
-        assert_eq!(try_lock, Err(TryLockError::NotRecoverable.to_string()));
-        assert_eq!(lock, Err(LockError::NotRecoverable.to_string()));
-        assert_eq!(m.lock_word().load(Ordering::SeqCst), 0, "left locked");
-    }
-
-    #[test]
-    fn the_lock_word_is_where_and_what_we_expect() {
-        let m = heap();
-        assert_eq!(m.lock_word().load(Ordering::SeqCst), 0);
-        assert!(!m.looks_held());
-        assert_eq!(m.lock(None).unwrap(), Acquired::Clean);
-        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
-        assert_eq!(m.lock_word().load(Ordering::SeqCst) & FUTEX_TID_MASK, tid);
-        assert!(m.looks_held());
-        // SAFETY: locked on this thread above.
-        unsafe { m.unlock() };
-        assert_eq!(m.lock_word().load(Ordering::SeqCst), 0);
-        abandon(&m);
-        assert_ne!(m.lock_word().load(Ordering::SeqCst) & FUTEX_OWNER_DIED, 0);
-        assert!(!m.looks_held());
+        assert!(!m.is_held(), "left locked");
     }
 
     #[test]
     fn make_consistent_refuses_a_clean_mutex() {
-        let m = heap();
-        assert_eq!(m.lock(None).unwrap(), Acquired::Clean);
-        // SAFETY: this thread holds it (not after `OwnerDied`, which glibc must report).
+        let (m, h) = (heap(), one());
+        assert_eq!(m.lock(&h, None).unwrap(), Acquired::Clean);
+        // SAFETY: this thread holds it (not after `OwnerDied`).
         assert!(unsafe { m.make_consistent() }.is_err());
         // SAFETY: locked on this thread above.
-        unsafe { m.unlock() };
+        unsafe { m.unlock(&h) };
     }
 
     #[test]
-    fn deadline_is_far_for_huge_timeouts() {
-        assert!(monotonic_deadline(Duration::MAX).is_none());
-        let d = monotonic_deadline(Duration::from_secs(5)).unwrap();
-        assert!(d.tv_sec >= 5 && (0..1_000_000_000).contains(&d.tv_nsec));
+    fn garbage_in_every_word_never_hangs_or_crashes() {
+        let h = one();
+        let values = [
+            0,
+            1,
+            2,
+            3,
+            ID_MASK,
+            WAITERS,
+            WAITERS | 1,
+            WAITERS | 2,
+            u32::MAX,
+            7,
+        ];
+        for &w in &values {
+            for &s in &[0, 1, 2, 3, u32::MAX] {
+                for &t in &[0, 1, u32::MAX, current_tid()] {
+                    let m = RobustMutex {
+                        word: AtomicU32::new(w),
+                        state: AtomicU32::new(s),
+                        tid: AtomicU32::new(t),
+                        _reserved: AtomicU32::new(0),
+                    };
+                    if m.lock(&h, Some(Duration::from_millis(30))).is_ok() {
+                        // SAFETY: locked on this thread just above.
+                        unsafe { m.unlock(&h) };
+                    }
+                    if m.try_lock(&h).is_ok() {
+                        // SAFETY: locked on this thread just above.
+                        unsafe { m.unlock(&h) };
+                    }
+                }
+            }
+        }
     }
 }

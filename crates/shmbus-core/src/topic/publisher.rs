@@ -2,6 +2,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::sync::Holders;
 
 /// Why a loan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,27 @@ pub enum PublishError {
     /// The publisher was made before a fork; this process is the child.
     #[error(transparent)]
     UsedAfterFork(#[from] UsedAfterFork),
+}
+
+/// The holders of a topic's publish mutex: publisher rows, holder id = row + 1, alive while the
+/// row's lease is held.
+struct PublisherRows<'a> {
+    topic: &'a RawTopic,
+    me: u32,
+}
+
+impl Holders for PublisherRows<'_> {
+    fn me(&self) -> u32 {
+        self.me
+    }
+
+    fn is_alive(&self, id: u32) -> bool {
+        let rows = self.topic.ring.config().max_publishers;
+        if id == 0 || id > rows {
+            return false; // no such row: another process wrote the word
+        }
+        liveness::is_held(self.topic.segment.fd(), lease::topic_publisher(id - 1)).unwrap_or(true)
+    }
 }
 
 /// A publisher's membership of a topic.
@@ -262,8 +284,12 @@ impl RawPublisher {
         let multi = ring.config().max_publishers > 1;
         let deadline = Deadline::after(timeout);
         let lock = topic.publish_lock();
+        let holders = PublisherRows {
+            topic,
+            me: self.index + 1,
+        };
         if multi {
-            let acquired = match lock.lock(timeout) {
+            let acquired = match lock.lock(&holders, timeout) {
                 Ok(a) => a,
                 Err(e) => return Err((e.into(), loan)),
             };
@@ -304,7 +330,7 @@ impl RawPublisher {
         };
         if multi {
             // SAFETY: this thread locked it above.
-            unsafe { lock.unlock() };
+            unsafe { lock.unlock(&holders) };
         }
         result
     }
