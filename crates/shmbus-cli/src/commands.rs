@@ -1,8 +1,9 @@
 //! `ls`, `inspect`, `rm` and `gc`.
 
 use serde::Serialize;
-use shmbus_core::name::{Name, FILE_PREFIX};
-use shmbus_core::segment::{self, Expect, Kind, Segment, SegmentError, SegmentInfo};
+use shmbus_core::name::Name;
+use shmbus_core::segment::{self, Expect, Segment, SegmentError, SegmentInfo};
+use shmbus_core::wire::{Kind, FILE_PREFIX, FORMAT_VERSION};
 
 use crate::error::CliError;
 use crate::names;
@@ -194,12 +195,9 @@ pub(crate) fn inspect(out: &mut Out, typed: &str, json: bool) -> Result<(), CliE
 
 fn fill(doc: &mut Inspect, name: &Name, info: &SegmentInfo) {
     doc.kind = info.kind.as_str().into();
-    doc.format_version = Some(segment::FORMAT_VERSION);
+    doc.format_version = Some(FORMAT_VERSION);
     doc.type_info = Some(TypeView::from(&info.type_info));
-    doc.lifetime = Some(match info.lifetime {
-        segment::Lifetime::Scoped => "scoped",
-        segment::Lifetime::Persistent => "persistent",
-    });
+    doc.lifetime = Some(survey::lifetime_name(info.lifetime));
     doc.size = Some(info.total_size);
     doc.payload_size = Some(info.payload_size);
     doc.mode = Some(format!("{:04o}", info.mode));

@@ -96,7 +96,7 @@ impl CliError {
     /// The list error for `dir`.
     pub(crate) fn list(source: io::Error) -> CliError {
         CliError::List {
-            dir: shmbus_core::segment::SHM_DIR,
+            dir: shmbus_core::wire::SHM_DIR,
             source,
         }
     }

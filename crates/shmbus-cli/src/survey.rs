@@ -16,19 +16,17 @@ use shmbus_core::dtype::{c_strides, Dtype};
 use shmbus_core::layout::{Codec, TypeInfo};
 use shmbus_core::liveness;
 use shmbus_core::name::Name;
-use shmbus_core::ring::{counter, Overflow};
-use shmbus_core::segment::{
-    self, Kind, Lifetime, SegmentError, SegmentInfo, FORMAT_VERSION, SHM_DIR,
-};
+use shmbus_core::pool;
+use shmbus_core::ring::Overflow;
+use shmbus_core::segment::{self, SegmentError, SegmentInfo};
 use shmbus_core::topic::{RawTopic, TopicOptions};
+use shmbus_core::wire::topic::param;
+use shmbus_core::wire::{
+    array_param, counter, lease, pool_param, Kind, Lifetime, FORMAT_VERSION, SHM_DIR,
+};
 
 use crate::decode::dtype_name;
 use crate::error::CliError;
-
-/// Lease byte of publisher row `p` is `PUB_LEASE + p`, of subscriber row `k` `SUB_LEASE + k`
-/// (docs/architecture.md, section 3: "role bases").
-const PUB_LEASE: u64 = 0;
-const SUB_LEASE: u64 = 1024;
 
 /// How long a tool waits for a segment that is not ready.
 pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_millis(200);
@@ -69,7 +67,8 @@ pub(crate) fn codec_name(c: Codec) -> &'static str {
     }
 }
 
-fn lifetime_name(l: Lifetime) -> &'static str {
+/// The lifetime's name in the output.
+pub(crate) fn lifetime_name(l: Lifetime) -> &'static str {
     match l {
         Lifetime::Scoped => "scoped",
         Lifetime::Persistent => "persistent",
@@ -407,7 +406,7 @@ pub(crate) fn participants(name: &Name, info: &SegmentInfo) -> Result<Participan
             active.then(|| PublisherRow {
                 row: p,
                 pid,
-                alive: alive(PUB_LEASE + u64::from(p)),
+                alive: alive(lease::topic_publisher(p)),
             })
         })
         .collect();
@@ -417,7 +416,7 @@ pub(crate) fn participants(name: &Name, info: &SegmentInfo) -> Result<Participan
             active.then(|| SubscriberRow {
                 row: k,
                 pid,
-                alive: alive(SUB_LEASE + u64::from(k)),
+                alive: alive(lease::topic_subscriber(k)),
                 cursor,
                 lag: published.saturating_sub(cursor),
                 lagged,
@@ -453,23 +452,28 @@ fn overflow_name(o: Overflow) -> &'static str {
     }
 }
 
-/// A topic's QoS as its creator wrote it into the header (`params`, docs/architecture.md 4.6).
+/// A topic's QoS as its creator wrote it into the header's `params` ([`param`]).
 pub(crate) fn qos_from_header(info: &SegmentInfo) -> Qos {
     let p = info.params;
     Qos {
-        capacity: p[0],
-        slot_size: p[1],
-        slots: p[5],
-        max_subscribers: p[2],
-        max_publishers: p[3],
+        capacity: p[param::CAPACITY],
+        slot_size: p[param::SLOT_SIZE],
+        slots: p[param::SLOTS],
+        max_subscribers: p[param::MAX_SUBSCRIBERS],
+        max_publishers: p[param::MAX_PUBLISHERS],
         max_held: None,
-        overflow: if p[4] == 1 {
+        overflow: if p[param::BACK_PRESSURE] == 1 {
             "back-pressure"
         } else {
             "overwrite"
         },
-        timestamps: p[6] == 1,
+        timestamps: timestamps(info),
     }
+}
+
+/// Whether the topic's publishers record publish times, as its header says.
+pub(crate) fn timestamps(info: &SegmentInfo) -> bool {
+    info.params[param::TIMESTAMPS] == 1
 }
 
 /// A topic's counters from the header.
@@ -505,8 +509,8 @@ pub(crate) struct ArrayView {
 
 /// The array view of `info` (an array segment), if its dtype is known.
 pub(crate) fn array_view(info: &SegmentInfo) -> Option<ArrayView> {
-    let dtype = Dtype::from_code(u32::try_from(info.params[0]).ok()?)?;
-    let ndim = usize::try_from(info.params[1]).ok()?;
+    let dtype = Dtype::from_code(u32::try_from(info.params[array_param::DTYPE]).ok()?)?;
+    let ndim = usize::try_from(info.params[array_param::NDIM]).ok()?;
     // Attaching a scoped array nobody uses would reclaim it: only attach live or persistent ones.
     let attachable = info.in_use || info.lifetime == Lifetime::Persistent;
     let attached = attachable
@@ -522,15 +526,14 @@ pub(crate) fn array_view(info: &SegmentInfo) -> Option<ArrayView> {
         .flatten();
     let (shape, strides) = match &attached {
         Some(a) => (Some(a.shape().to_vec()), Some(a.strides().to_vec())),
-        None if ndim <= 6 => {
-            let shape: Option<Vec<usize>> = info.params[2..2 + ndim]
-                .iter()
-                .map(|&d| usize::try_from(d).ok())
-                .collect();
+        // The header holds the first six dimensions only.
+        None => {
+            let shape: Option<Vec<usize>> = info.params[array_param::SHAPE..]
+                .get(..ndim)
+                .and_then(|dims| dims.iter().map(|&d| usize::try_from(d).ok()).collect());
             let strides = shape.as_ref().map(|s| c_strides(s, dtype.itemsize()));
             (shape, strides)
         }
-        None => (None, None),
     };
     let data_bytes = shape.as_ref().and_then(|s| {
         s.iter()
@@ -565,24 +568,24 @@ pub(crate) fn pool_view(info: &SegmentInfo) -> Option<PoolView> {
     let p = info.params;
     Some(PoolView {
         topic: pool_topic(info.name.as_str())?.to_owned(),
-        pool_id: format!("{:016x}", p[0]),
-        index: p[1],
-        block_size: p[2],
-        block_count: p[3],
+        pool_id: format!("{:016x}", p[pool_param::POOL_ID]),
+        index: p[pool_param::INDEX],
+        block_size: p[pool_param::BLOCK_SIZE],
+        block_count: p[pool_param::BLOCK_COUNT],
     })
 }
 
-/// The topic a pool segment named `<topic>.pool.<16 hex digits>.<index>` belongs to.
+/// The topic a pool segment belongs to, if `name` is the name [`pool::segment_name`] gives a
+/// segment of a topic's pool: the last two dotted parts are taken as pool id and index, and
+/// the name is accepted only if `segment_name` spells them back the same.
 pub(crate) fn pool_topic(name: &str) -> Option<&str> {
     let (rest, index) = name.rsplit_once('.')?;
     let (rest, id) = rest.rsplit_once('.')?;
-    let topic = rest.strip_suffix(".pool")?;
-    let ok = !index.is_empty()
-        && index.bytes().all(|b| b.is_ascii_digit())
-        && id.len() == 16
-        && id.bytes().all(|b| b.is_ascii_hexdigit())
-        && !topic.is_empty();
-    ok.then_some(topic)
+    let (topic, _) = rest.rsplit_once('.')?;
+    let index: u32 = index.parse().ok()?;
+    let id = u64::from_str_radix(id, 16).ok()?;
+    let spelled = pool::segment_name(&Name::new(topic).ok()?, id, index).ok()?;
+    (spelled.as_str() == name).then_some(topic)
 }
 
 /// Pool segments of `topic` (names `<topic>.pool.*`), from the names listed now.

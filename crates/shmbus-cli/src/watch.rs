@@ -11,6 +11,7 @@ use shmbus_core::pool::DESCRIPTOR_SIZE;
 use shmbus_core::segment::{self, Kind, SegmentInfo};
 use shmbus_core::time::monotonic_ns;
 use shmbus_core::topic::{RawSubscriber, RawTopic, Received, TopicOptions};
+use shmbus_core::wire::type_name::ARRAY_TOPIC_PREFIX;
 
 use crate::decode::{
     decode_pod, decode_postcard, descriptor_value, hex, hexdump, pod_layout, postcard_message,
@@ -20,11 +21,7 @@ use crate::error::CliError;
 use crate::names;
 use crate::output::Out;
 use crate::spec::{self, Ty};
-use crate::survey::{codec_name, OPEN_TIMEOUT};
-
-/// Type names of array topics start with this (`array+<metadata type>`, as the `shmbus`
-/// crate names them in `Topic::array_publisher`).
-const ARRAY_TYPE_PREFIX: &str = "array+";
+use crate::survey::{self, codec_name, OPEN_TIMEOUT};
 
 /// Joins the topic `typed` as a subscriber that reads only new messages.
 fn subscribe(typed: &str) -> Result<(Name, SegmentInfo, RawSubscriber), CliError> {
@@ -70,7 +67,7 @@ fn decoder(info: &SegmentInfo, as_spec: Option<&str>) -> Result<Decoder, CliErro
         name: info.name.as_str().to_owned(),
         source,
     };
-    if t.name.starts_with(ARRAY_TYPE_PREFIX) && t.codec == Codec::Pod {
+    if t.name.starts_with(ARRAY_TOPIC_PREFIX) && t.codec == Codec::Pod {
         let meta_len = usize::try_from(t.size)
             .ok()
             .and_then(|s| s.checked_sub(DESCRIPTOR_SIZE))
@@ -434,7 +431,7 @@ pub(crate) fn hz(
         return Err(CliError::Usage("--window must be at least 1".into()));
     }
     let (name, info, sub) = subscribe(typed)?;
-    let stamps = info.params[6] == 1;
+    let stamps = survey::timestamps(&info);
     let start = Instant::now();
     let end = duration.map(|d| start + d);
     let mut w = Window {

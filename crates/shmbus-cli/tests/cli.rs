@@ -13,6 +13,7 @@
 //! `/dev/shm/shmbus.<prefix>*` when dropped, also when a test fails.
 
 use std::io::{BufRead, BufReader, Read};
+use std::mem::offset_of;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,6 +21,8 @@ use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use shmbus_core::segment::Header;
+use shmbus_core::wire;
 
 /// Bound on one CLI run (`hz` runs for at most a few seconds; `echo` gets a `--timeout`).
 const RUN_LIMIT: Duration = Duration::from_secs(30);
@@ -313,7 +316,10 @@ fn live_topics_are_listed_inspected_echoed_and_timed() {
     assert_eq!(e["type"]["codec"], "postcard");
     assert_eq!(e["type"]["name"], "pubsub::Status");
     let e = find(&objects, &frames).unwrap();
-    assert!(e["type"]["name"].as_str().unwrap().starts_with("array+"));
+    assert!(e["type"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with(wire::type_name::ARRAY_TOPIC_PREFIX));
     assert!(owner(e, producer, "publisher"), "{e}");
     assert!(owner(e, consumer, "subscriber"), "{e}");
     let pools: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "pool").collect();
@@ -622,8 +628,9 @@ fn damaged_and_foreign_segments_are_reported_not_fatal() {
     std::fs::write(dir.join(format!("shmbus.{short}")), b"SHMBUS").unwrap();
     // Our magic, but a format version from the future.
     let mut header = vec![0u8; 8192];
-    header[..8].copy_from_slice(b"SHMBUS\0\x01");
-    header[12..16].copy_from_slice(&999u32.to_le_bytes());
+    header[..wire::MAGIC.len()].copy_from_slice(&wire::MAGIC);
+    let version = offset_of!(Header, format_version);
+    header[version..version + 4].copy_from_slice(&999u32.to_ne_bytes());
     std::fs::write(dir.join(format!("shmbus.{future}")), &header).unwrap();
 
     let objects = ls(&s.prefix);
