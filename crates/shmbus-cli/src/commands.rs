@@ -5,13 +5,14 @@ use shmbus_core::name::Name;
 use shmbus_core::segment::{self, Expect, Segment, SegmentError, SegmentInfo};
 use shmbus_core::wire::{Kind, FILE_PREFIX, FORMAT_VERSION};
 
+use crate::budget::Budget;
 use crate::error::CliError;
 use crate::names;
 use crate::output::{age, size, utc, Out, Table};
 use crate::survey::{
-    self, array_view, counters_from_header, is_stale, participants, pid_exists, pool_segments,
-    pool_view, problem, qos_from_header, ArrayView, Counters, Entry, Holders, Owner, PoolView,
-    PublisherRow, Qos, SubscriberRow, TypeView, OPEN_TIMEOUT,
+    self, array_view, counters_from_header, is_stale, participants, peek, pid_exists,
+    pool_segments, pool_view, problem, qos_from_header, ArrayView, Counters, Entry, Holders,
+    OpenFailure, Owner, PoolView, PublisherRow, Qos, SubscriberRow, TypeView,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -19,8 +20,13 @@ use crate::survey::{
 // ---------------------------------------------------------------------------------------------
 
 /// `shmbus ls [PREFIX]`.
-pub(crate) fn ls(out: &mut Out, prefix: Option<&str>, json: bool) -> Result<(), CliError> {
-    let entries = survey::survey(prefix)?;
+pub(crate) fn ls(
+    out: &mut Out,
+    prefix: Option<&str>,
+    budget: &Budget,
+    json: bool,
+) -> Result<(), CliError> {
+    let entries = survey::survey(prefix, budget)?;
     if json {
         #[derive(Serialize)]
         struct Doc<'a> {
@@ -134,6 +140,7 @@ struct Inspect {
     array: Option<ArrayView>,
     pool: Option<PoolView>,
     problem: Option<String>,
+    stuck: Option<&'static str>,
 }
 
 /// The topic part of `inspect`.
@@ -149,8 +156,15 @@ struct TopicDetail {
     pool_segments: Vec<String>,
 }
 
-/// `shmbus inspect NAME`.
-pub(crate) fn inspect(out: &mut Out, typed: &str, json: bool) -> Result<(), CliError> {
+/// `shmbus inspect NAME`. An object that is there but cannot be opened (within `--timeout`) is
+/// shown as far as its header tells, as kind `?` with the reason; then the command fails with
+/// the error that kept it from opening.
+pub(crate) fn inspect(
+    out: &mut Out,
+    typed: &str,
+    budget: &Budget,
+    json: bool,
+) -> Result<(), CliError> {
     let name = names::existing(typed)?;
     let holders = Holders::scan();
     let mut doc = Inspect {
@@ -173,8 +187,10 @@ pub(crate) fn inspect(out: &mut Out, typed: &str, json: bool) -> Result<(), CliE
         array: None,
         pool: None,
         problem: None,
+        stuck: None,
     };
-    match segment::peek(&name) {
+    let mut failed = None;
+    match peek(&name) {
         Err(SegmentError::NotFound(_)) => return Err(names::not_found(name.as_str())),
         Err(e) => {
             if let SegmentError::Version { found, .. } = &e {
@@ -185,15 +201,36 @@ pub(crate) fn inspect(out: &mut Out, typed: &str, json: bool) -> Result<(), CliE
                 .map(|m| m.len());
             doc.problem = Some(problem(&e));
         }
-        Ok(info) => fill(&mut doc, &name, &info),
+        Ok(info) => failed = fill(&mut doc, &name, &info, budget),
+    }
+    if let Some(f) = &failed {
+        doc.kind = "?".into();
+        doc.problem = Some(f.problem.clone());
+        doc.stuck = f.stuck;
     }
     if json {
-        return out.json_pretty(&doc);
+        out.json_pretty(&doc)?;
+    } else {
+        out.put(&render_inspect(&doc))?;
     }
-    out.put(&render_inspect(&doc))
+    match failed {
+        Some(f) => {
+            out.flush()?;
+            Err(f.error)
+        }
+        None => Ok(()),
+    }
 }
 
-fn fill(doc: &mut Inspect, name: &Name, info: &SegmentInfo) {
+/// Fills `doc` from the header `info`, attaching where that is safe; returns why an attach
+/// failed, if one did.
+fn fill(
+    doc: &mut Inspect,
+    name: &Name,
+    info: &SegmentInfo,
+    budget: &Budget,
+) -> Option<OpenFailure> {
+    let mut failed = None;
     doc.kind = info.kind.as_str().into();
     doc.format_version = Some(FORMAT_VERSION);
     doc.type_info = Some(TypeView::from(&info.type_info));
@@ -225,7 +262,7 @@ fn fill(doc: &mut Inspect, name: &Name, info: &SegmentInfo) {
                 pool_segments: pools,
             };
             if info.in_use {
-                match participants(name, info) {
+                match participants(name, info, budget) {
                     Ok(p) => {
                         detail.qos = p.qos;
                         detail.counters = p.counters;
@@ -233,7 +270,14 @@ fn fill(doc: &mut Inspect, name: &Name, info: &SegmentInfo) {
                         detail.subscribers = p.subscribers;
                         detail.participants_read = true;
                     }
-                    Err(e) => detail.note = Some(format!("participants not read: {e}")),
+                    Err(e) => {
+                        detail.note = Some(
+                            "participants not read: the topic cannot be opened; QoS and \
+                             counters are what its header says"
+                                .into(),
+                        );
+                        failed = Some(e.into());
+                    }
                 }
             } else {
                 detail.note = Some(
@@ -244,10 +288,11 @@ fn fill(doc: &mut Inspect, name: &Name, info: &SegmentInfo) {
             }
             doc.topic = Some(detail);
         }
-        Kind::Array => doc.array = array_view(info),
+        Kind::Array => (doc.array, failed) = array_view(info, budget),
         Kind::Pool => doc.pool = pool_view(info),
         _ => {}
     }
+    failed
 }
 
 fn yes(b: bool) -> &'static str {
@@ -483,16 +528,22 @@ fn users(owners: &[Owner]) -> String {
 }
 
 /// `shmbus rm NAME... [--force]`: every name is checked before anything is removed.
-pub(crate) fn rm(out: &mut Out, typed: &[String], force: bool, json: bool) -> Result<(), CliError> {
+pub(crate) fn rm(
+    out: &mut Out,
+    typed: &[String],
+    force: bool,
+    budget: &Budget,
+    json: bool,
+) -> Result<(), CliError> {
     let holders = Holders::scan();
     let mut plan = Vec::new();
     for t in typed {
         let name = names::existing(t)?;
-        let peeked = segment::peek(&name);
+        let peeked = peek(&name);
         let (in_use, kind, owners) = match &peeked {
             Ok(info) => {
                 let owners = match (info.kind, info.in_use) {
-                    (Kind::Topic, true) => survey::entry(&name, &holders)
+                    (Kind::Topic, true) => survey::entry(&name, &holders, budget)
                         .map(|e| e.owners)
                         .unwrap_or_default(),
                     _ => holders.of(&name),
@@ -534,7 +585,7 @@ pub(crate) fn rm(out: &mut Out, typed: &[String], force: bool, json: bool) -> Re
         });
         if kind == "topic" {
             for pool in pool_segments(&name) {
-                match segment::peek(&pool) {
+                match peek(&pool) {
                     Ok(info) if info.in_use => report.kept.push(Kept {
                         name: pool.as_str().to_owned(),
                         reason: format!(
@@ -586,9 +637,14 @@ struct GcReport {
 /// `shmbus gc [PREFIX]`: removes every scoped object no live process uses (only those whose
 /// name starts with `PREFIX`, if given). Persistent objects and files that are not shmbus
 /// segments of this format version are kept.
-pub(crate) fn gc(out: &mut Out, prefix: Option<&str>, json: bool) -> Result<(), CliError> {
+pub(crate) fn gc(
+    out: &mut Out,
+    prefix: Option<&str>,
+    budget: &Budget,
+    json: bool,
+) -> Result<(), CliError> {
     // Kinds, for the report: gc itself only returns file names.
-    let before: Vec<Entry> = survey::survey(prefix)?;
+    let before: Vec<Entry> = survey::survey(prefix, budget)?;
     let kind_of = |name: &str| {
         before
             .iter()
@@ -605,7 +661,7 @@ pub(crate) fn gc(out: &mut Out, prefix: Option<&str>, json: bool) -> Result<(), 
             .iter()
             .filter(|e| e.stale)
             .filter_map(|e| Name::new(&e.name).ok())
-            .filter(reclaim_if_stale)
+            .filter(|n| reclaim_if_stale(n, budget))
             .map(|n| n.as_str().to_owned())
             .collect(),
     };
@@ -639,8 +695,8 @@ pub(crate) fn gc(out: &mut Out, prefix: Option<&str>, json: bool) -> Result<(), 
 
 /// Removes `name` if it is scoped and unused, the way every opener does: opening a stale
 /// segment marks it closed and unlinks it. Returns whether it is gone.
-fn reclaim_if_stale(name: &Name) -> bool {
-    let Ok(info) = segment::peek(name) else {
+fn reclaim_if_stale(name: &Name, budget: &Budget) -> bool {
+    let Ok(info) = peek(name) else {
         return false;
     };
     if !is_stale(&info) {
@@ -650,7 +706,7 @@ fn reclaim_if_stale(name: &Name) -> bool {
         kind: info.kind,
         type_info: None,
         read_only: false,
-        timeout: OPEN_TIMEOUT,
+        timeout: budget.open_timeout(),
     };
     match Segment::open(name, &expect) {
         // Someone started using it meanwhile; our handle goes as any user's does.
