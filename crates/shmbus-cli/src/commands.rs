@@ -1,8 +1,10 @@
 //! `ls`, `inspect`, `rm` and `gc`.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use shmbus_core::name::Name;
-use shmbus_core::segment::{self, Expect, Segment, SegmentError, SegmentInfo};
+use shmbus_core::segment::{self, SegmentError, SegmentInfo};
 use shmbus_core::wire::{Kind, FILE_PREFIX, FORMAT_VERSION};
 
 use crate::budget::Budget;
@@ -629,90 +631,144 @@ pub(crate) fn rm(
 // gc
 // ---------------------------------------------------------------------------------------------
 
+/// A file under the shmbus prefix that is not a readable segment of this format.
+#[derive(Debug, Serialize)]
+struct GcUnreadable {
+    /// The file name in the shared-memory directory.
+    file: String,
+    /// Its shmbus name, if the file name holds a valid one (what `rm` takes).
+    name: Option<String>,
+    /// Why it cannot be read.
+    reason: String,
+    /// Whether a process holds it (then gc never removes it).
+    in_use: bool,
+    /// Whether this gc removed it (`--unreadable`).
+    removed: bool,
+}
+
 #[derive(Debug, Serialize)]
 struct GcReport {
     removed: Vec<Removed>,
+    unreadable: Vec<GcUnreadable>,
 }
 
-/// `shmbus gc [PREFIX]`: removes every scoped object no live process uses (only those whose
-/// name starts with `PREFIX`, if given). Persistent objects and files that are not shmbus
-/// segments of this format version are kept.
+/// `shmbus gc [PREFIX] [--unreadable]`: removes every scoped object no live process uses (only
+/// those whose name starts with `PREFIX`, if given), and lists the files under the shmbus
+/// prefix that are not readable segments of this format (corrupt, foreign, another format
+/// version, unreadable for this user), which it keeps unless `unreadable` asks to remove those
+/// that nobody holds. Persistent objects are kept. Nothing here waits: gc only takes locks
+/// that are free.
 pub(crate) fn gc(
     out: &mut Out,
     prefix: Option<&str>,
-    budget: &Budget,
+    unreadable: bool,
     json: bool,
 ) -> Result<(), CliError> {
-    // Kinds, for the report: gc itself only returns file names.
-    let before: Vec<Entry> = survey::survey(prefix, budget)?;
-    let kind_of = |name: &str| {
-        before
+    // Kinds, for the report (gc itself returns file names): the headers of what is stale now.
+    let kinds: HashMap<String, String> = segment::list()
+        .map_err(CliError::list)?
+        .iter()
+        .filter(|n| prefix.is_none_or(|p| n.as_str().starts_with(p)))
+        .filter_map(|n| {
+            let info = peek(n).ok().filter(is_stale)?;
+            Some((n.as_str().to_owned(), info.kind.as_str().to_owned()))
+        })
+        .collect();
+    let done =
+        segment::gc_report_prefix(prefix.unwrap_or(""), unreadable).map_err(CliError::list)?;
+    let bare = |file: &str| file.strip_prefix(FILE_PREFIX).unwrap_or(file).to_owned();
+    let mut report = GcReport {
+        removed: done
+            .removed
             .iter()
-            .find(|e| e.name == name)
-            .map_or("?".to_owned(), |e| e.kind.clone())
-    };
-    let removed: Vec<String> = match prefix {
-        None => segment::gc()
-            .map_err(CliError::list)?
+            .map(|f| {
+                let name = bare(f);
+                Removed {
+                    kind: kinds.get(&name).cloned().unwrap_or_else(|| "?".into()),
+                    name,
+                    note: None,
+                }
+            })
+            .collect(),
+        unreadable: done
+            .unreadable
             .into_iter()
-            .filter_map(|f| f.strip_prefix(FILE_PREFIX).map(str::to_owned))
-            .collect(),
-        Some(_) => before
-            .iter()
-            .filter(|e| e.stale)
-            .filter_map(|e| Name::new(&e.name).ok())
-            .filter(|n| reclaim_if_stale(n, budget))
-            .map(|n| n.as_str().to_owned())
-            .collect(),
-    };
-    let report = GcReport {
-        removed: removed
-            .iter()
-            .map(|n| Removed {
-                name: n.clone(),
-                kind: kind_of(n),
-                note: None,
+            .map(|u| GcUnreadable {
+                name: Name::from_file_name(&u.file).map(|n| n.as_str().to_owned()),
+                file: u.file,
+                reason: u.reason,
+                in_use: u.in_use,
+                removed: u.removed,
             })
             .collect(),
     };
+    report.removed.sort_by(|a, b| a.name.cmp(&b.name));
+    report.unreadable.sort_by(|a, b| a.file.cmp(&b.file));
     if json {
         return out.json_pretty(&report);
     }
-    if report.removed.is_empty() {
-        return out.line("nothing to remove: every scoped object has a live user");
-    }
-    out.line(&format!(
-        "removed {} object{} no live process used:",
-        report.removed.len(),
-        if report.removed.len() == 1 { "" } else { "s" }
-    ))?;
-    let mut t = Table::new(&["KIND", "NAME"]);
-    for r in &report.removed {
-        t.row(vec![r.kind.clone(), r.name.clone()]);
-    }
-    out.put(&t.render(2))
+    out.put(&render_gc(&report, unreadable))
 }
 
-/// Removes `name` if it is scoped and unused, the way every opener does: opening a stale
-/// segment marks it closed and unlinks it. Returns whether it is gone.
-fn reclaim_if_stale(name: &Name, budget: &Budget) -> bool {
-    let Ok(info) = peek(name) else {
-        return false;
-    };
-    if !is_stale(&info) {
-        return false;
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn render_gc(r: &GcReport, asked: bool) -> String {
+    let mut s = String::new();
+    if r.removed.is_empty() && r.unreadable.is_empty() {
+        return "nothing to remove: every scoped object has a live user\n".into();
     }
-    let expect = Expect {
-        kind: info.kind,
-        type_info: None,
-        read_only: false,
-        timeout: budget.open_timeout(),
-    };
-    match Segment::open(name, &expect) {
-        // Someone started using it meanwhile; our handle goes as any user's does.
-        Ok(seg) => drop(seg),
-        Err(SegmentError::NotFound(_)) => {}
-        Err(_) => return false,
+    if r.removed.is_empty() {
+        s.push_str("no stale object to remove: every scoped object has a live user\n");
+    } else {
+        s.push_str(&format!(
+            "removed {} no live process used:\n",
+            plural(r.removed.len(), "object", "objects")
+        ));
+        let mut t = Table::new(&["KIND", "NAME"]);
+        for x in &r.removed {
+            t.row(vec![x.kind.clone(), x.name.clone()]);
+        }
+        s.push_str(&t.render(2));
     }
-    !segment::exists(name)
+    if r.unreadable.is_empty() {
+        return s;
+    }
+    s.push_str(&format!(
+        "{} not readable as shmbus segments of this version:\n",
+        plural(r.unreadable.len(), "file is", "files are")
+    ));
+    let mut t = Table::new(&["NAME", "IN USE", "STATUS", "REASON"]);
+    for u in &r.unreadable {
+        let status = match (u.removed, u.in_use, asked) {
+            (true, _, _) => "removed",
+            (false, true, _) => "kept (in use)",
+            (false, false, true) => "kept (could not remove)",
+            (false, false, false) => "kept",
+        };
+        t.row(vec![
+            u.name
+                .clone()
+                .unwrap_or_else(|| format!("(file {})", u.file)),
+            yes(u.in_use).into(),
+            status.into(),
+            u.reason.clone(),
+        ]);
+    }
+    s.push_str(&t.render(2));
+    let left: Vec<&GcUnreadable> = r.unreadable.iter().filter(|u| !u.removed).collect();
+    if !asked && left.iter().any(|u| !u.in_use) {
+        s.push_str(
+            "`shmbus gc --unreadable` removes the unreadable files nobody holds; \
+             `shmbus rm --force NAME` removes one\n",
+        );
+    }
+    if left.iter().any(|u| u.in_use) {
+        s.push_str(
+            "gc never removes a file a process holds: stop that process, or remove the name \
+             with `shmbus rm --force NAME` (it keeps its mapping)\n",
+        );
+    }
+    s
 }

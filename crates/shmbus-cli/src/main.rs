@@ -8,7 +8,8 @@
 //! shmbus hz TOPIC [--window N] [--duration SECS]
 //!                                         message rate, intervals and publish-to-receive latency
 //! shmbus rm NAME... [--force]             remove objects (and a topic's unused pool segments)
-//! shmbus gc [PREFIX]                      remove every scoped object no live process uses
+//! shmbus gc [PREFIX] [--unreadable]       remove every scoped object no live process uses; list
+//!                                         (--unreadable: remove) unreadable files nobody holds
 //! ```
 //!
 //! Every command takes `--json` and `--timeout SECS`. Names are shmbus names (`demo.frames`),
@@ -21,13 +22,22 @@
 //! Opening an object waits, boundedly, for a header that is not ready yet, or while its last
 //! user is closing it. A broken or hostile segment (its state word set to closed while
 //! processes use it, a header stuck in its initial state) would make that wait run out, so every
-//! command that opens something (`ls`, `inspect`, `echo`, `hz`, `rm`, `gc`) waits at most
-//! `--timeout` seconds (default 2) *in all*: once that is spent, each further open gets one
+//! command that opens something (`ls`, `inspect`, `echo`, `hz`, `rm`; `gc` only takes locks that
+//! are free and never waits) waits at most `--timeout` seconds (default 2) *in all*: once that
+//! is spent, each further open gets one
 //! short try, so `ls` over many broken objects still ends after about `--timeout`. An object
 //! that does not open is reported, never waited on longer: `ls` lists it as kind `?` with the
 //! reason in `NOTE` (`problem` and `stuck` in JSON), `inspect` shows what its header says and
 //! then fails with the reason, `echo` and `hz` fail with it. With `echo`, `--timeout` also bounds
 //! the wait for each message (without it, `echo` waits for messages forever).
+//!
+//! # Unreadable files (`gc`)
+//!
+//! A file under the shmbus prefix that is not a readable segment of this format (corrupt,
+//! foreign, written by another format version, unreadable for this user) is never removed
+//! silently. `gc` lists each one with the reason and whether a process holds it. `gc
+//! --unreadable` removes those that no process holds; one that a process holds is kept (`shmbus
+//! rm --force NAME` removes its name; the holder keeps its mapping). `ls` shows them as kind `?`.
 //!
 //! Looking never changes anything: `ls` and `inspect` read headers, and attach to a topic some
 //! process uses without joining it (a stale topic is not attached at all, since opening it would
@@ -75,8 +85,9 @@
 //!   `subscribers` [{row, pid, alive, cursor, lag, lagged}], `note`, `pool_segments`), `array`
 //!   {dtype, itemsize, shape, strides, data_bytes} or `pool` {topic, pool_id, index,
 //!   block_size, block_count}.
-//! - `rm`: `{"removed": [{name, kind, note}], "kept": [{name, reason}]}`; `gc`:
-//!   `{"removed": [{name, kind, note}]}`.
+//! - `rm`: `{"removed": [{name, kind, note}], "kept": [{name, reason}]}`.
+//! - `gc`: `{"removed": [{name, kind, note}], "unreadable": [{file, name, reason, in_use,
+//!   removed}]}` (`name` is `null` when the file name holds no valid shmbus name).
 //! - `hz`: `{topic, messages, lagged, elapsed_s, window, rate_hz, interval_s, latency_ns,
 //!   latency_note}`, the last three statistics as `{mean, min, max, std_dev}`. With `--json`,
 //!   `hz` runs for `--duration` (5 s by default) and prints once.
@@ -115,9 +126,14 @@ struct Cli {
     /// Print JSON for scripts instead of tables (one document; one per line for `echo`).
     #[arg(long, global = true)]
     json: bool,
-    /// Wait at most this long, in all, for objects that do not open (default 2): a stuck one
-    /// is reported with its reason instead. `echo` also gives up (exit status 1) when no
-    /// message comes for this long; without --timeout it waits for messages forever.
+    /// Wait at most this long, in all, for objects that do not open [default: 2].
+    ///
+    /// A segment that does not open in time (a header stuck in its initial state, a state word
+    /// set to closed while processes use it) is reported with the reason instead: `ls` lists it
+    /// as kind `?`, `inspect`, `echo` and `hz` fail with it. The time is shared by all the opens
+    /// of one command; once it is spent, each further open gets one short try. `echo` also
+    /// gives up (exit status 1) when no message comes for this long; without --timeout it waits
+    /// for messages forever.
     #[arg(long, global = true, value_name = "SECS")]
     timeout: Option<f64>,
     #[command(subcommand)]
@@ -167,10 +183,20 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Remove every scoped object that no live process uses; persistent ones are kept.
+    /// Remove every scoped object that no live process uses; list unreadable files.
+    ///
+    /// Persistent objects are kept. Files under the shmbus prefix that are not readable shmbus
+    /// segments (corrupt, foreign, another format version) are listed with the reason and
+    /// whether a process holds them, and kept unless --unreadable.
     Gc {
         /// Only names that start with this.
         prefix: Option<String>,
+        /// Also remove the unreadable files that no process holds.
+        ///
+        /// A file that a process holds is kept; `shmbus rm --force NAME` removes its name (the
+        /// holder keeps its mapping).
+        #[arg(long)]
+        unreadable: bool,
     },
 }
 
@@ -215,7 +241,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             watch::hz(&mut out, &topic, window, duration, &budget, json)?
         }
         Command::Rm { names, force } => commands::rm(&mut out, &names, force, &budget, json)?,
-        Command::Gc { prefix } => commands::gc(&mut out, prefix.as_deref(), &budget, json)?,
+        Command::Gc { prefix, unreadable } => {
+            commands::gc(&mut out, prefix.as_deref(), unreadable, json)?
+        }
     }
     out.flush()
 }
@@ -259,7 +287,7 @@ mod tests {
             &["shmbus", "--timeout", "0.5", "ls"][..],
             &["shmbus", "inspect", "x", "--timeout", "0.5"],
             &["shmbus", "echo", "t", "--count", "3", "--timeout", "0.5"],
-            &["shmbus", "gc", "--timeout", "0.5"],
+            &["shmbus", "gc", "--timeout", "0.5", "--unreadable"],
             &["shmbus", "rm", "x", "--timeout", "0.5"],
             &["shmbus", "hz", "t", "--timeout", "0.5"],
         ] {
