@@ -664,16 +664,25 @@ pub(crate) fn gc(
     unreadable: bool,
     json: bool,
 ) -> Result<(), CliError> {
-    // Kinds, for the report (gc itself returns file names): the headers of what is stale now.
-    let kinds: HashMap<String, String> = segment::list()
-        .map_err(CliError::list)?
+    // For the report (gc itself returns file names and its own words): the kind of what is
+    // stale now, and the problem of what is unreadable, worded as `ls` words it.
+    let mut kinds: HashMap<String, String> = HashMap::new();
+    let mut problems: HashMap<String, String> = HashMap::new();
+    let names = segment::list().map_err(CliError::list)?;
+    for n in names
         .iter()
         .filter(|n| prefix.is_none_or(|p| n.as_str().starts_with(p)))
-        .filter_map(|n| {
-            let info = peek(n).ok().filter(is_stale)?;
-            Some((n.as_str().to_owned(), info.kind.as_str().to_owned()))
-        })
-        .collect();
+    {
+        match peek(n) {
+            Ok(info) if is_stale(&info) => {
+                kinds.insert(n.as_str().to_owned(), info.kind.as_str().to_owned());
+            }
+            Ok(_) | Err(SegmentError::NotFound(_)) => {}
+            Err(e) => {
+                problems.insert(n.as_str().to_owned(), problem(&e));
+            }
+        }
+    }
     let done =
         segment::gc_report_prefix(prefix.unwrap_or(""), unreadable).map_err(CliError::list)?;
     let bare = |file: &str| file.strip_prefix(FILE_PREFIX).unwrap_or(file).to_owned();
@@ -693,12 +702,18 @@ pub(crate) fn gc(
         unreadable: done
             .unreadable
             .into_iter()
-            .map(|u| GcUnreadable {
-                name: Name::from_file_name(&u.file).map(|n| n.as_str().to_owned()),
-                file: u.file,
-                reason: u.reason,
-                in_use: u.in_use,
-                removed: u.removed,
+            .map(|u| {
+                let name = Name::from_file_name(&u.file).map(|n| n.as_str().to_owned());
+                GcUnreadable {
+                    reason: name
+                        .as_ref()
+                        .and_then(|n| problems.get(n).cloned())
+                        .unwrap_or(u.reason),
+                    name,
+                    file: u.file,
+                    in_use: u.in_use,
+                    removed: u.removed,
+                }
             })
             .collect(),
     };
@@ -736,8 +751,8 @@ fn render_gc(r: &GcReport, asked: bool) -> String {
         return s;
     }
     s.push_str(&format!(
-        "{} not readable as shmbus segments of this version:\n",
-        plural(r.unreadable.len(), "file is", "files are")
+        "{} (not readable as shmbus segments of this version):\n",
+        plural(r.unreadable.len(), "unreadable file", "unreadable files"),
     ));
     let mut t = Table::new(&["NAME", "IN USE", "STATUS", "REASON"]);
     for u in &r.unreadable {
