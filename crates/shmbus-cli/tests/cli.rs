@@ -687,9 +687,16 @@ fn damaged_and_foreign_segments_are_reported_not_fatal() {
     let version = offset_of!(Header, format_version);
     header[version..version + 4].copy_from_slice(&999u32.to_ne_bytes());
     std::fs::write(dir.join(format!("shmbus.{future}")), &header).unwrap();
+    // A FIFO: opening it for reading would wait for a writer; nothing may wait on it.
+    let fifo = s.name("fifo");
+    let made = Command::new("mkfifo")
+        .arg(dir.join(format!("shmbus.{fifo}")))
+        .status()
+        .expect("running mkfifo");
+    assert!(made.success(), "mkfifo: {made}");
 
     let objects = ls(&s.prefix);
-    assert_eq!(objects.len(), 3, "{objects:?}");
+    assert_eq!(objects.len(), 4, "{objects:?}");
     for o in &objects {
         assert_eq!(o["kind"], "?", "{o}");
         assert_eq!(o["stale"], false, "gc leaves what is not ours: {o}");
@@ -715,6 +722,12 @@ fn damaged_and_foreign_segments_are_reported_not_fatal() {
         "{}",
         problem(&future)
     );
+    assert_eq!(problem(&fifo), "corrupt: a FIFO, not a regular file");
+    let r = shmbus(&["inspect", &fifo]);
+    assert!(r.ok().contains("a FIFO"), "{}", r.stdout);
+    let r = shmbus(&["echo", &fifo, "--count", "1", "--timeout", "1"]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("a FIFO"), "{}", r.stderr);
     assert!(shmbus(&["ls", &s.prefix])
         .ok()
         .contains("corrupt: bad magic"));
@@ -732,16 +745,16 @@ fn damaged_and_foreign_segments_are_reported_not_fatal() {
     let r = shmbus(&["gc", "--json", &s.prefix]).json();
     assert!(r["removed"].as_array().unwrap().is_empty());
     let listed = r["unreadable"].as_array().unwrap();
-    assert_eq!(listed.len(), 3, "{r}");
+    assert_eq!(listed.len(), 4, "{r}");
     for u in listed {
         let name = u["name"].as_str().unwrap();
         assert_eq!(u["reason"].as_str().unwrap(), problem(name), "{u}");
         assert_eq!(u["in_use"], false, "{u}");
         assert_eq!(u["removed"], false, "{u}");
     }
-    let r = shmbus(&["rm", &garbage, &short, &future]);
+    let r = shmbus(&["rm", &garbage, &short, &future, &fifo]);
     let out = r.ok();
-    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(out.lines().count(), 4, "{out}");
     assert!(out.contains("not a readable shmbus segment"), "{out}");
     assert!(s.files().is_empty());
 }
