@@ -12,8 +12,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use serde::Serialize;
-use shmbus_core::array::ArrayError;
-use shmbus_core::array::{Location, RawArray};
+use shmbus_core::array::{ArrayError, Location, RawArray};
 use shmbus_core::dtype::{c_strides, Dtype};
 use shmbus_core::layout::{Codec, TypeInfo};
 use shmbus_core::liveness;
