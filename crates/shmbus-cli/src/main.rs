@@ -24,12 +24,13 @@
 //! processes use it, a header stuck in its initial state) would make that wait run out, so every
 //! command that opens something (`ls`, `inspect`, `echo`, `hz`, `rm`; `gc` only takes locks that
 //! are free and never waits) waits at most `--timeout` seconds (default 2) *in all*: once that
-//! is spent, each further open gets one
-//! short try, so `ls` over many broken objects still ends after about `--timeout`. An object
-//! that does not open is reported, never waited on longer: `ls` lists it as kind `?` with the
-//! reason in `NOTE` (`problem` and `stuck` in JSON), `inspect` shows what its header says and
-//! then fails with the reason, `echo` and `hz` fail with it. With `echo`, `--timeout` also bounds
-//! the wait for each message (without it, `echo` waits for messages forever).
+//! is spent, each further open gets one short try, so `ls` over many broken objects still ends
+//! after about `--timeout`. An object that does not open is reported, never waited on longer:
+//! `ls` lists it as kind `?` with the reason in `NOTE` (`problem` and `stuck` in JSON),
+//! `inspect` shows what its header says and then fails with the reason, `echo` and `hz` fail
+//! with it. With `echo`, `--timeout` also bounds the wait for each message (without it, `echo`
+//! waits for messages forever). A file that is not a regular file (a FIFO) is reported, never
+//! opened.
 //!
 //! # Unreadable files (`gc`)
 //!
