@@ -1,16 +1,20 @@
 //! `ls`, `inspect`, `rm` and `gc`.
 
-use serde::Serialize;
-use shmbus_core::name::{Name, FILE_PREFIX};
-use shmbus_core::segment::{self, Expect, Kind, Segment, SegmentError, SegmentInfo};
+use std::collections::HashMap;
 
+use serde::Serialize;
+use shmbus_core::name::Name;
+use shmbus_core::segment::{self, SegmentError, SegmentInfo};
+use shmbus_core::wire::{Kind, FILE_PREFIX, FORMAT_VERSION};
+
+use crate::budget::Budget;
 use crate::error::CliError;
 use crate::names;
 use crate::output::{age, size, utc, Out, Table};
 use crate::survey::{
-    self, array_view, counters_from_header, is_stale, participants, pid_exists, pool_segments,
-    pool_view, problem, qos_from_header, ArrayView, Counters, Entry, Holders, Owner, PoolView,
-    PublisherRow, Qos, SubscriberRow, TypeView, OPEN_TIMEOUT,
+    self, array_view, counters_from_header, is_stale, participants, peek, pid_exists,
+    pool_segments, pool_view, problem, qos_from_header, ArrayView, Counters, Entry, Holders,
+    OpenFailure, Owner, PoolView, PublisherRow, Qos, SubscriberRow, TypeView,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -18,8 +22,13 @@ use crate::survey::{
 // ---------------------------------------------------------------------------------------------
 
 /// `shmbus ls [PREFIX]`.
-pub(crate) fn ls(out: &mut Out, prefix: Option<&str>, json: bool) -> Result<(), CliError> {
-    let entries = survey::survey(prefix)?;
+pub(crate) fn ls(
+    out: &mut Out,
+    prefix: Option<&str>,
+    budget: &Budget,
+    json: bool,
+) -> Result<(), CliError> {
+    let entries = survey::survey(prefix, budget)?;
     if json {
         #[derive(Serialize)]
         struct Doc<'a> {
@@ -133,6 +142,7 @@ struct Inspect {
     array: Option<ArrayView>,
     pool: Option<PoolView>,
     problem: Option<String>,
+    stuck: Option<&'static str>,
 }
 
 /// The topic part of `inspect`.
@@ -148,8 +158,15 @@ struct TopicDetail {
     pool_segments: Vec<String>,
 }
 
-/// `shmbus inspect NAME`.
-pub(crate) fn inspect(out: &mut Out, typed: &str, json: bool) -> Result<(), CliError> {
+/// `shmbus inspect NAME`. An object that is there but cannot be opened (within `--timeout`) is
+/// shown as far as its header tells, as kind `?` with the reason; then the command fails with
+/// the error that kept it from opening.
+pub(crate) fn inspect(
+    out: &mut Out,
+    typed: &str,
+    budget: &Budget,
+    json: bool,
+) -> Result<(), CliError> {
     let name = names::existing(typed)?;
     let holders = Holders::scan();
     let mut doc = Inspect {
@@ -172,8 +189,10 @@ pub(crate) fn inspect(out: &mut Out, typed: &str, json: bool) -> Result<(), CliE
         array: None,
         pool: None,
         problem: None,
+        stuck: None,
     };
-    match segment::peek(&name) {
+    let mut failed = None;
+    match peek(&name) {
         Err(SegmentError::NotFound(_)) => return Err(names::not_found(name.as_str())),
         Err(e) => {
             if let SegmentError::Version { found, .. } = &e {
@@ -184,22 +203,40 @@ pub(crate) fn inspect(out: &mut Out, typed: &str, json: bool) -> Result<(), CliE
                 .map(|m| m.len());
             doc.problem = Some(problem(&e));
         }
-        Ok(info) => fill(&mut doc, &name, &info),
+        Ok(info) => failed = fill(&mut doc, &name, &info, budget),
+    }
+    if let Some(f) = &failed {
+        doc.kind = "?".into();
+        doc.problem = Some(f.problem.clone());
+        doc.stuck = f.stuck;
     }
     if json {
-        return out.json_pretty(&doc);
+        out.json_pretty(&doc)?;
+    } else {
+        out.put(&render_inspect(&doc))?;
     }
-    out.put(&render_inspect(&doc))
+    match failed {
+        Some(f) => {
+            out.flush()?;
+            Err(f.error)
+        }
+        None => Ok(()),
+    }
 }
 
-fn fill(doc: &mut Inspect, name: &Name, info: &SegmentInfo) {
+/// Fills `doc` from the header `info`, attaching where that is safe; returns why an attach
+/// failed, if one did.
+fn fill(
+    doc: &mut Inspect,
+    name: &Name,
+    info: &SegmentInfo,
+    budget: &Budget,
+) -> Option<OpenFailure> {
+    let mut failed = None;
     doc.kind = info.kind.as_str().into();
-    doc.format_version = Some(segment::FORMAT_VERSION);
+    doc.format_version = Some(FORMAT_VERSION);
     doc.type_info = Some(TypeView::from(&info.type_info));
-    doc.lifetime = Some(match info.lifetime {
-        segment::Lifetime::Scoped => "scoped",
-        segment::Lifetime::Persistent => "persistent",
-    });
+    doc.lifetime = Some(survey::lifetime_name(info.lifetime));
     doc.size = Some(info.total_size);
     doc.payload_size = Some(info.payload_size);
     doc.mode = Some(format!("{:04o}", info.mode));
@@ -227,7 +264,7 @@ fn fill(doc: &mut Inspect, name: &Name, info: &SegmentInfo) {
                 pool_segments: pools,
             };
             if info.in_use {
-                match participants(name, info) {
+                match participants(name, info, budget) {
                     Ok(p) => {
                         detail.qos = p.qos;
                         detail.counters = p.counters;
@@ -235,7 +272,14 @@ fn fill(doc: &mut Inspect, name: &Name, info: &SegmentInfo) {
                         detail.subscribers = p.subscribers;
                         detail.participants_read = true;
                     }
-                    Err(e) => detail.note = Some(format!("participants not read: {e}")),
+                    Err(e) => {
+                        detail.note = Some(
+                            "participants not read: the topic cannot be opened; QoS and \
+                             counters are what its header says"
+                                .into(),
+                        );
+                        failed = Some(e.into());
+                    }
                 }
             } else {
                 detail.note = Some(
@@ -246,10 +290,11 @@ fn fill(doc: &mut Inspect, name: &Name, info: &SegmentInfo) {
             }
             doc.topic = Some(detail);
         }
-        Kind::Array => doc.array = array_view(info),
+        Kind::Array => (doc.array, failed) = array_view(info, budget),
         Kind::Pool => doc.pool = pool_view(info),
         _ => {}
     }
+    failed
 }
 
 fn yes(b: bool) -> &'static str {
@@ -485,16 +530,22 @@ fn users(owners: &[Owner]) -> String {
 }
 
 /// `shmbus rm NAME... [--force]`: every name is checked before anything is removed.
-pub(crate) fn rm(out: &mut Out, typed: &[String], force: bool, json: bool) -> Result<(), CliError> {
+pub(crate) fn rm(
+    out: &mut Out,
+    typed: &[String],
+    force: bool,
+    budget: &Budget,
+    json: bool,
+) -> Result<(), CliError> {
     let holders = Holders::scan();
     let mut plan = Vec::new();
     for t in typed {
         let name = names::existing(t)?;
-        let peeked = segment::peek(&name);
+        let peeked = peek(&name);
         let (in_use, kind, owners) = match &peeked {
             Ok(info) => {
                 let owners = match (info.kind, info.in_use) {
-                    (Kind::Topic, true) => survey::entry(&name, &holders)
+                    (Kind::Topic, true) => survey::entry(&name, &holders, budget)
                         .map(|e| e.owners)
                         .unwrap_or_default(),
                     _ => holders.of(&name),
@@ -536,7 +587,7 @@ pub(crate) fn rm(out: &mut Out, typed: &[String], force: bool, json: bool) -> Re
         });
         if kind == "topic" {
             for pool in pool_segments(&name) {
-                match segment::peek(&pool) {
+                match peek(&pool) {
                     Ok(info) if info.in_use => report.kept.push(Kept {
                         name: pool.as_str().to_owned(),
                         reason: format!(
@@ -580,85 +631,159 @@ pub(crate) fn rm(out: &mut Out, typed: &[String], force: bool, json: bool) -> Re
 // gc
 // ---------------------------------------------------------------------------------------------
 
+/// A file under the shmbus prefix that is not a readable segment of this format.
+#[derive(Debug, Serialize)]
+struct GcUnreadable {
+    /// The file name in the shared-memory directory.
+    file: String,
+    /// Its shmbus name, if the file name holds a valid one (what `rm` takes).
+    name: Option<String>,
+    /// Why it cannot be read.
+    reason: String,
+    /// Whether a process holds it (then gc never removes it).
+    in_use: bool,
+    /// Whether this gc removed it (`--unreadable`).
+    removed: bool,
+}
+
 #[derive(Debug, Serialize)]
 struct GcReport {
     removed: Vec<Removed>,
+    unreadable: Vec<GcUnreadable>,
 }
 
-/// `shmbus gc [PREFIX]`: removes every scoped object no live process uses (only those whose
-/// name starts with `PREFIX`, if given). Persistent objects and files that are not shmbus
-/// segments of this format version are kept.
-pub(crate) fn gc(out: &mut Out, prefix: Option<&str>, json: bool) -> Result<(), CliError> {
-    // Kinds, for the report: gc itself only returns file names.
-    let before: Vec<Entry> = survey::survey(prefix)?;
-    let kind_of = |name: &str| {
-        before
+/// `shmbus gc [PREFIX] [--unreadable]`: removes every scoped object no live process uses (only
+/// those whose name starts with `PREFIX`, if given), and lists the files under the shmbus
+/// prefix that are not readable segments of this format (corrupt, foreign, another format
+/// version, unreadable for this user), which it keeps unless `unreadable` asks to remove those
+/// that nobody holds. Persistent objects are kept. Nothing here waits: gc only takes locks
+/// that are free.
+pub(crate) fn gc(
+    out: &mut Out,
+    prefix: Option<&str>,
+    unreadable: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    // For the report (gc itself returns file names and its own words): the kind of what is
+    // stale now, and the problem of what is unreadable, worded as `ls` words it.
+    let mut kinds: HashMap<String, String> = HashMap::new();
+    let mut problems: HashMap<String, String> = HashMap::new();
+    let names = segment::list().map_err(CliError::list)?;
+    for n in names
+        .iter()
+        .filter(|n| prefix.is_none_or(|p| n.as_str().starts_with(p)))
+    {
+        match peek(n) {
+            Ok(info) if is_stale(&info) => {
+                kinds.insert(n.as_str().to_owned(), info.kind.as_str().to_owned());
+            }
+            Ok(_) | Err(SegmentError::NotFound(_)) => {}
+            Err(e) => {
+                problems.insert(n.as_str().to_owned(), problem(&e));
+            }
+        }
+    }
+    let done =
+        segment::gc_report_prefix(prefix.unwrap_or(""), unreadable).map_err(CliError::list)?;
+    let bare = |file: &str| file.strip_prefix(FILE_PREFIX).unwrap_or(file).to_owned();
+    let mut report = GcReport {
+        removed: done
+            .removed
             .iter()
-            .find(|e| e.name == name)
-            .map_or("?".to_owned(), |e| e.kind.clone())
-    };
-    let removed: Vec<String> = match prefix {
-        None => segment::gc()
-            .map_err(CliError::list)?
+            .map(|f| {
+                let name = bare(f);
+                Removed {
+                    kind: kinds.get(&name).cloned().unwrap_or_else(|| "?".into()),
+                    name,
+                    note: None,
+                }
+            })
+            .collect(),
+        unreadable: done
+            .unreadable
             .into_iter()
-            .filter_map(|f| f.strip_prefix(FILE_PREFIX).map(str::to_owned))
-            .collect(),
-        Some(_) => before
-            .iter()
-            .filter(|e| e.stale)
-            .filter_map(|e| Name::new(&e.name).ok())
-            .filter(reclaim_if_stale)
-            .map(|n| n.as_str().to_owned())
-            .collect(),
-    };
-    let report = GcReport {
-        removed: removed
-            .iter()
-            .map(|n| Removed {
-                name: n.clone(),
-                kind: kind_of(n),
-                note: None,
+            .map(|u| {
+                let name = Name::from_file_name(&u.file).map(|n| n.as_str().to_owned());
+                GcUnreadable {
+                    reason: name
+                        .as_ref()
+                        .and_then(|n| problems.get(n).cloned())
+                        .unwrap_or(u.reason),
+                    name,
+                    file: u.file,
+                    in_use: u.in_use,
+                    removed: u.removed,
+                }
             })
             .collect(),
     };
+    report.removed.sort_by(|a, b| a.name.cmp(&b.name));
+    report.unreadable.sort_by(|a, b| a.file.cmp(&b.file));
     if json {
         return out.json_pretty(&report);
     }
-    if report.removed.is_empty() {
-        return out.line("nothing to remove: every scoped object has a live user");
-    }
-    out.line(&format!(
-        "removed {} object{} no live process used:",
-        report.removed.len(),
-        if report.removed.len() == 1 { "" } else { "s" }
-    ))?;
-    let mut t = Table::new(&["KIND", "NAME"]);
-    for r in &report.removed {
-        t.row(vec![r.kind.clone(), r.name.clone()]);
-    }
-    out.put(&t.render(2))
+    out.put(&render_gc(&report, unreadable))
 }
 
-/// Removes `name` if it is scoped and unused, the way every opener does: opening a stale
-/// segment marks it closed and unlinks it. Returns whether it is gone.
-fn reclaim_if_stale(name: &Name) -> bool {
-    let Ok(info) = segment::peek(name) else {
-        return false;
-    };
-    if !is_stale(&info) {
-        return false;
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn render_gc(r: &GcReport, asked: bool) -> String {
+    let mut s = String::new();
+    if r.removed.is_empty() && r.unreadable.is_empty() {
+        return "nothing to remove: every scoped object has a live user\n".into();
     }
-    let expect = Expect {
-        kind: info.kind,
-        type_info: None,
-        read_only: false,
-        timeout: OPEN_TIMEOUT,
-    };
-    match Segment::open(name, &expect) {
-        // Someone started using it meanwhile; our handle goes as any user's does.
-        Ok(seg) => drop(seg),
-        Err(SegmentError::NotFound(_)) => {}
-        Err(_) => return false,
+    if r.removed.is_empty() {
+        s.push_str("no stale object to remove: every scoped object has a live user\n");
+    } else {
+        s.push_str(&format!(
+            "removed {} no live process used:\n",
+            plural(r.removed.len(), "object", "objects")
+        ));
+        let mut t = Table::new(&["KIND", "NAME"]);
+        for x in &r.removed {
+            t.row(vec![x.kind.clone(), x.name.clone()]);
+        }
+        s.push_str(&t.render(2));
     }
-    !segment::exists(name)
+    if r.unreadable.is_empty() {
+        return s;
+    }
+    s.push_str(&format!(
+        "{} (not readable as shmbus segments of this version):\n",
+        plural(r.unreadable.len(), "unreadable file", "unreadable files"),
+    ));
+    let mut t = Table::new(&["NAME", "IN USE", "STATUS", "REASON"]);
+    for u in &r.unreadable {
+        let status = match (u.removed, u.in_use, asked) {
+            (true, _, _) => "removed",
+            (false, true, _) => "kept (in use)",
+            (false, false, true) => "kept (could not remove)",
+            (false, false, false) => "kept",
+        };
+        t.row(vec![
+            u.name
+                .clone()
+                .unwrap_or_else(|| format!("(file {})", u.file)),
+            yes(u.in_use).into(),
+            status.into(),
+            u.reason.clone(),
+        ]);
+    }
+    s.push_str(&t.render(2));
+    let left: Vec<&GcUnreadable> = r.unreadable.iter().filter(|u| !u.removed).collect();
+    if !asked && left.iter().any(|u| !u.in_use) {
+        s.push_str(
+            "`shmbus gc --unreadable` removes the unreadable files nobody holds; \
+             `shmbus rm --force NAME` removes one\n",
+        );
+    }
+    if left.iter().any(|u| u.in_use) {
+        s.push_str(
+            "gc never removes a file a process holds: stop that process, or remove the name \
+             with `shmbus rm --force NAME` (it keeps its mapping)\n",
+        );
+    }
+    s
 }

@@ -1,20 +1,22 @@
 //! Decoding slot bytes written by another process: `Pod` (in-memory `#[repr(C)]` bytes),
 //! postcard (serde), array-topic block descriptors, and hex dumps of everything else.
 //!
+//! What the format says about a slot comes from `shmbus_core`: a serde slot's framing from
+//! `shmbus_core::wire::frame`, the block descriptor's layout from [`BlockDescriptor`] itself. This module
+//! only decodes the bytes in between.
+//!
 //! The bytes may be garbage. Every read is bounds-checked and every failure is an error value
 //! naming the byte offset; nothing here panics on any input.
 
 use std::fmt::Write as _;
+use std::mem::offset_of;
 
 use serde::ser::{SerializeMap, SerializeSeq};
 use shmbus_core::dtype::Dtype;
 use shmbus_core::pool::{BlockDescriptor, DESCRIPTOR_SIZE, MAX_BLOCK_NDIM};
+use shmbus_core::wire::frame::{self, FrameError};
 
 use crate::spec::Ty;
-
-/// Bytes before the postcard encoding in a serde slot: the encoding's length, `u32`
-/// little-endian (the `LEN_PREFIX` of `crates/shmbus/src/topic.rs`).
-pub(crate) const LEN_PREFIX: usize = 4;
 
 /// A decoded value: JSON-like, with struct fields kept in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +100,9 @@ pub(crate) enum DecodeError {
         /// What is wrong.
         what: String,
     },
+    /// A serde slot's length prefix does not frame a message.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,26 +247,9 @@ pub(crate) struct Decoded {
     pub(crate) trailing: usize,
 }
 
-/// Splits a serde slot into its postcard message, checking the length prefix.
+/// The postcard message of a serde slot, as [`frame::message`] frames it.
 pub(crate) fn postcard_message(slot: &[u8]) -> Result<&[u8], DecodeError> {
-    let prefix: [u8; LEN_PREFIX] = slot
-        .get(..LEN_PREFIX)
-        .and_then(|p| p.try_into().ok())
-        .ok_or_else(|| DecodeError::Truncated {
-            offset: 0,
-            what: "the length prefix".into(),
-            len: slot.len(),
-        })?;
-    let len = u32::from_le_bytes(prefix) as usize;
-    slot.get(LEN_PREFIX..)
-        .and_then(|body| body.get(..len))
-        .ok_or_else(|| DecodeError::Invalid {
-            offset: 0,
-            what: format!(
-                "length prefix {len} exceeds the {} bytes after it",
-                slot.len().saturating_sub(LEN_PREFIX)
-            ),
-        })
+    Ok(frame::message(slot)?)
 }
 
 /// Decodes `ty` from a postcard message.
@@ -436,6 +424,10 @@ pub(crate) fn read_descriptor(slot: &[u8]) -> Result<BlockDescriptor, DecodeErro
             what: "the block descriptor".into(),
             len: slot.len(),
         })?;
+    // Field by field at the offsets of the `#[repr(C)]` struct itself, in this machine's byte
+    // order (the publisher wrote the struct in place). Every field ends within `d`: the struct
+    // fits in DESCRIPTOR_SIZE (checked below), so the indexing cannot fail.
+    const _: () = assert!(size_of::<BlockDescriptor>() <= DESCRIPTOR_SIZE);
     let u32_at = |o: usize| -> u32 {
         let mut b = [0u8; 4];
         b.copy_from_slice(&d[o..o + 4]);
@@ -446,20 +438,18 @@ pub(crate) fn read_descriptor(slot: &[u8]) -> Result<BlockDescriptor, DecodeErro
         b.copy_from_slice(&d[o..o + 8]);
         u64::from_ne_bytes(b)
     };
-    // `#[repr(C)]` offsets of `BlockDescriptor` (docs/architecture.md, array topics); the last
-    // shape entry ends at byte 112 < DESCRIPTOR_SIZE, so every index above is in bounds.
-    const _: () = assert!(48 + 8 * MAX_BLOCK_NDIM <= DESCRIPTOR_SIZE);
+    let shape_at = offset_of!(BlockDescriptor, shape);
     Ok(BlockDescriptor {
-        magic: u32_at(0),
-        dtype: u32_at(4),
-        pool_id: u64_at(8),
-        segment: u32_at(16),
-        block: u32_at(20),
-        generation: u64_at(24),
-        len: u64_at(32),
-        ndim: u32_at(40),
-        reserved: u32_at(44),
-        shape: std::array::from_fn(|i| u64_at(48 + 8 * i)),
+        magic: u32_at(offset_of!(BlockDescriptor, magic)),
+        dtype: u32_at(offset_of!(BlockDescriptor, dtype)),
+        pool_id: u64_at(offset_of!(BlockDescriptor, pool_id)),
+        segment: u32_at(offset_of!(BlockDescriptor, segment)),
+        block: u32_at(offset_of!(BlockDescriptor, block)),
+        generation: u64_at(offset_of!(BlockDescriptor, generation)),
+        len: u64_at(offset_of!(BlockDescriptor, len)),
+        ndim: u32_at(offset_of!(BlockDescriptor, ndim)),
+        reserved: u32_at(offset_of!(BlockDescriptor, reserved)),
+        shape: std::array::from_fn(|i| u64_at(shape_at + 8 * i)),
     })
 }
 
@@ -717,14 +707,27 @@ mod tests {
     }
 
     #[test]
-    fn postcard_slot_prefix() {
+    fn postcard_slots_are_framed_as_the_core_frames_them() {
         let mut slot = vec![0u8; 64];
-        slot[..4].copy_from_slice(&3u32.to_le_bytes());
-        slot[4..7].copy_from_slice(&[1, 2, 3]);
-        assert_eq!(postcard_message(&slot).unwrap(), &[1, 2, 3]);
-        slot[..4].copy_from_slice(&61u32.to_le_bytes());
-        assert!(postcard_message(&slot).is_err());
-        assert!(postcard_message(&[1, 0]).is_err());
+        let value = (300u64, "abc".to_string());
+        let used = postcard::to_slice(&value, frame::body_mut(&mut slot))
+            .unwrap()
+            .len();
+        frame::set_len(&mut slot, used).unwrap();
+        let msg = postcard_message(&slot).unwrap();
+        let d = decode_postcard(&parse("a:u64,b:string").unwrap(), msg).unwrap();
+        assert_eq!(json(&d.value), r#"{"a":300,"b":"abc"}"#);
+        assert_eq!(d.trailing, 0);
+        // A prefix past the end of the slot, and a slot too short for a prefix.
+        slot[..frame::LEN_PREFIX].fill(0xff);
+        assert!(matches!(
+            postcard_message(&slot),
+            Err(DecodeError::Frame(FrameError::Overrun { .. }))
+        ));
+        assert!(matches!(
+            postcard_message(&[1, 0]),
+            Err(DecodeError::Frame(FrameError::TooShort(2)))
+        ));
     }
 
     #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -850,8 +853,13 @@ mod tests {
             slot[at..at + f.len()].copy_from_slice(f);
             at += f.len();
         }
+        assert_eq!(
+            at,
+            offset_of!(BlockDescriptor, shape),
+            "no padding before shape"
+        );
         for (i, s) in d.shape.iter().enumerate() {
-            slot[48 + 8 * i..56 + 8 * i].copy_from_slice(&s.to_ne_bytes());
+            slot[at + 8 * i..at + 8 * i + 8].copy_from_slice(&s.to_ne_bytes());
         }
         assert_eq!(read_descriptor(&slot).unwrap(), d);
         assert_eq!(

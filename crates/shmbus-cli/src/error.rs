@@ -2,6 +2,7 @@
 
 use std::io;
 
+use shmbus_core::array::ArrayError;
 use shmbus_core::name::NameError;
 use shmbus_core::segment::SegmentError;
 use shmbus_core::topic::{ReceiveError, TopicError};
@@ -64,6 +65,9 @@ pub(crate) enum CliError {
     /// A topic could not be attached.
     #[error(transparent)]
     Topic(#[from] TopicError),
+    /// An array could not be attached.
+    #[error(transparent)]
+    Array(#[from] ArrayError),
     /// Receiving failed.
     #[error(transparent)]
     Receive(#[from] ReceiveError),
@@ -96,7 +100,7 @@ impl CliError {
     /// The list error for `dir`.
     pub(crate) fn list(source: io::Error) -> CliError {
         CliError::List {
-            dir: shmbus_core::segment::SHM_DIR,
+            dir: shmbus_core::wire::SHM_DIR,
             source,
         }
     }

@@ -1,7 +1,8 @@
 //! Names as users type them, and suggestions for names that do not exist.
 
-use shmbus_core::name::{Name, FILE_PREFIX};
-use shmbus_core::segment::{self, SHM_DIR};
+use shmbus_core::name::Name;
+use shmbus_core::segment;
+use shmbus_core::wire::{FILE_PREFIX, SHM_DIR};
 
 use crate::error::CliError;
 

@@ -394,7 +394,11 @@ mod tests {
             Some(Ty::Opt(Box::new(Ty::Int(8))))
         );
         assert_eq!(known_type("pubsub::Pose"), None);
-        assert_eq!(known_type("array+image_transfer::FrameMeta"), None);
+        let array_topic = format!(
+            "{}image_transfer::FrameMeta",
+            shmbus_core::wire::type_name::ARRAY_TOPIC_PREFIX
+        );
+        assert_eq!(known_type(&array_topic), None);
         assert_eq!(known_type("(u8, u16)"), None);
         assert_eq!(known_type("x:u8"), None, "a field list is not a type name");
     }

@@ -1,37 +1,34 @@
 //! What `ls` and `inspect` find: read without joining anything.
 //!
-//! Headers are read with [`segment::peek`]. A topic's participant rows are read through
-//! [`RawTopic::open`], which maps the topic and takes a shared lock on it but joins no row.
-//! That open is done only for a topic some process uses: opening a stale one would reclaim it
-//! (remove it), and looking must not change anything.
+//! Headers are read with [`segment::peek`], which never waits. A topic's participant rows are
+//! read through [`RawTopic::open`], which maps the topic and takes a shared lock on it but joins
+//! no row. That open is done only for a topic some process uses: opening a stale one would
+//! reclaim it (remove it), and looking must not change anything. Every open is bounded by the
+//! command's [`Budget`]; an object that does not open within it is listed as kind `?` with the
+//! reason ([`OpenFailure`]).
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Serialize;
-use shmbus_core::array::{Location, RawArray};
+use shmbus_core::array::{ArrayError, Location, RawArray};
 use shmbus_core::dtype::{c_strides, Dtype};
 use shmbus_core::layout::{Codec, TypeInfo};
 use shmbus_core::liveness;
 use shmbus_core::name::Name;
-use shmbus_core::ring::{counter, Overflow};
-use shmbus_core::segment::{
-    self, Kind, Lifetime, SegmentError, SegmentInfo, FORMAT_VERSION, SHM_DIR,
+use shmbus_core::pool;
+use shmbus_core::ring::Overflow;
+use shmbus_core::segment::{self, SegmentError, SegmentInfo, Stuck};
+use shmbus_core::topic::{RawTopic, TopicError, TopicOptions};
+use shmbus_core::wire::topic::param;
+use shmbus_core::wire::{
+    array_param, counter, lease, pool_param, Kind, Lifetime, FORMAT_VERSION, SHM_DIR,
 };
-use shmbus_core::topic::{RawTopic, TopicOptions};
 
+use crate::budget::Budget;
 use crate::decode::dtype_name;
 use crate::error::CliError;
-
-/// Lease byte of publisher row `p` is `PUB_LEASE + p`, of subscriber row `k` `SUB_LEASE + k`
-/// (docs/architecture.md, section 3: "role bases").
-const PUB_LEASE: u64 = 0;
-const SUB_LEASE: u64 = 1024;
-
-/// How long a tool waits for a segment that is not ready.
-pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// A stored type, as the header records it.
 #[derive(Debug, Clone, Serialize)]
@@ -69,7 +66,8 @@ pub(crate) fn codec_name(c: Codec) -> &'static str {
     }
 }
 
-fn lifetime_name(l: Lifetime) -> &'static str {
+/// The lifetime's name in the output.
+pub(crate) fn lifetime_name(l: Lifetime) -> &'static str {
     match l {
         Lifetime::Scoped => "scoped",
         Lifetime::Persistent => "persistent",
@@ -119,8 +117,11 @@ pub(crate) struct Entry {
     pub(crate) creator_pid: Option<u32>,
     /// Pools: the topic the pool belongs to.
     pub(crate) topic: Option<String>,
-    /// What is wrong with it, if anything (corrupt, other format version, unreadable).
+    /// What is wrong with it, if anything (corrupt, other format version, unreadable, cannot be
+    /// opened).
     pub(crate) problem: Option<String>,
+    /// Why it could not be opened within `--timeout`, when it was stuck ([`stuck_name`]).
+    pub(crate) stuck: Option<&'static str>,
 }
 
 /// Processes that have shmbus files open, by file identity (device, inode), from
@@ -202,23 +203,97 @@ pub(crate) fn problem(e: &SegmentError) -> String {
             format!("format version {found}; this shmbus reads version {FORMAT_VERSION}")
         }
         SegmentError::PermissionDenied(_) => "permission denied".into(),
+        SegmentError::Stuck { reason, .. } => format!("cannot be opened: {reason}"),
         other => other.to_string(),
     }
 }
 
+/// The name of a [`Stuck`] reason in JSON output (`stuck`).
+pub(crate) fn stuck_name(s: Stuck) -> &'static str {
+    match s {
+        Stuck::NotInitialised => "not_initialised",
+        Stuck::ClosedWhileInUse => "closed_while_in_use",
+        Stuck::StaleNotRemovable => "stale_not_removable",
+        Stuck::LockedExclusively => "locked_exclusively",
+        Stuck::Replaced => "replaced",
+    }
+}
+
+/// An object that is there but could not be opened (within `--timeout`, or at all).
+#[derive(Debug)]
+pub(crate) struct OpenFailure {
+    /// What is wrong, in words (an `Entry`'s `problem`).
+    pub(crate) problem: String,
+    /// The typed reason, when the open was stuck.
+    pub(crate) stuck: Option<&'static str>,
+    /// The error itself, for commands that fail with it.
+    pub(crate) error: CliError,
+}
+
+impl From<CliError> for OpenFailure {
+    fn from(error: CliError) -> OpenFailure {
+        let segment = match &error {
+            CliError::Segment(e)
+            | CliError::Topic(TopicError::Segment(e))
+            | CliError::Array(ArrayError::Segment(e)) => Some(e),
+            _ => None,
+        };
+        OpenFailure {
+            problem: segment.map_or_else(|| error.to_string(), problem),
+            stuck: match segment {
+                Some(SegmentError::Stuck { reason, .. }) => Some(stuck_name(*reason)),
+                _ => None,
+            },
+            error,
+        }
+    }
+}
+
+/// [`segment::peek`], refusing files that are not regular files first: opening a FIFO for
+/// reading would wait for a writer, and `peek` must never wait.
+pub(crate) fn peek(name: &Name) -> Result<SegmentInfo, SegmentError> {
+    match std::fs::symlink_metadata(segment::shm_path(name)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SegmentError::NotFound(name.clone()))
+        }
+        Ok(m) if !m.file_type().is_file() => {
+            let what = match m.file_type() {
+                t if t.is_symlink() => "a symbolic link",
+                t if t.is_dir() => "a directory",
+                t if t.is_fifo() => "a FIFO",
+                t if t.is_socket() => "a socket",
+                _ => "a device",
+            };
+            return Err(SegmentError::Corrupt {
+                name: name.clone(),
+                reason: format!("{what}, not a regular file"),
+            });
+        }
+        _ => {}
+    }
+    segment::peek(name)
+}
+
 /// Every object whose name starts with `prefix` (all with `None`), sorted by name.
-pub(crate) fn survey(prefix: Option<&str>) -> Result<Vec<Entry>, CliError> {
+pub(crate) fn survey(prefix: Option<&str>, budget: &Budget) -> Result<Vec<Entry>, CliError> {
     let names = segment::list().map_err(CliError::list)?;
     let holders = Holders::scan();
     Ok(names
         .iter()
         .filter(|n| prefix.is_none_or(|p| n.as_str().starts_with(p)))
-        .filter_map(|n| entry(n, &holders))
+        .filter_map(|n| entry(n, &holders, budget))
         .collect())
 }
 
+/// Marks `e` as an object that could not be opened: kind `?`, and why.
+fn unopenable(e: &mut Entry, f: &OpenFailure) {
+    e.kind = "?".into();
+    e.problem = Some(f.problem.clone());
+    e.stuck = f.stuck;
+}
+
 /// The `ls` line of `name`, or `None` if it vanished meanwhile.
-pub(crate) fn entry(name: &Name, holders: &Holders) -> Option<Entry> {
+pub(crate) fn entry(name: &Name, holders: &Holders, budget: &Budget) -> Option<Entry> {
     let mut e = Entry {
         name: name.as_str().to_owned(),
         kind: "?".into(),
@@ -235,8 +310,9 @@ pub(crate) fn entry(name: &Name, holders: &Holders) -> Option<Entry> {
         creator_pid: None,
         topic: None,
         problem: None,
+        stuck: None,
     };
-    let info = match segment::peek(name) {
+    let info = match peek(name) {
         Ok(info) => info,
         Err(SegmentError::NotFound(_)) => return None,
         Err(err) => {
@@ -258,7 +334,7 @@ pub(crate) fn entry(name: &Name, holders: &Holders) -> Option<Entry> {
     match info.kind {
         Kind::Topic => {
             if info.in_use {
-                match participants(name, &info) {
+                match participants(name, &info, budget) {
                     Ok(p) => {
                         e.publishers = Some(p.publishers.len() as u32);
                         e.subscribers = Some(p.subscribers.len() as u32);
@@ -266,15 +342,19 @@ pub(crate) fn entry(name: &Name, holders: &Holders) -> Option<Entry> {
                     }
                     Err(err) => {
                         e.owners = holders.of(name);
-                        e.problem = Some(err.to_string());
+                        unopenable(&mut e, &err.into());
                     }
                 }
             }
         }
         Kind::Array => {
-            if let Some(a) = array_view(&info) {
+            let (view, failed) = array_view(&info, budget);
+            if let Some(a) = view {
                 e.dtype = Some(a.dtype);
                 e.shape = a.shape;
+            }
+            if let Some(f) = failed {
+                unopenable(&mut e, &f);
             }
             e.owners = holders.of(name);
         }
@@ -390,9 +470,13 @@ impl Participants {
 
 /// Attaches to the topic `name` (without joining) and reads its rows and counters. Only for
 /// a topic in use: see the module docs.
-pub(crate) fn participants(name: &Name, info: &SegmentInfo) -> Result<Participants, CliError> {
+pub(crate) fn participants(
+    name: &Name,
+    info: &SegmentInfo,
+    budget: &Budget,
+) -> Result<Participants, CliError> {
     let opts = TopicOptions {
-        open_timeout: Some(OPEN_TIMEOUT),
+        open_timeout: Some(budget.open_timeout()),
         ..TopicOptions::default()
     };
     let topic = RawTopic::open(name, &info.type_info, &opts)?;
@@ -407,7 +491,7 @@ pub(crate) fn participants(name: &Name, info: &SegmentInfo) -> Result<Participan
             active.then(|| PublisherRow {
                 row: p,
                 pid,
-                alive: alive(PUB_LEASE + u64::from(p)),
+                alive: alive(lease::topic_publisher(p)),
             })
         })
         .collect();
@@ -417,7 +501,7 @@ pub(crate) fn participants(name: &Name, info: &SegmentInfo) -> Result<Participan
             active.then(|| SubscriberRow {
                 row: k,
                 pid,
-                alive: alive(SUB_LEASE + u64::from(k)),
+                alive: alive(lease::topic_subscriber(k)),
                 cursor,
                 lag: published.saturating_sub(cursor),
                 lagged,
@@ -453,23 +537,28 @@ fn overflow_name(o: Overflow) -> &'static str {
     }
 }
 
-/// A topic's QoS as its creator wrote it into the header (`params`, docs/architecture.md 4.6).
+/// A topic's QoS as its creator wrote it into the header's `params` ([`param`]).
 pub(crate) fn qos_from_header(info: &SegmentInfo) -> Qos {
     let p = info.params;
     Qos {
-        capacity: p[0],
-        slot_size: p[1],
-        slots: p[5],
-        max_subscribers: p[2],
-        max_publishers: p[3],
+        capacity: p[param::CAPACITY],
+        slot_size: p[param::SLOT_SIZE],
+        slots: p[param::SLOTS],
+        max_subscribers: p[param::MAX_SUBSCRIBERS],
+        max_publishers: p[param::MAX_PUBLISHERS],
         max_held: None,
-        overflow: if p[4] == 1 {
+        overflow: if p[param::BACK_PRESSURE] == 1 {
             "back-pressure"
         } else {
             "overwrite"
         },
-        timestamps: p[6] == 1,
+        timestamps: timestamps(info),
     }
+}
+
+/// Whether the topic's publishers record publish times, as its header says.
+pub(crate) fn timestamps(info: &SegmentInfo) -> bool {
+    info.params[param::TIMESTAMPS] == 1
 }
 
 /// A topic's counters from the header.
@@ -503,46 +592,57 @@ pub(crate) struct ArrayView {
     pub(crate) data_bytes: Option<u64>,
 }
 
-/// The array view of `info` (an array segment), if its dtype is known.
-pub(crate) fn array_view(info: &SegmentInfo) -> Option<ArrayView> {
-    let dtype = Dtype::from_code(u32::try_from(info.params[0]).ok()?)?;
-    let ndim = usize::try_from(info.params[1]).ok()?;
+/// The array view of `info` (an array segment), if its dtype is known, and why the array
+/// could not be attached if that failed (the view then holds what the header says).
+pub(crate) fn array_view(
+    info: &SegmentInfo,
+    budget: &Budget,
+) -> (Option<ArrayView>, Option<OpenFailure>) {
+    let Some(dtype) = u32::try_from(info.params[array_param::DTYPE])
+        .ok()
+        .and_then(Dtype::from_code)
+    else {
+        return (None, None);
+    };
+    let ndim = usize::try_from(info.params[array_param::NDIM]).unwrap_or(usize::MAX);
     // Attaching a scoped array nobody uses would reclaim it: only attach live or persistent ones.
     let attachable = info.in_use || info.lifetime == Lifetime::Persistent;
-    let attached = attachable
-        .then(|| {
-            RawArray::open(
-                &Location::Shm(info.name.clone()),
-                Some(dtype),
-                true,
-                Some(OPEN_TIMEOUT),
-            )
-            .ok()
-        })
-        .flatten();
+    let mut failed = None;
+    let attached = if attachable {
+        let location = Location::Shm(info.name.clone());
+        match RawArray::open(&location, Some(dtype), true, Some(budget.open_timeout())) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                failed = Some(OpenFailure::from(CliError::Array(e)));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let (shape, strides) = match &attached {
         Some(a) => (Some(a.shape().to_vec()), Some(a.strides().to_vec())),
-        None if ndim <= 6 => {
-            let shape: Option<Vec<usize>> = info.params[2..2 + ndim]
-                .iter()
-                .map(|&d| usize::try_from(d).ok())
-                .collect();
+        // The header holds the first six dimensions only.
+        None => {
+            let shape: Option<Vec<usize>> = info.params[array_param::SHAPE..]
+                .get(..ndim)
+                .and_then(|dims| dims.iter().map(|&d| usize::try_from(d).ok()).collect());
             let strides = shape.as_ref().map(|s| c_strides(s, dtype.itemsize()));
             (shape, strides)
         }
-        None => (None, None),
     };
     let data_bytes = shape.as_ref().and_then(|s| {
         s.iter()
             .try_fold(dtype.itemsize() as u64, |acc, &d| acc.checked_mul(d as u64))
     });
-    Some(ArrayView {
+    let view = ArrayView {
         dtype: dtype_name(dtype),
         itemsize: dtype.itemsize(),
         shape,
         strides,
         data_bytes,
-    })
+    };
+    (Some(view), failed)
 }
 
 /// What a pool segment's header tells.
@@ -565,24 +665,24 @@ pub(crate) fn pool_view(info: &SegmentInfo) -> Option<PoolView> {
     let p = info.params;
     Some(PoolView {
         topic: pool_topic(info.name.as_str())?.to_owned(),
-        pool_id: format!("{:016x}", p[0]),
-        index: p[1],
-        block_size: p[2],
-        block_count: p[3],
+        pool_id: format!("{:016x}", p[pool_param::POOL_ID]),
+        index: p[pool_param::INDEX],
+        block_size: p[pool_param::BLOCK_SIZE],
+        block_count: p[pool_param::BLOCK_COUNT],
     })
 }
 
-/// The topic a pool segment named `<topic>.pool.<16 hex digits>.<index>` belongs to.
+/// The topic a pool segment belongs to, if `name` is the name [`pool::segment_name`] gives a
+/// segment of a topic's pool: the last two dotted parts are taken as pool id and index, and
+/// the name is accepted only if `segment_name` spells them back the same.
 pub(crate) fn pool_topic(name: &str) -> Option<&str> {
     let (rest, index) = name.rsplit_once('.')?;
     let (rest, id) = rest.rsplit_once('.')?;
-    let topic = rest.strip_suffix(".pool")?;
-    let ok = !index.is_empty()
-        && index.bytes().all(|b| b.is_ascii_digit())
-        && id.len() == 16
-        && id.bytes().all(|b| b.is_ascii_hexdigit())
-        && !topic.is_empty();
-    ok.then_some(topic)
+    let (topic, _) = rest.rsplit_once('.')?;
+    let index: u32 = index.parse().ok()?;
+    let id = u64::from_str_radix(id, 16).ok()?;
+    let spelled = pool::segment_name(&Name::new(topic).ok()?, id, index).ok()?;
+    (spelled.as_str() == name).then_some(topic)
 }
 
 /// Pool segments of `topic` (names `<topic>.pool.*`), from the names listed now.

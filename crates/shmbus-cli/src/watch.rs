@@ -8,10 +8,12 @@ use serde::Serialize;
 use shmbus_core::layout::Codec;
 use shmbus_core::name::Name;
 use shmbus_core::pool::DESCRIPTOR_SIZE;
-use shmbus_core::segment::{self, Kind, SegmentInfo};
+use shmbus_core::segment::{Kind, SegmentInfo};
 use shmbus_core::time::monotonic_ns;
 use shmbus_core::topic::{RawSubscriber, RawTopic, Received, TopicOptions};
+use shmbus_core::wire::type_name::ARRAY_TOPIC_PREFIX;
 
+use crate::budget::Budget;
 use crate::decode::{
     decode_pod, decode_postcard, descriptor_value, hex, hexdump, pod_layout, postcard_message,
     read_descriptor, Value,
@@ -20,16 +22,13 @@ use crate::error::CliError;
 use crate::names;
 use crate::output::Out;
 use crate::spec::{self, Ty};
-use crate::survey::{codec_name, OPEN_TIMEOUT};
+use crate::survey::{self, codec_name};
 
-/// Type names of array topics start with this (`array+<metadata type>`, as the `shmbus`
-/// crate names them in `Topic::array_publisher`).
-const ARRAY_TYPE_PREFIX: &str = "array+";
-
-/// Joins the topic `typed` as a subscriber that reads only new messages.
-fn subscribe(typed: &str) -> Result<(Name, SegmentInfo, RawSubscriber), CliError> {
+/// Joins the topic `typed` as a subscriber that reads only new messages, waiting at most
+/// `budget` for it to open.
+fn subscribe(typed: &str, budget: &Budget) -> Result<(Name, SegmentInfo, RawSubscriber), CliError> {
     let name = names::existing(typed)?;
-    let info = segment::peek(&name)?;
+    let info = survey::peek(&name)?;
     if info.kind != Kind::Topic {
         return Err(CliError::NotATopic {
             name: name.as_str().to_owned(),
@@ -42,7 +41,7 @@ fn subscribe(typed: &str) -> Result<(Name, SegmentInfo, RawSubscriber), CliError
         )));
     }
     let opts = TopicOptions {
-        open_timeout: Some(OPEN_TIMEOUT),
+        open_timeout: Some(budget.open_timeout()),
         ..TopicOptions::default()
     };
     let topic: Arc<RawTopic> = RawTopic::open(&name, &info.type_info, &opts)?;
@@ -70,7 +69,7 @@ fn decoder(info: &SegmentInfo, as_spec: Option<&str>) -> Result<Decoder, CliErro
         name: info.name.as_str().to_owned(),
         source,
     };
-    if t.name.starts_with(ARRAY_TYPE_PREFIX) && t.codec == Codec::Pod {
+    if t.name.starts_with(ARRAY_TOPIC_PREFIX) && t.codec == Codec::Pod {
         let meta_len = usize::try_from(t.size)
             .ok()
             .and_then(|s| s.checked_sub(DESCRIPTOR_SIZE))
@@ -283,12 +282,14 @@ fn render_echo(m: &EchoMsg, raw: &[u8]) -> String {
     s
 }
 
-/// `shmbus echo TOPIC [--count N] [--as SPEC] [--timeout SECS]`.
+/// `shmbus echo TOPIC [--count N] [--as SPEC] [--timeout SECS]`: `timeout` (given only with
+/// `--timeout`) also bounds the wait for each message.
 pub(crate) fn echo(
     out: &mut Out,
     typed: &str,
     count: Option<u64>,
     as_spec: Option<&str>,
+    budget: &Budget,
     timeout: Option<Duration>,
     json: bool,
 ) -> Result<(), CliError> {
@@ -296,7 +297,7 @@ pub(crate) fn echo(
     if let Some(s) = as_spec {
         spec::parse(s)?;
     }
-    let (name, info, sub) = subscribe(typed)?;
+    let (name, info, sub) = subscribe(typed, budget)?;
     let d = decoder(&info, as_spec)?;
     let mut seen = 0u64;
     while count.is_none_or(|c| seen < c) {
@@ -428,13 +429,14 @@ pub(crate) fn hz(
     typed: &str,
     window: usize,
     duration: Option<Duration>,
+    budget: &Budget,
     json: bool,
 ) -> Result<(), CliError> {
     if window == 0 {
         return Err(CliError::Usage("--window must be at least 1".into()));
     }
-    let (name, info, sub) = subscribe(typed)?;
-    let stamps = info.params[6] == 1;
+    let (name, info, sub) = subscribe(typed, budget)?;
+    let stamps = survey::timestamps(&info);
     let start = Instant::now();
     let end = duration.map(|d| start + d);
     let mut w = Window {

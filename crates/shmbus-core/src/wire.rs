@@ -198,6 +198,18 @@ pub mod array_param {
     pub const SHAPE: usize = 2;
 }
 
+/// Indices of an array-pool segment's `params`: `[pool_id, index, block_size, block_count]`.
+pub mod pool_param {
+    /// The publisher's pool id.
+    pub const POOL_ID: usize = 0;
+    /// The segment's index within the pool.
+    pub const INDEX: usize = 1;
+    /// Bytes per block.
+    pub const BLOCK_SIZE: usize = 2;
+    /// Blocks in the segment.
+    pub const BLOCK_COUNT: usize = 3;
+}
+
 /// Type names that shmbus derives rather than the application.
 pub mod type_name {
     /// Array topics record `array+<metadata type name>`.

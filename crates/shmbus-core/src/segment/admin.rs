@@ -139,12 +139,21 @@ pub fn gc() -> io::Result<Vec<String>> {
 /// [`gc`], also reporting every file under the shmbus prefix that it cannot read as a segment
 /// of this format, and removing those that nobody holds when `remove_unreadable` is set.
 pub fn gc_report(remove_unreadable: bool) -> io::Result<GcReport> {
+    gc_report_prefix("", remove_unreadable)
+}
+
+/// [`gc_report`] for the files whose shmbus name (the file name after [`FILE_PREFIX`]) starts
+/// with `prefix` only.
+pub fn gc_report_prefix(prefix: &str, remove_unreadable: bool) -> io::Result<GcReport> {
     let mut report = GcReport::default();
     for entry in std::fs::read_dir(SHM_DIR)? {
         let Ok(entry) = entry else { continue };
         let file = entry.file_name();
         let Some(file) = file.to_str() else { continue };
-        if !file.starts_with(FILE_PREFIX) {
+        if !file
+            .strip_prefix(FILE_PREFIX)
+            .is_some_and(|n| n.starts_with(prefix))
+        {
             continue;
         }
         let path = entry.path();
@@ -176,7 +185,16 @@ pub fn gc_report(remove_unreadable: bool) -> io::Result<GcReport> {
             }
         };
         if rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_err() {
-            continue; // in use by a living process: not ours to judge
+            // In use by a living process: never removed, but reported if it is unreadable.
+            let reason = match (&name, read_header(&fd)) {
+                (None, _) => Some("not a valid shmbus name".to_owned()),
+                (Some(_), None) => Some("shorter than the header".to_owned()),
+                (Some(n), Some(h)) => h.validate(n, None).err().map(|e| e.to_string()),
+            };
+            if let Some(reason) = reason {
+                unreadable(reason, true, Some(&fd));
+            }
+            continue;
         }
         let Some(name) = name else {
             unreadable("not a valid shmbus name".into(), false, Some(&fd));

@@ -70,7 +70,8 @@ mod open;
 
 pub use crate::wire::{Kind, Lifetime, FORMAT_VERSION, HEADER_SIZE, MAGIC, SHM_DIR};
 pub use admin::{
-    exists, gc, gc_report, list, peek, shm_path, unlink, GcReport, SegmentInfo, Unreadable,
+    exists, gc, gc_report, gc_report_prefix, list, peek, shm_path, unlink, GcReport, SegmentInfo,
+    Unreadable,
 };
 pub use header::{Header, HeaderSnapshot};
 
