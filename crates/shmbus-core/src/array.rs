@@ -20,6 +20,7 @@ use crate::name::{Name, NameError};
 use crate::segment::{
     self, CreateOptions, Expect, Kind, Lifetime, Segment, SegmentError, DEFAULT_OPEN_TIMEOUT,
 };
+use crate::wire::array_param;
 
 /// Most dimensions an array has (numpy's historical limit).
 pub const MAX_NDIM: usize = 32;
@@ -270,9 +271,9 @@ impl RawArray {
             .ok_or_else(|| shape_error(&spec.shape, "too many bytes for this machine"))?;
         let strides = c_strides(&spec.shape, itemsize);
         let mut params = [0u64; 8];
-        params[0] = u64::from(spec.dtype.code());
-        params[1] = spec.shape.len() as u64;
-        for (p, &d) in params[2..].iter_mut().zip(&spec.shape) {
+        params[array_param::DTYPE] = u64::from(spec.dtype.code());
+        params[array_param::NDIM] = spec.shape.len() as u64;
+        for (p, &d) in params[array_param::SHAPE..].iter_mut().zip(&spec.shape) {
             *p = d as u64;
         }
         let opts = CreateOptions {
@@ -589,10 +590,10 @@ pub fn array_info(info: segment::SegmentInfo) -> Option<ArrayInfo> {
     if info.kind != Kind::Array {
         return None;
     }
-    let dtype = Dtype::from_code(u32::try_from(info.params[0]).ok()?)?;
-    let ndim = usize::try_from(info.params[1]).ok()?;
+    let dtype = Dtype::from_code(u32::try_from(info.params[array_param::DTYPE]).ok()?)?;
+    let ndim = usize::try_from(info.params[array_param::NDIM]).ok()?;
     let shape = if ndim <= 6 {
-        info.params[2..2 + ndim]
+        info.params[array_param::SHAPE..array_param::SHAPE + ndim]
             .iter()
             .map(|&d| usize::try_from(d).ok())
             .collect::<Option<Vec<_>>>()?

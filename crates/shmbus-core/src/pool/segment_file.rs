@@ -69,16 +69,11 @@ impl PoolSegment {
             .ok_or_else(too_big)?;
         let mut opts = CreateOptions::new(Kind::Pool, pool_type(), payload);
         opts.mode = mode;
-        opts.params = [
-            pool_id,
-            u64::from(index),
-            block_size as u64,
-            u64::from(block_count),
-            0,
-            0,
-            0,
-            0,
-        ];
+        use crate::wire::pool_param;
+        opts.params[pool_param::POOL_ID] = pool_id;
+        opts.params[pool_param::INDEX] = u64::from(index);
+        opts.params[pool_param::BLOCK_SIZE] = block_size as u64;
+        opts.params[pool_param::BLOCK_COUNT] = u64::from(block_count);
         let seg = Segment::create(name, &opts, |p| {
             let meta = PoolMeta {
                 pool_id,

@@ -213,16 +213,18 @@ impl RawTopic {
             CreateOptions::new(Kind::Topic, type_info.clone(), RING_OFFSET + layout.size);
         create.mode = opts.mode.unwrap_or(0o600);
         create.lifetime = Lifetime::Scoped;
-        create.params = [
-            u64::from(layout.config.capacity),
-            u64::from(layout.config.slot_size),
-            u64::from(layout.config.max_subscribers),
-            u64::from(layout.config.max_publishers),
-            matches!(layout.config.overflow, Overflow::BackPressure) as u64,
-            u64::from(layout.slots),
-            u64::from(layout.config.timestamps),
-            0,
-        ];
+        {
+            use crate::wire::topic::param;
+            let c = &layout.config;
+            let p = &mut create.params;
+            p[param::CAPACITY] = u64::from(c.capacity);
+            p[param::SLOT_SIZE] = u64::from(c.slot_size);
+            p[param::MAX_SUBSCRIBERS] = u64::from(c.max_subscribers);
+            p[param::MAX_PUBLISHERS] = u64::from(c.max_publishers);
+            p[param::BACK_PRESSURE] = u64::from(c.overflow == Overflow::BackPressure);
+            p[param::SLOTS] = u64::from(layout.slots);
+            p[param::TIMESTAMPS] = u64::from(c.timestamps);
+        }
         let mut expect = Expect::new(Kind::Topic, type_info.clone());
         if let Some(t) = opts.open_timeout {
             expect.timeout = t;
