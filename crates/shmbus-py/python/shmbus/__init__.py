@@ -14,6 +14,8 @@ from ._array import ArrayDesc, SharedNDArray, attach, create, delete, list
 from ._errors import *  # noqa: F401,F403
 from ._errors import __all__ as _error_names
 from ._shmbus import ArrayBuffer, unlink
+from ._topic import (BYTES_TYPE, ArrayPublisher, ArraySubscriber, Message, Publisher, Sample,
+                     Subscriber, Topic)
 
 __version__ = "0.1.0"
 
@@ -31,5 +33,6 @@ def names() -> _List[str]:
 
 __all__ = [
     "ArrayBuffer", "ArrayDesc", "SharedNDArray", "attach", "create", "delete", "list", "gc",
-    "names", "unlink", *_error_names,
+    "names", "unlink", "Topic", "ArrayPublisher", "ArraySubscriber", "Sample", "Publisher",
+    "Subscriber", "Message", "BYTES_TYPE", *_error_names,
 ]
