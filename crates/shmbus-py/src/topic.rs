@@ -302,7 +302,10 @@ impl ArrayPublisher {
         let (_, m) = pool.parts_mut(&raw);
         m[..meta.len()].copy_from_slice(meta);
         let timeout = self.timeout;
-        match py.detach(|| pool.publish(raw, timeout)) {
+        // The loan comes back on the rare failure path only (a back-pressure timeout).
+        #[allow(clippy::result_large_err)]
+        let r = py.detach(|| pool.publish(raw, timeout));
+        match r {
             Ok(seq) => Ok(seq),
             Err((e, raw)) => {
                 *slot = Some(raw);
@@ -794,7 +797,7 @@ impl Subscriber {
         &self,
         sub: &RawSubscriber,
         r: Result<Received, ReceiveError>,
-    ) -> Result<Option<(u64, Vec<u8>, Option<u64>)>, RecvError> {
+    ) -> Result<Option<Got>, RecvError> {
         match r.map_err(receive_error)? {
             Received::Message(held) => {
                 let seq = held.seq();
@@ -816,6 +819,9 @@ impl Subscriber {
         }
     }
 }
+
+/// Sequence number, message bytes, publish time.
+type Got = (u64, Vec<u8>, Option<u64>);
 
 type Message<'py> = (u64, Bound<'py, PyBytes>, Option<u64>);
 

@@ -217,23 +217,23 @@ def test_killed_subscriber_holding_frames(prefix):
 
 
 def test_rust_frames_to_python(prefix, peer):
-    t = shmbus.Topic(prefix)
+    t = shmbus.Topic(prefix, capacity=32)  # room for every frame: no lag
     sub = t.array_subscriber(META, type_name=RUST_FRAME_META)
     rust = subprocess.Popen([peer.path, "frames-pub", "--topic", prefix, "--count", "20",
                              "--shape", "48,64,3", "--wait-subscribers", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    got = 0
+    seen = []
     try:
-        for s in sub:
-            with s:
+        while len(seen) < 20:
+            with sub.recv(timeout=10) as s:
                 n = int(s.meta["len"])
                 assert s.array.shape == (48, 64, 3) and s.array.nbytes == n
                 assert (s.array.reshape(-1) == frame(int(s.meta["index"]), n)).all()
-                got += 1
-    except shmbus.Lagged:
-        pass
-    assert rust.wait(30) == 0, rust.stdout.read() + rust.stderr.read()
-    assert got > 0
+                seen.append(int(s.meta["index"]))
+    finally:
+        out, err = rust.communicate(timeout=30)
+    assert rust.returncode == 0, out + err
+    assert seen == list(range(20))
 
 
 def test_python_frames_to_rust(prefix, peer):
