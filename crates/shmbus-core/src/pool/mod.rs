@@ -67,7 +67,7 @@ pub use descriptor::{BlockDescriptor, Shape};
 pub use publisher::{BlockLoan, PoolPublisher};
 pub(crate) use segment_file::pool_type;
 pub use segment_file::{segment_name, PoolSegment};
-pub use subscriber::{BlockReceiveError, BlockReceived, HeldBlock, PoolSubscriber};
+pub use subscriber::{BlockReceiveError, BlockReceived, DetachedBlock, HeldBlock, PoolSubscriber};
 
 /// Bytes at the start of a slot reserved for the [`BlockDescriptor`]; the caller's metadata
 /// follows.

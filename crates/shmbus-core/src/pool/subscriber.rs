@@ -56,6 +56,76 @@ impl HeldBlock<'_> {
     }
 }
 
+/// A [`HeldBlock`] that no longer borrows its subscriber ([`HeldBlock::detach`]), for owners
+/// that cannot express the borrow (language bindings keeping a sample in a heap object).
+///
+/// It keeps the pool segment mapped and the slot held; give it back with
+/// [`PoolSubscriber::release_detached`] on the subscriber that received it. Until then the
+/// block is never reused, provided that subscriber lives: a subscriber dropped first releases
+/// its holds, and the block may then be rewritten (still mapped: a stale read, never a fault).
+pub struct DetachedBlock {
+    held: Held,
+    segment: Arc<PoolSegment>,
+    desc: BlockDescriptor,
+    dtype: Dtype,
+    shape: Shape,
+}
+
+impl fmt::Debug for DetachedBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DetachedBlock")
+            .field("seq", &self.held.seq())
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
+            .finish()
+    }
+}
+
+impl DetachedBlock {
+    /// The message's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.held.seq()
+    }
+    /// The array's dtype.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    /// The array's shape.
+    pub fn shape(&self) -> &[usize] {
+        self.shape.as_slice()
+    }
+    /// Bytes of the array.
+    pub fn len(&self) -> usize {
+        self.desc.len as usize
+    }
+    /// Whether the array has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.desc.len == 0
+    }
+    /// The first byte of the array (page-aligned), mapped for `len()` bytes as long as `self`
+    /// lives; nobody writes it while the receiving subscriber lives and `self` is not released.
+    pub fn as_ptr(&self) -> NonNull<u8> {
+        self.segment.block_ptr(self.desc.block)
+    }
+}
+
+impl HeldBlock<'_> {
+    /// Gives up the borrow of the subscriber, keeping the hold (see [`DetachedBlock`]). Also
+    /// returns a copy of the publisher's metadata bytes.
+    pub fn detach(mut self) -> (DetachedBlock, Vec<u8>) {
+        let meta = self.meta().to_vec();
+        let held = self.held.take().expect("held until drop");
+        let block = DetachedBlock {
+            held,
+            segment: self.segment.clone(),
+            desc: self.desc,
+            dtype: self.dtype,
+            shape: self.shape,
+        };
+        (block, meta)
+    }
+}
+
 impl Drop for HeldBlock<'_> {
     fn drop(&mut self) {
         if let Some(h) = self.held.take() {
@@ -126,6 +196,15 @@ impl PoolSubscriber {
     /// The topic subscriber.
     pub fn subscriber(&self) -> &RawSubscriber {
         &self.subscriber
+    }
+
+    /// Releases a block detached from a [`HeldBlock`] this subscriber received.
+    ///
+    /// # Panics
+    ///
+    /// If `block` came from another subscriber.
+    pub fn release_detached(&self, block: DetachedBlock) {
+        self.subscriber.release(block.held);
     }
 
     /// Pool segments mapped right now.

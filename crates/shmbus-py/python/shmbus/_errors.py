@@ -1,0 +1,90 @@
+"""The exceptions shmbus raises. Every one is a :class:`shmbus.Error`; most also inherit the
+built-in exception Python code already catches (``FileNotFoundError``, ``TimeoutError``, ...)."""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Base class of every shmbus error."""
+
+
+class NotFound(Error, FileNotFoundError):
+    """No object of that name exists."""
+
+
+class NameReused(NotFound):
+    """The name now refers to another segment than the one that was pickled (it was deleted
+    and created again)."""
+
+
+class AlreadyExists(Error, FileExistsError):
+    """An object of that name exists already."""
+
+
+class PermissionDenied(Error, PermissionError):
+    """The file mode forbids it, or a write through a read-only attachment."""
+
+
+class OutOfSpace(Error, MemoryError):
+    """``/dev/shm`` (or the pool, or the topic's participant table) is full."""
+
+
+class WrongType(Error, TypeError):
+    """The object holds another kind or type than asked for (a topic of another message type,
+    a lock where an array was expected)."""
+
+
+class WrongDtype(WrongType):
+    """The array or message has another dtype than asked for, or shmbus cannot store it."""
+
+
+class InvalidName(Error, ValueError):
+    """Not a valid shmbus name (1-200 bytes of ASCII letters, digits, ``_ - .``)."""
+
+
+class InvalidArgument(Error, ValueError):
+    """A shape, size or option shmbus cannot honour."""
+
+
+class QosMismatch(InvalidArgument):
+    """An explicit topic setting the existing topic does not have."""
+
+
+class Corrupt(Error):
+    """A segment's contents are damaged or refused by validation."""
+
+
+class Timeout(Error, TimeoutError):
+    """A wait ran out of time."""
+
+
+class Empty(Error):
+    """``try_recv`` found no message."""
+
+
+class Disconnected(Error, ConnectionError):
+    """Every publisher left and every message was read."""
+
+
+class TooManyHeld(Error):
+    """The subscriber holds as many samples as the topic allows: release one first."""
+
+
+class UsedAfterFork(Error, RuntimeError):
+    """A publisher, subscriber or loan made before ``fork()`` was used in the child. Open a new
+    one in the child (arrays, locks, semaphores and events keep working)."""
+
+
+class Lagged(Error):
+    """The subscriber missed ``count`` messages (overwritten); the next receive resumes at the
+    oldest message still there."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"missed {count} messages")
+        self.count = count
+
+    def __reduce__(self):  # picklable with its count
+        return (type(self), (self.count,))
+
+
+__all__ = [n for n in dir() if not n.startswith("_") and n != "annotations"]
