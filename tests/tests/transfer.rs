@@ -289,3 +289,37 @@ fn late_join_gets_history_k_or_only_new_messages() {
     drop((p, sub));
     s.assert_gone(&name);
 }
+
+/// A subscriber that waits in slices shorter than its check period (as the Python bindings do,
+/// to stay responsive to Ctrl-C) still learns that the publisher left: `Disconnected` after the
+/// last message, not timeouts forever. (It looked only when a wait outlived the 50 ms check.)
+#[test]
+fn short_waits_still_see_the_publisher_leave() {
+    let mut s = scope!("shortwait");
+    let name = s.name();
+    let sub = Topic::builder(&name)
+        .capacity(64)
+        .subscriber::<Msg>()
+        .expect("subscriber");
+    let mut publ = s.spawn("publisher", &["publish", "--topic", &name, "--count", "10"]);
+    publ.finish("done", STEP);
+    let started = std::time::Instant::now();
+    let mut received = 0;
+    loop {
+        match sub.recv_timeout(Duration::from_millis(20)) {
+            Ok(m) => {
+                assert!(m.is_intact());
+                received += 1;
+            }
+            Err(RecvError::Timeout) => {
+                assert!(
+                    started.elapsed() < STEP,
+                    "only timeouts after the publisher left ({received} received)"
+                );
+            }
+            Err(RecvError::Disconnected) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(received, 10, "every message before Disconnected");
+}

@@ -176,25 +176,23 @@ impl RawSubscriber {
                 r => return Ok(r),
             }
             let topic = &*self.topic;
-            let mut gone = false;
+            let mut gone = None;
             let ready = topic.ring.wait_for_message(
                 self.cursor.get(),
                 &Futex,
                 deadline,
                 CHECK_EVERY,
                 || {
-                    // A publisher existed if we saw one, or if one joined since we did (it may have
-                    // died and been reclaimed by someone else before we looked).
-                    if topic.has_publisher() || topic.ring.publisher_joins() != self.joins_at_start
-                    {
-                        self.saw_publisher.set(true);
-                    }
-                    topic.reclaim_dead();
-                    gone = self.saw_publisher.get() && !topic.has_publisher();
-                    !gone
+                    let g = self.publishers_gone();
+                    gone = Some(g);
+                    !g
                 },
             );
             if !ready {
+                // A wait that ended at its deadline before its first check (timeouts shorter than
+                // the check period, as callers that wait in slices use) still looks once: else
+                // such a caller would never learn that the publishers left.
+                let gone = gone.unwrap_or_else(|| self.publishers_gone());
                 if gone && !topic.ring.ready(self.cursor.get()) {
                     return Ok(Received::Disconnected);
                 }
@@ -203,6 +201,18 @@ impl RawSubscriber {
                 }
             }
         }
+    }
+
+    /// Whether every publisher this subscriber saw is gone (reclaiming dead ones first).
+    fn publishers_gone(&self) -> bool {
+        let topic = &*self.topic;
+        // A publisher existed if we saw one, or if one joined since we did (it may have died and
+        // been reclaimed by someone else before we looked).
+        if topic.has_publisher() || topic.ring.publisher_joins() != self.joins_at_start {
+            self.saw_publisher.set(true);
+        }
+        topic.reclaim_dead();
+        self.saw_publisher.get() && !topic.has_publisher()
     }
 
     fn id(&self) -> u64 {
