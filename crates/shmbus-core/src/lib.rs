@@ -13,6 +13,7 @@
 //! | [`ring`] | the topic protocol: slot pool, publication ring, subscriber table |
 //! | [`array`], [`dtype`] | named N-d arrays; element types |
 //! | [`pool`] | array pools: blocks in separate segments behind topic descriptors |
+//! | [`queue`] | work queues: each item to exactly one consumer, at most once or acknowledged |
 //!
 //! Most users want the typed API of the `shmbus` crate instead.
 //!
@@ -42,6 +43,7 @@ pub mod named;
 #[cfg(not(loom))]
 pub mod pool;
 mod primitive;
+pub mod queue;
 pub mod ring;
 pub mod segment;
 pub mod sync;
