@@ -41,7 +41,8 @@
 //! process attaches by name are [`SharedArray`]s.
 //!
 //! Alongside topics, [`Mutex`], [`Semaphore`] and [`Event`] live in named segments that any
-//! process opens by name.
+//! process opens by name, and so do work queues ([`Queue`], [`SerdeQueue`]), where each item goes
+//! to exactly one consumer.
 // Unsafe code is denied everywhere but at the in-place accessors of named arrays (`array.rs`,
 // `#[allow(unsafe_code)]` on each), whose callers take on the aliasing contract.
 #![deny(unsafe_code)]
@@ -51,6 +52,7 @@ pub mod array;
 mod error;
 mod frames;
 pub mod identity;
+mod queue;
 mod sync;
 mod topic;
 
@@ -62,10 +64,14 @@ pub use error::{
 };
 pub use frames::{ArrayLoan, ArrayPublisher, ArraySample, ArraySubscriber, PoolLoanError};
 pub use identity::{Join, Message};
+pub use queue::{
+    Delivery, GetError, PutError, PutFailure, Queue, QueueBuilder, SerdeDelivery, SerdeQueue,
+};
 pub use shmbus_core::dtype::Dtype;
 pub use shmbus_core::fork::UsedAfterFork;
 pub use shmbus_core::name::{Name, NameError};
 pub use shmbus_core::pool::PoolStats;
+pub use shmbus_core::queue::{QueueOpenError, QueueStats, Reclaimed};
 pub use shmbus_core::ring::Overflow;
 pub use shmbus_core::segment::Lifetime;
 pub use shmbus_core::segment::{gc, list, unlink, SegmentError};
