@@ -18,6 +18,8 @@ mod arrays;
 mod fork;
 #[path = "shmbus-test-peer/identity.rs"]
 mod identity;
+#[path = "shmbus-test-peer/queue.rs"]
+mod queue;
 use shmbus::{
     Event, EventMode, LoanError, LockError, Mutex, Overflow, PublishError, PublishFailure,
     Publisher, RecvError, Semaphore, SendError, SendFailure, SerdePublisher, SerdeSubscriber,
@@ -83,6 +85,10 @@ enum Role {
     /// Join a topic with one of this binary's `shmbus::Message` types (publishing with
     /// `--publisher`).
     IdentOpen(identity::IdentOpenArgs),
+    /// Put verifiable items on a work queue (`--count`, or until killed).
+    QueuePut(queue::QueuePutArgs),
+    /// Take items from a work queue until it is closed, reporting each (or hold some).
+    QueueGet(queue::QueueGetArgs),
 }
 
 #[derive(Args)]
@@ -935,6 +941,8 @@ fn main() -> ExitCode {
         Role::Fork(a) => fork::fork(a),
         Role::IdentLayouts => identity::ident_layouts(),
         Role::IdentOpen(a) => identity::ident_open(a),
+        Role::QueuePut(a) => queue::queue_put(a),
+        Role::QueueGet(a) => queue::queue_get(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -132,7 +132,7 @@ impl QueueLayout {
 /// [`QueueOpenError::Mismatch`].
 #[derive(Debug, Clone, Default)]
 pub struct QueueOptions {
-    /// Items at most (default 64).
+    /// Items at most (default 64); on an existing queue, a minimum.
     pub capacity: Option<u32>,
     /// Bytes per item at least (rounded up to a multiple of 64).
     pub slot_size: Option<u32>,
@@ -589,8 +589,12 @@ fn check(
         }
     }
     if let Some(c) = opts.capacity {
-        if c != found.capacity {
-            return mismatch("capacity", c.to_string(), found.capacity.to_string());
+        if c > found.capacity {
+            return mismatch(
+                "capacity",
+                format!("at least {c}"),
+                found.capacity.to_string(),
+            );
         }
     }
     Ok(())
