@@ -13,6 +13,7 @@
 //! | [`ring`] | the topic protocol: slot pool, publication ring, subscriber table |
 //! | [`array`], [`dtype`] | named N-d arrays; element types |
 //! | [`pool`] | array pools: blocks in separate segments behind topic descriptors |
+//! | [`value`] | shared values (atomic, or double-buffered under a robust lock) and barriers |
 //! | [`queue`] | work queues: each item to exactly one consumer, at most once or acknowledged |
 //!
 //! Most users want the typed API of the `shmbus` crate instead.
@@ -50,4 +51,6 @@ pub mod sync;
 pub mod time;
 #[cfg(not(loom))]
 pub mod topic;
+#[cfg(not(loom))]
+pub mod value;
 pub mod wire;

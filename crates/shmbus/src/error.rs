@@ -24,6 +24,9 @@ pub enum OpenError {
     /// participant row taken, a damaged queue).
     #[error(transparent)]
     Queue(#[from] shmbus_core::queue::QueueOpenError),
+    /// Every party row of the barrier is held by a live party.
+    #[error(transparent)]
+    Barrier(#[from] shmbus_core::value::BarrierOpenError),
     /// The message (or mutex value) type cannot live in shared memory (alignment above 64
     /// bytes; for messages, also zero-sized).
     #[error("{type_name} cannot be a message: {reason}")]

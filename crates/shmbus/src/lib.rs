@@ -55,6 +55,7 @@ pub mod identity;
 mod queue;
 mod sync;
 mod topic;
+mod value;
 
 pub use array::{ArrayError, ArrayOptions, Element, ReadOnlyArray, SharedArray};
 pub use bytemuck;
@@ -78,7 +79,9 @@ pub use shmbus_core::segment::{gc, list, unlink, SegmentError};
 pub use shmbus_core::sync::{LockError, SemaphoreError, TryLockError};
 pub use shmbus_core::time::monotonic_ns;
 pub use shmbus_core::topic::{LoanError, TopicError};
+pub use shmbus_core::value::{BarrierError, BarrierOpenError};
 pub use sync::{Event, EventMode, Mutex, MutexGuard, Semaphore, SyncOptions};
 pub use topic::{
     Loan, Publisher, Sample, SerdePublisher, SerdeSubscriber, Subscriber, Topic, TopicStats,
 };
+pub use value::{Barrier, Value, ValueInt};

@@ -20,6 +20,8 @@ mod fork;
 mod identity;
 #[path = "shmbus-test-peer/queue.rs"]
 mod queue;
+#[path = "shmbus-test-peer/values.rs"]
+mod values;
 use shmbus::{
     Event, EventMode, LoanError, LockError, Mutex, Overflow, PublishError, PublishFailure,
     Publisher, RecvError, Semaphore, SendError, SendFailure, SerdePublisher, SerdeSubscriber,
@@ -89,6 +91,12 @@ enum Role {
     QueuePut(queue::QueuePutArgs),
     /// Take items from a work queue until it is closed, reporting each (or hold some).
     QueueGet(queue::QueueGetArgs),
+    /// Add 1 to a shared `u64` value `--count` times.
+    ValueAdd(values::ValueAddArgs),
+    /// Update a shared 256-byte value (kept consistent) until killed.
+    ValueScribble(values::ValueScribbleArgs),
+    /// Pass `--rounds` generations of a barrier (0: join and never arrive).
+    BarrierWait(values::BarrierArgs),
 }
 
 #[derive(Args)]
@@ -943,6 +951,9 @@ fn main() -> ExitCode {
         Role::IdentOpen(a) => identity::ident_open(a),
         Role::QueuePut(a) => queue::queue_put(a),
         Role::QueueGet(a) => queue::queue_get(a),
+        Role::ValueAdd(a) => values::value_add(a),
+        Role::ValueScribble(a) => values::value_scribble(a),
+        Role::BarrierWait(a) => values::barrier_wait(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
