@@ -14,6 +14,7 @@
 //! | [`array`], [`dtype`] | named N-d arrays; element types |
 //! | [`pool`] | array pools: blocks in separate segments behind topic descriptors |
 //! | [`value`] | shared values (atomic, or double-buffered under a robust lock) and barriers |
+//! | [`shared`] | shared serde state: updates under a robust lock, lock-free seqlock reads |
 //! | [`queue`] | work queues: each item to exactly one consumer, at most once or acknowledged |
 //!
 //! Most users want the typed API of the `shmbus` crate instead.
@@ -47,6 +48,7 @@ mod primitive;
 pub mod queue;
 pub mod ring;
 pub mod segment;
+pub mod shared;
 pub mod sync;
 pub mod time;
 #[cfg(not(loom))]

@@ -42,7 +42,8 @@
 //!
 //! Alongside topics, [`Mutex`], [`Semaphore`] and [`Event`] live in named segments that any
 //! process opens by name, and so do work queues ([`Queue`], [`SerdeQueue`]), where each item goes
-//! to exactly one consumer.
+//! to exactly one consumer, shared values ([`Value`]), barriers ([`Barrier`]) and shared serde
+//! state ([`Shared`]).
 // Unsafe code is denied everywhere but at the in-place accessors of named arrays (`array.rs`,
 // `#[allow(unsafe_code)]` on each), whose callers take on the aliasing contract.
 #![deny(unsafe_code)]
@@ -53,6 +54,7 @@ mod error;
 mod frames;
 pub mod identity;
 mod queue;
+mod shared;
 mod sync;
 mod topic;
 mod value;
@@ -68,6 +70,7 @@ pub use identity::{Join, Message};
 pub use queue::{
     Delivery, GetError, PutError, PutFailure, Queue, QueueBuilder, SerdeDelivery, SerdeQueue,
 };
+pub use shared::{Shared, SharedError, UpdateError};
 pub use shmbus_core::dtype::Dtype;
 pub use shmbus_core::fork::UsedAfterFork;
 pub use shmbus_core::name::{Name, NameError};

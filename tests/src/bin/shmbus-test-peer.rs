@@ -97,6 +97,8 @@ enum Role {
     ValueScribble(values::ValueScribbleArgs),
     /// Pass `--rounds` generations of a barrier (0: join and never arrive).
     BarrierWait(values::BarrierArgs),
+    /// Update a shared serde state `--count` times (0: until killed).
+    SharedUpdate(values::SharedArgs),
 }
 
 #[derive(Args)]
@@ -954,6 +956,7 @@ fn main() -> ExitCode {
         Role::ValueAdd(a) => values::value_add(a),
         Role::ValueScribble(a) => values::value_scribble(a),
         Role::BarrierWait(a) => values::barrier_wait(a),
+        Role::SharedUpdate(a) => values::shared_update(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

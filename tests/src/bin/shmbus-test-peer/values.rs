@@ -76,3 +76,27 @@ pub(crate) fn barrier_wait(a: &BarrierArgs) -> Result<(), Fail> {
     println!("done");
     Ok(())
 }
+
+/// Arguments of `shared-update`.
+#[derive(Args)]
+pub(crate) struct SharedArgs {
+    #[arg(long)]
+    name: String,
+    /// Updates (0: until killed).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+}
+
+/// Increments the shared `Tally` `--count` times (or until killed), then prints `done`.
+pub(crate) fn shared_update(a: &SharedArgs) -> Result<(), Fail> {
+    let s = shmbus::Shared::open_or_create(&a.name, 4096, &shmbus_tests::Tally::default())?;
+    println!("ready");
+    let mut i = 0;
+    while a.count == 0 || i < a.count {
+        s.update(shmbus_tests::Tally::bump)
+            .map_err(|e| Fail::new("update", e))?;
+        i += 1;
+    }
+    println!("done");
+    Ok(())
+}
