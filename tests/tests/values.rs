@@ -150,7 +150,10 @@ fn a_dead_party_is_reported_instead_of_hanging_the_others() {
         ],
     );
     waiter.expect("ready", STEP);
-    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        shmbus_tests::wait_until(STEP, || b.arrived() == 1),
+        "the waiting party arrives"
+    );
     sleeper.kill();
     let t = Instant::now();
     assert!(matches!(b.wait_timeout(STEP), Err(BarrierError::PartyDied)));

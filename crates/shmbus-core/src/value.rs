@@ -568,6 +568,14 @@ impl RawBarrier {
         self.words().generation.load(Ordering::Acquire)
     }
 
+    /// Parties that have arrived in the current generation (a snapshot, without the lock).
+    pub fn arrived(&self) -> u32 {
+        let g = self.generation().wrapping_add(1);
+        (0..self.parties)
+            .filter(|&r| self.row_arrived(r).load(Ordering::Relaxed) == g)
+            .count() as u32
+    }
+
     fn words(&self) -> &BarrierWords {
         // SAFETY: payload offset 64 holds the words (16 bytes, 4-aligned), mapped while `self`
         // lives; only accessed atomically.

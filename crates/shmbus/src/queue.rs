@@ -23,6 +23,10 @@ use shmbus_core::wire::frame;
 
 use crate::error::{OpenError, SendError};
 
+/// Items up to this size are put and got in one lock hold each (the copy holds the lock);
+/// larger ones are written and read outside the lock, between two holds.
+const INLINE: usize = 512;
+
 /// Why a put failed. The item is handed back in the [`PutError`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -388,6 +392,12 @@ impl<T: Pod> Queue<T> {
     queue_common!();
 
     fn put_with(&self, value: T, timeout: Option<Duration>) -> Result<(), PutError<T>> {
+        if size_of::<T>() <= INLINE {
+            return self
+                .raw
+                .put_copy(bytemuck::bytes_of(&value), timeout)
+                .map_err(|e| SendError::new(value, e));
+        }
         let mut r = match self.raw.reserve(timeout) {
             Ok(r) => r,
             Err(e) => return Err(SendError::new(value, e)),
@@ -444,6 +454,11 @@ impl<T: Pod> Queue<T> {
     }
 
     fn get_with(&self, timeout: Option<Duration>) -> Result<T, GetError> {
+        if size_of::<T>() <= INLINE {
+            let mut v = T::zeroed();
+            self.raw.get_copy(bytemuck::bytes_of_mut(&mut v), timeout)?;
+            return Ok(v);
+        }
         let d = self.receive_with(timeout)?;
         let v = *d;
         d.ack()?;

@@ -253,6 +253,11 @@ impl Barrier {
         self.raw.parties()
     }
 
+    /// Parties that have arrived in the current generation (a snapshot).
+    pub fn arrived(&self) -> u32 {
+        self.raw.arrived()
+    }
+
     /// Generations completed or broken so far.
     pub fn generation(&self) -> u32 {
         self.raw.generation()

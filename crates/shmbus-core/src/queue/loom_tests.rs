@@ -458,3 +458,74 @@ fn refused_items_are_redelivered_then_dead_lettered() {
         q.assert_all_free();
     });
 }
+
+impl HeapQueue {
+    /// One-hold put of `v`.
+    fn put_inline(&self, row: u32, v: u64) -> bool {
+        let mut write = |s: u32| {
+            // SAFETY: as in `put` (the slot is this row's reservation, under the lock).
+            self.data[s as usize].with_mut(|p| unsafe { *p = v });
+        };
+        self.core
+            .try_put_inline(row, &mut write, &self.futex)
+            .unwrap()
+    }
+
+    /// One-hold get: the value, if any.
+    fn get_inline(&self, row: u32) -> Option<u64> {
+        let mut got = None;
+        let mut read = |t: super::protocol::Taken| {
+            // SAFETY: as in `put` (the slot is this row's, under the lock).
+            got = Some(self.data[t.slot as usize].with(|p| unsafe { *p }));
+        };
+        self.core
+            .try_get_inline(row, &mut read, &self.futex)
+            .unwrap();
+        got
+    }
+}
+
+/// The one-hold put and get (small items), each participant killed at every step: exact
+/// accounting, nothing stuck, in both modes.
+#[test]
+fn inline_put_and_get_killed_at_every_step() {
+    for acknowledged in [false, true] {
+        for at in (0..9).map(Some).chain([None]) {
+            model(move || {
+                let q = HeapQueue::new(2, 3, acknowledged, 5);
+                q.put(2, 1);
+                let p = {
+                    let q = q.clone();
+                    thread::spawn(move || mortal(at, || assert!(q.put_inline(0, 2))))
+                };
+                let c = {
+                    let q = q.clone();
+                    thread::spawn(move || {
+                        let mut got = None;
+                        let died = mortal(at, || got = q.get_inline(1));
+                        (died, got)
+                    })
+                };
+                let p_died = p.join().unwrap();
+                let (c_died, c_got) = c.join().unwrap();
+                if p_died {
+                    q.core.reclaim_row(0, &q.futex).unwrap();
+                }
+                if c_died {
+                    q.core.reclaim_row(1, &q.futex).unwrap();
+                }
+                let mut rest = 0;
+                while q.get_inline(2).is_some() {
+                    rest += 1;
+                }
+                let put = q.counter(counter::PUT);
+                let (done, lost) = (q.counter(counter::DONE), q.counter(counter::LOST));
+                assert!(put == 2 || (p_died && put == 1));
+                assert_eq!(done + lost, put, "every item put is done or lost, once");
+                assert!(lost == 0 || (c_died && !acknowledged));
+                assert!(u64::from(c_got.is_some()) + rest <= done);
+                q.assert_all_free();
+            });
+        }
+    }
+}

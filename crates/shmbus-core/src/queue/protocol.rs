@@ -588,6 +588,112 @@ impl<L: ProtocolLock> QueueCore<L> {
         Ok(())
     }
 
+    /// Reserve, write and commit in one lock hold, for small items: `write(slot)` runs under the
+    /// lock. `Ok(false)`: full. A holder killed inside `write` leaves the slot reserved by its
+    /// dead row, which reclaiming frees.
+    pub(crate) fn try_put_inline<N: Notifier>(
+        &self,
+        row: u32,
+        write: &mut dyn FnMut(u32),
+        notifier: &N,
+    ) -> Result<bool, QueueError> {
+        {
+            let g = self.locked(None)?;
+            let w = self.words();
+            if w.closed.load(Ordering::Relaxed) != 0 {
+                return Err(QueueError::Closed);
+            }
+            let Some(i) = self.pop(&g, self.free, &w.free_head, &w.free_tail, slot::FREE)? else {
+                return Ok(false);
+            };
+            self.slot(i)
+                .word
+                .store(word(slot::RESERVED, row, 0), Ordering::Relaxed);
+            step!();
+            write(i);
+            step!();
+            let seq = w.next_seq.load(Ordering::Relaxed);
+            w.next_seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+            self.slot(i).seq.store(seq, Ordering::Relaxed);
+            self.commit_counted(i, word(slot::READY, 0, 0), counter::PUT);
+            self.push_back(&g, self.ready, &w.head, &w.tail, i);
+        }
+        self.notify_not_empty(notifier);
+        Ok(true)
+    }
+
+    /// Take, read and finish in one lock hold, for small items: `read(taken)` runs under the
+    /// lock. `Ok(false)`: empty (and not closed). A holder killed inside `read` leaves the item
+    /// taken by its dead row: lost (at most once) or delivered again (acknowledged).
+    pub(crate) fn try_get_inline<N: Notifier>(
+        &self,
+        row: u32,
+        read: &mut dyn FnMut(Taken),
+        notifier: &N,
+    ) -> Result<bool, QueueError> {
+        {
+            let g = self.locked(None)?;
+            let w = self.words();
+            let Some(i) = self.pop(&g, self.ready, &w.head, &w.tail, slot::READY)? else {
+                if w.closed.load(Ordering::Relaxed) != 0 {
+                    return Err(QueueError::Closed);
+                }
+                return Ok(false);
+            };
+            let deliveries =
+                deliveries_of(self.slot(i).word.load(Ordering::Relaxed)).saturating_add(1);
+            self.commit_counted(i, word(slot::TAKEN, row, deliveries), counter::TAKEN);
+            read(Taken {
+                slot: i,
+                deliveries,
+            });
+            step!();
+            self.free_slot(&g, i, counter::DONE);
+        }
+        self.notify_not_full(notifier);
+        Ok(true)
+    }
+
+    /// [`try_put_inline`](Self::try_put_inline), waiting for room until `deadline`.
+    pub(crate) fn put_inline<N: Notifier>(
+        &self,
+        row: u32,
+        write: &mut dyn FnMut(u32),
+        deadline: Deadline,
+        notifier: &N,
+        idle: impl FnMut(),
+    ) -> Result<(), QueueError> {
+        let w = self.words();
+        self.wait_for(
+            &w.not_full,
+            &w.full_sleepers,
+            deadline,
+            notifier,
+            || Ok(self.try_put_inline(row, write, notifier)?.then_some(())),
+            idle,
+        )
+    }
+
+    /// [`try_get_inline`](Self::try_get_inline), waiting for an item until `deadline`.
+    pub(crate) fn get_inline<N: Notifier>(
+        &self,
+        row: u32,
+        read: &mut dyn FnMut(Taken),
+        deadline: Deadline,
+        notifier: &N,
+        idle: impl FnMut(),
+    ) -> Result<(), QueueError> {
+        let w = self.words();
+        self.wait_for(
+            &w.not_empty,
+            &w.empty_sleepers,
+            deadline,
+            notifier,
+            || Ok(self.try_get_inline(row, read, notifier)?.then_some(())),
+            idle,
+        )
+    }
+
     /// Takes the item at the front of the line for `row`. `Ok(None)`: empty (and not closed).
     pub(crate) fn try_take(&self, row: u32) -> Result<Option<Taken>, QueueError> {
         let g = self.locked(None)?;

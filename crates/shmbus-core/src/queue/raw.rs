@@ -506,6 +506,72 @@ impl RawQueue {
         })
     }
 
+    /// Copies `item` (at most [`slot_size`](Self::slot_size) bytes; the rest of the slot keeps
+    /// older bytes) into a free slot and puts it in line, all in one lock hold; waits at most
+    /// `timeout` for room (`Some(ZERO)`: do not wait). For small items: the copy holds the lock.
+    pub fn put_copy(&self, item: &[u8], timeout: Option<Duration>) -> Result<(), QueueError> {
+        self.born.check()?;
+        self.check_peers(false);
+        let n = item.len().min(self.slot_size());
+        let mut write = |slot: u32| {
+            // SAFETY: the slot lies inside the mapping and is RESERVED by this row under the
+            // lock we hold: nobody else reads or writes it; `item` is a private buffer.
+            unsafe { std::ptr::copy_nonoverlapping(item.as_ptr(), self.data_ptr(slot).as_ptr(), n) }
+        };
+        if timeout == Some(Duration::ZERO) {
+            if self.core.try_put_inline(self.row, &mut write, &Futex)? {
+                return Ok(());
+            }
+            self.check_peers(true);
+            return match self.core.try_put_inline(self.row, &mut write, &Futex)? {
+                true => Ok(()),
+                false => Err(QueueError::Full),
+            };
+        }
+        self.core.put_inline(
+            self.row,
+            &mut write,
+            Deadline::after(timeout),
+            &Futex,
+            || self.check_peers(true),
+        )
+    }
+
+    /// Takes the next item, copies its first `out.len()` bytes into `out` and finishes it, all
+    /// in one lock hold (in acknowledged mode: acknowledged at once); waits at most `timeout`.
+    /// Returns the item's delivery count.
+    pub fn get_copy(&self, out: &mut [u8], timeout: Option<Duration>) -> Result<u32, QueueError> {
+        self.born.check()?;
+        self.check_peers(false);
+        let n = out.len().min(self.slot_size());
+        let mut deliveries = 0;
+        let mut read = |t: Taken| {
+            // SAFETY: the slot lies inside the mapping and is TAKEN by this row under the lock
+            // we hold: nobody else writes it; `out` is a private buffer of at least `n` bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.data_ptr(t.slot).as_ptr(), out.as_mut_ptr(), n)
+            };
+            deliveries = t.deliveries;
+        };
+        if timeout == Some(Duration::ZERO) {
+            if !self.core.try_get_inline(self.row, &mut read, &Futex)? {
+                self.check_peers(true);
+                if !self.core.try_get_inline(self.row, &mut read, &Futex)? {
+                    return Err(QueueError::Empty);
+                }
+            }
+        } else {
+            self.core.get_inline(
+                self.row,
+                &mut read,
+                Deadline::after(timeout),
+                &Futex,
+                || self.check_peers(true),
+            )?;
+        }
+        Ok(deliveries)
+    }
+
     /// Takes the next item, waiting at most `timeout` for one (`Some(ZERO)`: do not wait).
     pub fn take(&self, timeout: Option<Duration>) -> Result<RawDelivery<'_>, QueueError> {
         self.born.check()?;
