@@ -10,7 +10,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shmbus::{GetError, QueueBuilder, SharedArray};
+use shmbus::{GetError, PutFailure, QueueBuilder, SharedArray};
 
 #[path = "common/procs.rs"]
 mod procs;
@@ -89,7 +89,12 @@ fn run(args: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
                     len: CHUNK as u64,
                 };
                 // Collect results while putting, so that neither queue fills up for good.
-                while jobs.put_timeout(job, Duration::from_millis(1)).is_err() {
+                let mut job = job;
+                while let Err(e) = jobs.put_timeout(job, Duration::from_millis(1)) {
+                    if !matches!(e.reason(), PutFailure::Timeout) {
+                        return Err(e.to_string().into());
+                    }
+                    job = e.into_inner();
                     if let Ok(p) = results.try_get() {
                         total += p.sum;
                         got += 1;

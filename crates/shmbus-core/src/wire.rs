@@ -238,7 +238,7 @@ pub mod queue {
         pub const REDELIVERED: usize = 4;
         /// Items given up after `MAX_DELIVERIES` deliveries.
         pub const DEAD_LETTERED: usize = 5;
-        /// Reservations of producers that died before committing, freed.
+        /// Reservations given back unwritten (dropped, or of producers that died).
         pub const ABANDONED: usize = 6;
         /// Times a locker found the lock's holder dead and rebuilt the rings.
         pub const REPAIRS: usize = 7;

@@ -188,7 +188,9 @@ impl<T: ValueInt> Value<T> {
 /// Each handle is one party. [`wait`](Self::wait) returns once every party has arrived; a party
 /// whose process dies before it arrives breaks the generation: the others get
 /// [`BarrierError::PartyDied`] within about 50 ms instead of hanging, and the next generation
-/// starts afresh (a new process may take the dead party's place).
+/// starts afresh (a new process may take the dead party's place). A party that *leaves*
+/// (drops its handle) is not dead: the others wait for a party to take its place, up to their
+/// timeout.
 ///
 /// # Examples
 ///

@@ -215,7 +215,7 @@ pub struct QueueStats {
     pub redelivered: u64,
     /// Items given up after the delivery limit.
     pub dead_lettered: u64,
-    /// Reservations of dead producers, freed.
+    /// Reservations given back unwritten (dropped, or held by producers that died).
     pub abandoned: u64,
     /// Rebuilds after a lock holder died.
     pub repairs: u64,
@@ -458,9 +458,14 @@ impl RawQueue {
     /// Looks for dead rows if a lock repair asked for it, or (`idle`) if this handle has not
     /// looked for a while.
     fn check_peers(&self, idle: bool) {
-        let suspect = self.core.words().suspect.swap(0, Ordering::Relaxed) != 0;
+        // A load first: the common case (nothing suspect) writes nothing to the shared line.
+        let w = &self.core.words().suspect;
+        let suspect = w.load(Ordering::Relaxed) != 0 && w.swap(0, Ordering::Relaxed) != 0;
+        if !suspect && !idle {
+            return;
+        }
         let now = monotonic_ns();
-        let due = idle && now.saturating_sub(self.last_check.load(Ordering::Relaxed)) >= CHECK_NS;
+        let due = now.saturating_sub(self.last_check.load(Ordering::Relaxed)) >= CHECK_NS;
         if suspect || due {
             self.last_check.store(now, Ordering::Relaxed);
             self.reclaim_dead();
