@@ -292,3 +292,53 @@ fn producers_killed_mid_put_block_nobody() {
     }
     assert!(q.try_put(Msg::new(9, 4)).is_err());
 }
+
+/// A peer that scribbles random bytes over a queue's words, slot table, rings and rows (not the
+/// mutex: a scribbled pthread mutex is outside the trust model) while this process keeps putting
+/// and getting: every call returns (an item, or an error such as `Corrupt`), nothing panics or
+/// hangs.
+#[test]
+fn scribbled_queue_memory_never_panics_or_hangs() {
+    use std::os::unix::fs::FileExt;
+    let mut s = scope!("queue-scribble");
+    let name = s.name();
+    let q = QueueBuilder::new(&name).capacity(8).open::<Msg>().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(shmbus_tests::shm_file(&name))
+        .unwrap();
+    let header = shmbus_core::wire::HEADER_SIZE as u64;
+    // Everything between the mutex and the data: words, journal, slot table, rings, rows.
+    let (from, to) = (64u64, 320 + 8 * 16 + 8 * 4 * 2 + 32 * 4);
+    let mut rng = Rng::from_env_or_clock();
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    let mut outcomes = HashMap::<&str, u64>::new();
+    while std::time::Instant::now() < deadline {
+        let at = header + rng.range(from, to);
+        let junk = rng.next_u64().to_ne_bytes();
+        let n = rng.range(1, 9) as usize;
+        // Spare the `closed` word (payload 104..108), or the run would soon only see `Closed`.
+        if at + n as u64 > header + 104 && at < header + 108 {
+            continue;
+        }
+        file.write_at(&junk[..n], at).unwrap();
+        let put = match q.try_put(Msg::new(1, 1)) {
+            Ok(()) => "put",
+            Err(_) => "put-error",
+        };
+        let get = match q.try_get() {
+            Ok(_) => "got",
+            Err(GetError::Empty) => "empty",
+            Err(GetError::Closed) => "closed",
+            Err(_) => "get-error",
+        };
+        *outcomes.entry(put).or_default() += 1;
+        *outcomes.entry(get).or_default() += 1;
+        let _ = q.len();
+        q.reclaim_dead();
+    }
+    assert!(!outcomes.is_empty(), "{outcomes:?}");
+    eprintln!("outcomes under scribbling: {outcomes:?}");
+    drop(q);
+    s.assert_gone(&name);
+}
