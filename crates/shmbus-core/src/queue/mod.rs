@@ -27,7 +27,7 @@
 //!
 //! Each handle owns a participant row and holds the row's OFD lease (`wire::lease::queue_row`).
 //! When the lock's holder dies, the next locker rebuilds the rings from the state words (they
-//! are the truth; see [`protocol`]). A row whose lease is free while the row is marked taken
+//! are the truth; see `protocol.rs`). A row whose lease is free while the row is marked taken
 //! belongs to a dead participant: whoever takes its lease reclaims its slots (a reservation is
 //! freed; a taken item is lost and counted in at-most-once mode, or delivered again, up to the
 //! queue's delivery limit, in acknowledged mode). Blocked putters and getters look for dead
