@@ -1,6 +1,6 @@
 //! Shared state: a named, bounded serde state, updated under a robust lock, read without one.
 //!
-//! # Payload (kind [`Kind::Shared`])
+//! # Payload (kind [`Kind::Shared`](crate::wire::Kind::Shared))
 //!
 //! | offset | what |
 //! |---|---|
@@ -11,7 +11,7 @@
 //! | 128 | buffer 0: length (`u64`), then `capacity` bytes as little-endian words |
 //! | 128 + stride | buffer 1 (`stride` = 8 + capacity rounded up to 64) |
 //!
-//! Readers never block a writer and never see a half-written state: see [`protocol`]. A writer
+//! Readers never block a writer and never see a half-written state: see `protocol.rs`. A writer
 //! killed mid-update leaves the last complete version current; the next writer gets the lock
 //! with the owner-died mark, which needs no repair (the other buffer is scratch).
 
