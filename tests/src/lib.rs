@@ -204,6 +204,34 @@ pub fn segment_error_code(e: &SegmentError) -> &'static str {
     }
 }
 
+/// The shared serde state of the tests (`shmbus::Shared`): every complete update keeps
+/// `twice == 2 * n` and `words` `n % 64` copies of `n`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct Tally {
+    /// Updates applied.
+    pub n: u64,
+    /// Twice `n`.
+    pub twice: u64,
+    /// `n % 64` copies of `n`.
+    pub words: Vec<u64>,
+}
+
+impl Tally {
+    /// One more update.
+    pub fn bump(&mut self) {
+        self.n += 1;
+        self.twice = 2 * self.n;
+        self.words = vec![self.n; (self.n % 64) as usize];
+    }
+
+    /// Whether it is what complete updates leave.
+    pub fn is_complete(&self) -> bool {
+        self.twice == 2 * self.n
+            && self.words.len() as u64 == self.n % 64
+            && self.words.iter().all(|&w| w == self.n)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Output lines
 // ---------------------------------------------------------------------------------------------

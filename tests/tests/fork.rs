@@ -91,6 +91,26 @@ fn a_forked_child_neither_inherits_the_lease_nor_acts_as_its_parent() {
     assert_eq!(checked.get("publish"), "used-after-fork", "{}", checked.raw);
     assert_eq!(checked.get("loan"), "used-after-fork", "{}", checked.raw);
     assert_eq!(checked.get("receive"), "used-after-fork", "{}", checked.raw);
+    assert_eq!(
+        checked.get("queue_put"),
+        "used-after-fork",
+        "{}",
+        checked.raw
+    );
+    assert_eq!(
+        checked.get("queue_get"),
+        "used-after-fork",
+        "{}",
+        checked.raw
+    );
+    // ... and the parent's queue item is still there (the child's drop reclaimed nothing).
+    let q = format!("{topic}.q");
+    s.track_file(shmbus_tests::shm_file(&q));
+    let queue = shmbus::QueueBuilder::new(&q)
+        .existing()
+        .open::<Msg>()
+        .expect("the parent's queue");
+    assert_eq!((queue.len(), queue.stats().put), (1, 1));
     // The child dropping its copies left the parent's publisher row and lease as they were.
     assert_eq!(live_publishers(&topic), 1, "the parent's lease is held");
     assert_eq!(

@@ -13,6 +13,9 @@
 //! | [`ring`] | the topic protocol: slot pool, publication ring, subscriber table |
 //! | [`array`], [`dtype`] | named N-d arrays; element types |
 //! | [`pool`] | array pools: blocks in separate segments behind topic descriptors |
+//! | [`value`] | shared values (atomic, or double-buffered under a robust lock) and barriers |
+//! | [`shared`] | shared serde state: updates under a robust lock, lock-free seqlock reads |
+//! | [`queue`] | work queues: each item to exactly one consumer, at most once or acknowledged |
 //!
 //! Most users want the typed API of the `shmbus` crate instead.
 //!
@@ -42,10 +45,14 @@ pub mod named;
 #[cfg(not(loom))]
 pub mod pool;
 mod primitive;
+pub mod queue;
 pub mod ring;
 pub mod segment;
+pub mod shared;
 pub mod sync;
 pub mod time;
 #[cfg(not(loom))]
 pub mod topic;
+#[cfg(not(loom))]
+pub mod value;
 pub mod wire;

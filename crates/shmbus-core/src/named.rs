@@ -131,12 +131,18 @@ pub struct RawMutex {
     /// Bytes of the value, from the payload length read once at open.
     value_len: usize,
     created: bool,
-    /// This handle's holder row and its lease, taken on first use (again in a forked child,
-    /// whose copy of the parent's lease is not held).
+    /// This handle's holder row.
+    rows: HolderRows,
+}
+
+/// A handle's holder row for a [`RobustMutex`] in a segment: the id the lock word records,
+/// alive while its lease (`wire::lease::MUTEX_HOLDER + id - 1`) is held. Taken on first use,
+/// and again in a forked child, whose copy of the parent's lease is not held.
+#[derive(Debug, Default)]
+pub(crate) struct HolderRows {
     row: std::sync::Mutex<Option<Row>>,
 }
 
-/// A holder row of a named mutex: the id the lock word records, alive while the lease is held.
 #[derive(Debug)]
 struct Row {
     id: u32,
@@ -144,8 +150,37 @@ struct Row {
     _lease: Lease,
 }
 
-/// The holders of a named mutex, as seen by one handle (`me`).
-struct MutexHolders<'a> {
+impl HolderRows {
+    /// This handle's holders view of `segment`'s mutex.
+    pub(crate) fn holders<'a>(&self, segment: &'a Segment) -> Result<MutexHolders<'a>, io::Error> {
+        let mut row = self.row.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = row.as_ref().filter(|r| r.born.is_current()) {
+            return Ok(MutexHolders { segment, me: r.id });
+        }
+        // Start at a different row in each process, so that handles rarely probe each other's.
+        let start = std::process::id() % lease::MUTEX_ROWS;
+        for i in 0..lease::MUTEX_ROWS {
+            let r = (start + i) % lease::MUTEX_ROWS;
+            let byte = lease::MUTEX_HOLDER + u64::from(r);
+            if let Some(l) = Lease::try_acquire(segment.fd(), byte)? {
+                let id = r + 1;
+                *row = Some(Row {
+                    id,
+                    born: Born::now(),
+                    _lease: l,
+                });
+                return Ok(MutexHolders { segment, me: id });
+            }
+        }
+        Err(io::Error::other(format!(
+            "all {} holder rows of the mutex are taken",
+            lease::MUTEX_ROWS
+        )))
+    }
+}
+
+/// The holders of a segment's mutex, as seen by one handle (`me`).
+pub(crate) struct MutexHolders<'a> {
     segment: &'a Segment,
     me: u32,
 }
@@ -258,43 +293,12 @@ impl RawMutex {
             segment,
             value_len,
             created,
-            row: std::sync::Mutex::new(None),
+            rows: HolderRows::default(),
         })
     }
 
-    /// This handle's holder id, taking a row (and its lease) the first time, and again in a
-    /// forked child.
     fn holders(&self) -> Result<MutexHolders<'_>, io::Error> {
-        let mut row = self.row.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = row.as_ref().filter(|r| r.born.is_current()) {
-            return Ok(MutexHolders {
-                segment: &self.segment,
-                me: r.id,
-            });
-        }
-        // Start at a different row in each process, so that handles rarely probe each other's.
-        let start = std::process::id() % lease::MUTEX_ROWS;
-        for i in 0..lease::MUTEX_ROWS {
-            let r = (start + i) % lease::MUTEX_ROWS;
-            if let Some(l) =
-                Lease::try_acquire(self.segment.fd(), lease::MUTEX_HOLDER + u64::from(r))?
-            {
-                let id = r + 1;
-                *row = Some(Row {
-                    id,
-                    born: Born::now(),
-                    _lease: l,
-                });
-                return Ok(MutexHolders {
-                    segment: &self.segment,
-                    me: id,
-                });
-            }
-        }
-        Err(io::Error::other(format!(
-            "all {} holder rows of the mutex are taken",
-            lease::MUTEX_ROWS
-        )))
+        self.rows.holders(&self.segment)
     }
 
     /// The mutex's name.

@@ -63,6 +63,10 @@ pub enum Kind {
     Queue = 7,
     /// A shared value.
     Value = 8,
+    /// A barrier for a fixed number of processes.
+    Barrier = 9,
+    /// A shared serde state with a version counter.
+    Shared = 10,
 }
 
 impl Kind {
@@ -77,6 +81,8 @@ impl Kind {
             6 => Kind::Pool,
             7 => Kind::Queue,
             8 => Kind::Value,
+            9 => Kind::Barrier,
+            10 => Kind::Shared,
             _ => return None,
         })
     }
@@ -92,6 +98,8 @@ impl Kind {
             Kind::Pool => "pool",
             Kind::Queue => "queue",
             Kind::Value => "value",
+            Kind::Barrier => "barrier",
+            Kind::Shared => "shared",
         }
     }
 }
@@ -133,11 +141,15 @@ pub mod lease {
     pub const TOPIC_SUBSCRIBER: u64 = 1024;
     /// Every process that maps a pool segment holds a shared lease on this byte of it.
     pub const POOL_MAPPER: u64 = 0;
-    /// A named mutex's handle row `r` (its holder id `r + 1`) is alive while lease byte
-    /// `MUTEX_HOLDER + r` is held.
-    pub const MUTEX_HOLDER: u64 = 0;
-    /// Rows of a named mutex: how many handles may use it at once.
+    /// A handle's row `r` for the robust mutex of its segment (its holder id `r + 1`) is alive
+    /// while lease byte `MUTEX_HOLDER + r` is held (apart from every other role's bytes).
+    pub const MUTEX_HOLDER: u64 = 1 << 20;
+    /// Mutex rows of a segment: how many handles may use its mutex at once.
     pub const MUTEX_ROWS: u32 = 4096;
+    /// A queue's participant row `r` is alive while lease byte `QUEUE_ROW + r` is held.
+    pub const QUEUE_ROW: u64 = 0;
+    /// A barrier's party row `r` is alive while lease byte `BARRIER_PARTY + r` is held.
+    pub const BARRIER_PARTY: u64 = 0;
 
     /// The lease byte of topic publisher row `p`.
     pub fn topic_publisher(p: u32) -> u64 {
@@ -148,6 +160,110 @@ pub mod lease {
     pub fn topic_subscriber(k: u32) -> u64 {
         TOPIC_SUBSCRIBER + u64::from(k)
     }
+
+    /// The lease byte of queue participant row `r`.
+    pub fn queue_row(r: u32) -> u64 {
+        QUEUE_ROW + u64::from(r)
+    }
+
+    /// The lease byte of barrier party row `r`.
+    pub fn barrier_party(r: u32) -> u64 {
+        BARRIER_PARTY + u64::from(r)
+    }
+}
+
+/// A work queue segment's payload (`docs/architecture.md` §15): the robust queue mutex at offset
+/// 0, the header words at [`HEADER_OFFSET`](queue::HEADER_OFFSET), then the slot table, the ready
+/// ring, the free ring, the participant rows and the slots' data.
+pub mod queue {
+    /// Payload offset of the queue's header words (after the robust mutex).
+    pub const HEADER_OFFSET: usize = 64;
+    /// Payload offset of the slot table (after the four cache lines of header words).
+    pub const SLOTS_OFFSET: usize = 320;
+    /// Bytes of one slot table entry: the state word and the sequence number.
+    pub const SLOT_ENTRY_SIZE: usize = 16;
+    /// Data slots are a multiple of this many bytes, and start at a multiple of it.
+    pub const SLOT_ALIGN: usize = 64;
+    /// Most items a queue can hold.
+    pub const MAX_CAPACITY: u32 = 1 << 20;
+    /// Most participant rows a queue can have (the row field of a slot word has 24 bits).
+    pub const MAX_ROWS: u32 = 4096;
+
+    /// Delivery modes (the header's `params[MODE]`).
+    pub mod mode {
+        /// An item taken by a consumer that dies before it is done is lost, and counted.
+        pub const AT_MOST_ONCE: u64 = 0;
+        /// An item is done only when acknowledged; a dead or refusing consumer's items are
+        /// delivered again, up to `MAX_DELIVERIES` times, then dead-lettered.
+        pub const ACKNOWLEDGED: u64 = 1;
+    }
+
+    /// States of a slot (bits 0..8 of its state word; bits 8..32 hold the participant row,
+    /// bits 32..64 the deliveries so far).
+    pub mod slot {
+        /// Free: in the free ring.
+        pub const FREE: u64 = 0;
+        /// Reserved by a producer row, being written.
+        pub const RESERVED: u64 = 1;
+        /// Holds an item, in the ready ring.
+        pub const READY: u64 = 2;
+        /// Taken by a consumer row, not done yet.
+        pub const TAKEN: u64 = 3;
+        /// Bit position of the row.
+        pub const ROW_SHIFT: u32 = 8;
+        /// Bit position of the delivery count.
+        pub const DELIVERIES_SHIFT: u32 = 32;
+    }
+
+    /// Indices of a queue header's `params` (written once by the creator).
+    pub mod param {
+        /// Items the queue holds at most.
+        pub const CAPACITY: usize = 0;
+        /// Bytes per data slot.
+        pub const SLOT_SIZE: usize = 1;
+        /// Participant rows.
+        pub const ROWS: usize = 2;
+        /// Delivery mode (see [`mode`](super::mode)).
+        pub const MODE: usize = 3;
+        /// Deliveries after which an item is dead-lettered (acknowledged mode).
+        pub const MAX_DELIVERIES: usize = 4;
+    }
+
+    /// Indices of a queue header's `counters`.
+    pub mod counter {
+        /// Items put.
+        pub const PUT: usize = 0;
+        /// Deliveries (items taken, redeliveries included).
+        pub const TAKEN: usize = 1;
+        /// Items done (acknowledged, or released by an at-most-once consumer).
+        pub const DONE: usize = 2;
+        /// Items lost with an at-most-once consumer that died holding them.
+        pub const LOST: usize = 3;
+        /// Items given back (refused or held by a dead consumer) and queued again.
+        pub const REDELIVERED: usize = 4;
+        /// Items given up after `MAX_DELIVERIES` deliveries.
+        pub const DEAD_LETTERED: usize = 5;
+        /// Reservations given back unwritten (dropped, or of producers that died).
+        pub const ABANDONED: usize = 6;
+        /// Times a locker found the lock's holder dead and rebuilt the rings.
+        pub const REPAIRS: usize = 7;
+    }
+}
+
+/// Shared values, barriers and shared states (`docs/architecture.md` §16).
+pub mod value {
+    /// Payload offset of a locked value's bytes, or of a shared state's first buffer header
+    /// (after the robust mutex).
+    pub const DATA_OFFSET: usize = 64;
+    /// The header's `params[ATOMIC]`: 1 when the value is accessed with atomic instructions
+    /// (sizes 1, 2, 4, 8), 0 when under the robust mutex.
+    pub const ATOMIC: usize = 0;
+    /// The header's `params[SIZE]`: the value's size.
+    pub const SIZE: usize = 1;
+    /// A barrier's `params[PARTIES]`: how many parties each generation waits for.
+    pub const PARTIES: usize = 0;
+    /// A shared state's `params[CAPACITY]`: bytes of one encoded state buffer.
+    pub const CAPACITY: usize = 0;
 }
 
 /// A topic segment's payload: the publish mutex, then the ring at [`RING_OFFSET`](topic::RING_OFFSET).

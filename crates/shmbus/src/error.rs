@@ -20,6 +20,13 @@ pub enum OpenError {
     /// wrong kind or type, a full `/dev/shm`, missing permission, ...).
     #[error(transparent)]
     Segment(#[from] SegmentError),
+    /// The work queue could not be joined (a configuration it does not match, every
+    /// participant row taken, a damaged queue).
+    #[error(transparent)]
+    Queue(#[from] shmbus_core::queue::QueueOpenError),
+    /// Every party row of the barrier is held by a live party.
+    #[error(transparent)]
+    Barrier(#[from] shmbus_core::value::BarrierOpenError),
     /// The message (or mutex value) type cannot live in shared memory (alignment above 64
     /// bytes; for messages, also zero-sized).
     #[error("{type_name} cannot be a message: {reason}")]
@@ -75,7 +82,13 @@ impl OpenError {
     pub fn kind(&self) -> OpenErrorKind {
         match self {
             OpenError::Name(_) => OpenErrorKind::InvalidName,
-            OpenError::Topic(TopicError::Qos { .. }) => OpenErrorKind::Qos,
+            OpenError::Topic(TopicError::Qos { .. })
+            | OpenError::Queue(shmbus_core::queue::QueueOpenError::Mismatch { .. }) => {
+                OpenErrorKind::Qos
+            }
+            OpenError::Queue(shmbus_core::queue::QueueOpenError::Corrupt { .. }) => {
+                OpenErrorKind::Corrupt
+            }
             OpenError::UnsupportedType { .. } => OpenErrorKind::Other,
             _ => match self.segment_error() {
                 Some(SegmentError::NotFound(_)) => OpenErrorKind::NotFound,

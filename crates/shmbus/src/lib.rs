@@ -41,7 +41,9 @@
 //! process attaches by name are [`SharedArray`]s.
 //!
 //! Alongside topics, [`Mutex`], [`Semaphore`] and [`Event`] live in named segments that any
-//! process opens by name.
+//! process opens by name, and so do work queues ([`Queue`], [`SerdeQueue`]), where each item goes
+//! to exactly one consumer, shared values ([`Value`]), barriers ([`Barrier`]) and shared serde
+//! state ([`Shared`]).
 // Unsafe code is denied everywhere but at the in-place accessors of named arrays (`array.rs`,
 // `#[allow(unsafe_code)]` on each), whose callers take on the aliasing contract.
 #![deny(unsafe_code)]
@@ -51,8 +53,11 @@ pub mod array;
 mod error;
 mod frames;
 pub mod identity;
+mod queue;
+mod shared;
 mod sync;
 mod topic;
+mod value;
 
 pub use array::{ArrayError, ArrayOptions, Element, ReadOnlyArray, SharedArray};
 pub use bytemuck;
@@ -62,17 +67,24 @@ pub use error::{
 };
 pub use frames::{ArrayLoan, ArrayPublisher, ArraySample, ArraySubscriber, PoolLoanError};
 pub use identity::{Join, Message};
+pub use queue::{
+    Delivery, GetError, PutError, PutFailure, Queue, QueueBuilder, SerdeDelivery, SerdeQueue,
+};
+pub use shared::{Shared, SharedError, UpdateError};
 pub use shmbus_core::dtype::Dtype;
 pub use shmbus_core::fork::UsedAfterFork;
 pub use shmbus_core::name::{Name, NameError};
 pub use shmbus_core::pool::PoolStats;
+pub use shmbus_core::queue::{QueueOpenError, QueueStats, Reclaimed};
 pub use shmbus_core::ring::Overflow;
 pub use shmbus_core::segment::Lifetime;
 pub use shmbus_core::segment::{gc, gc_report, list, unlink, GcReport, SegmentError, Stuck};
 pub use shmbus_core::sync::{LockError, SemaphoreError, TryLockError};
 pub use shmbus_core::time::monotonic_ns;
 pub use shmbus_core::topic::{LoanError, TopicError};
+pub use shmbus_core::value::{BarrierError, BarrierOpenError};
 pub use sync::{Event, EventMode, Mutex, MutexGuard, Semaphore, SyncOptions};
 pub use topic::{
     Loan, Publisher, Sample, SerdePublisher, SerdeSubscriber, Subscriber, Topic, TopicStats,
 };
+pub use value::{Barrier, Value, ValueInt};

@@ -107,6 +107,14 @@ impl SyncOptions {
         self
     }
 
+    pub(crate) fn file_mode(&self) -> u32 {
+        self.mode
+    }
+
+    pub(crate) fn lifetime_of(&self) -> Lifetime {
+        self.lifetime()
+    }
+
     fn lifetime(&self) -> Lifetime {
         if self.persistent {
             Lifetime::Persistent

@@ -20,6 +20,10 @@ mod fork;
 mod hostile;
 #[path = "shmbus-test-peer/identity.rs"]
 mod identity;
+#[path = "shmbus-test-peer/queue.rs"]
+mod queue;
+#[path = "shmbus-test-peer/values.rs"]
+mod values;
 use shmbus::{
     Event, EventMode, LoanError, LockError, Mutex, Overflow, PublishError, PublishFailure,
     Publisher, RecvError, Semaphore, SendError, SendFailure, SerdePublisher, SerdeSubscriber,
@@ -106,6 +110,18 @@ enum Role {
     HHold(hostile::HoldArgs),
     /// Run a command that dies with the test (the `shmbus` CLI).
     HExec(hostile::ExecArgs),
+    /// Put verifiable items on a work queue (`--count`, or until killed).
+    QueuePut(queue::QueuePutArgs),
+    /// Take items from a work queue until it is closed, reporting each (or hold some).
+    QueueGet(queue::QueueGetArgs),
+    /// Add 1 to a shared `u64` value `--count` times.
+    ValueAdd(values::ValueAddArgs),
+    /// Update a shared 256-byte value (kept consistent) until killed.
+    ValueScribble(values::ValueScribbleArgs),
+    /// Pass `--rounds` generations of a barrier (0: join and never arrive).
+    BarrierWait(values::BarrierArgs),
+    /// Update a shared serde state `--count` times (0: until killed).
+    SharedUpdate(values::SharedArgs),
 }
 
 #[derive(Args)]
@@ -968,6 +984,12 @@ fn main() -> ExitCode {
         Role::HScribble(a) => hostile::h_scribble(a),
         Role::HHold(a) => hostile::h_hold(a),
         Role::HExec(a) => hostile::h_exec(a),
+        Role::QueuePut(a) => queue::queue_put(a),
+        Role::QueueGet(a) => queue::queue_get(a),
+        Role::ValueAdd(a) => values::value_add(a),
+        Role::ValueScribble(a) => values::value_scribble(a),
+        Role::BarrierWait(a) => values::barrier_wait(a),
+        Role::SharedUpdate(a) => values::shared_update(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,6 +43,9 @@ pub(crate) fn fork(a: &ForkArgs) -> Result<(), Fail> {
         .map_err(|e| Fail::new("array", e))?;
     array.fill(7);
     let go = shmbus::Event::open_or_create(&a.go, EventMode::ManualReset, false)?;
+    // A work queue participant (`<topic>.q`) holding one item.
+    let queue = shmbus::QueueBuilder::new(&format!("{}.q", a.topic)).open::<Msg>()?;
+    queue.put(Msg::new(0, 0)).map_err(|e| Fail::new("put", e))?;
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
@@ -91,10 +94,23 @@ pub(crate) fn fork(a: &ForkArgs) -> Result<(), Fail> {
         Err(_) => "other-error",
         Ok(_) => "received",
     };
-    println!("child-checked publish={publish} loan={loan} receive={receive}");
+    let queue_put = match queue.try_put(Msg::new(me, 1)) {
+        Err(e) if matches!(e.reason(), shmbus::PutFailure::UsedAfterFork(_)) => "used-after-fork",
+        Err(_) => "other-error",
+        Ok(()) => "put",
+    };
+    let queue_get = match queue.try_get() {
+        Err(shmbus::GetError::UsedAfterFork(_)) => "used-after-fork",
+        Err(_) => "other-error",
+        Ok(_) => "got",
+    };
+    println!(
+        "child-checked publish={publish} loan={loan} receive={receive} queue_put={queue_put} queue_get={queue_get}"
+    );
     // Dropping the parent's handles here must leave the parent's rows and leases alone.
     drop(publisher);
     drop(subscriber);
+    drop(queue);
     println!("child-dropped");
     let finish = || -> Result<(), Fail> {
         if !go.wait_timeout(Duration::from_secs(10)) {
