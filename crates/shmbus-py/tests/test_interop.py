@@ -96,3 +96,28 @@ def test_subscriber_in_fork_pool_workers_raises_used_after_fork(prefix):
         assert list(_INHERITED.recv(timeout=1).array) == [0, 1, 2, 3]
     finally:
         _INHERITED = None
+
+
+def bytes_message(i):
+    """`bytes_message` of the Rust test peer."""
+    return bytes((i * 31 + j) % 251 for j in range(i))
+
+
+def test_rust_bytes_to_python(prefix, peer):
+    sub = shmbus.Topic(prefix, capacity=64).bytes_subscriber()
+    r = peer("bytes-pub", "--topic", prefix, "--count", "40")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for i in range(40):
+        assert sub.recv(timeout=5).value == bytes_message(i)
+
+
+def test_python_bytes_to_rust(prefix, peer):
+    pub = shmbus.Topic(prefix, capacity=64).bytes_publisher()
+    sub = subprocess.Popen([peer.path, "bytes-sub", "--topic", prefix, "--count", "40"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert sub.stdout.readline().strip() == "ready"
+    for i in range(40):
+        pub.send(bytes_message(i))
+    out, err = sub.communicate(timeout=20)
+    assert sub.returncode == 0, out + err
+    assert "summary ok=40 bad=0" in out
