@@ -12,12 +12,15 @@ Scenarios (medians and p99s over every measured message):
     as the notification), ``iceoryx2`` (its PyPI binding: ``loan_slice_uninit``, fill,
     ``send``; the subscriber polls ``receive``, which favours it).
 ``wake_pingpong`` (us)
-    A blocking ping-pong, receivers sleep; round trip / 2. Systems: ``shmbus`` (two auto-reset
+    A blocking ping-pong, receivers sleep (the leader busy-waits 100 us before each ping, as
+    the Rust harness does, so that the receiver has gone to sleep); round trip / 2. Systems: ``shmbus`` (two auto-reset
     events), ``mp_pipe`` (one-byte messages), ``iceoryx2`` (event services, blocking waits).
 
-``rust`` is the Rust ``compare`` harness (``benches/compare``) run for the matching scenarios
-(before the Python runs) when its binary is found (``SHMBUS_COMPARE`` or ``target/release/compare`` above the current
-directory): ``wake_cross_core``'s shmbus row, and ``bulk_4MiB``'s shmbus throughput converted
+``rust`` is the same two scenarios written in Rust (``benches/py_matched.rs``: an array topic
+loan/fill/publish with a Pod acknowledgement topic, two auto-reset events), run before the Python
+ones when its binary is found (``SHMBUS_PY_MATCHED`` or ``target/release/py_matched`` above the
+current directory). Without it, the ``compare`` harness (``benches/compare``, ``SHMBUS_COMPARE``
+or ``target/release/compare``) gives approximate figures: ``wake_cross_core``'s shmbus row, and ``bulk_4MiB``'s shmbus throughput converted
 to the time of 8 MiB (that figure includes the consumer reading every byte, so it is
 pessimistic for Rust). A system that cannot run is reported with ``"unavailable"`` and why,
 never with made-up numbers.
@@ -46,12 +49,21 @@ N = 8 * 1024 * 1024 // 8  # float64 elements of the hand-off
 _CTX = mp.get_context("fork")
 
 
-def _pin(cpu: int) -> None:
-    try:
-        if len(os.sched_getaffinity(0)) >= 2 or cpu == 0:
-            os.sched_setaffinity(0, {cpu})
-    except (AttributeError, OSError):
-        pass
+try:
+    #: The CPUs this process may use, read before any pinning (a forked peer inherits the
+    #: leader's pinning, so it cannot ask its own mask).
+    _CPUS = sorted(os.sched_getaffinity(0))
+except AttributeError:  # not Linux
+    _CPUS = []
+
+
+def _pin(which: int) -> None:
+    """Pins this process to the `which`-th allowed CPU (leader 0, peer 1) when there are two."""
+    if len(_CPUS) >= 2:
+        try:
+            os.sched_setaffinity(0, {_CPUS[which]})
+        except OSError:
+            pass
 
 
 def _check(a: np.ndarray, base: np.ndarray, k: int) -> bool:
@@ -300,6 +312,14 @@ def _pong_ice(name: str, iters: int, ctl: Any) -> None:
         notifier.notify()
 
 
+def _pause() -> None:
+    """Busy-waits 100 us before a ping, so that the receiver is asleep (as in compare's
+    wake_cross_core): the figure is a wake-up, not a hand-off between two spinning threads."""
+    end = time.perf_counter_ns() + 100_000
+    while time.perf_counter_ns() < end:
+        pass
+
+
 def _pingpong(system: str, iters: int, tag: str) -> List[int]:
     a, b = _CTX.Pipe()
     out: List[int] = []
@@ -315,6 +335,7 @@ def _pingpong(system: str, iters: int, tag: str) -> List[int]:
             procs.append(p)
             assert a.recv() == "ready"
             for _ in range(iters):
+                _pause()
                 t0 = time.perf_counter_ns()
                 ping.set()
                 pong.wait()
@@ -326,6 +347,7 @@ def _pingpong(system: str, iters: int, tag: str) -> List[int]:
             procs.append(p)
             assert a.recv() == "ready"
             for _ in range(iters):
+                _pause()
                 t0 = time.perf_counter_ns()
                 c1.send_bytes(b"x")
                 c1.recv_bytes()
@@ -340,6 +362,7 @@ def _pingpong(system: str, iters: int, tag: str) -> List[int]:
             procs.append(p)
             assert a.recv() == "ready"
             for _ in range(iters):
+                _pause()
                 t0 = time.perf_counter_ns()
                 notifier.notify()
                 while not listener.blocking_wait():
@@ -367,11 +390,35 @@ def _find_compare() -> Optional[pathlib.Path]:
     return None
 
 
+def _find_matched() -> Optional[pathlib.Path]:
+    env = os.environ.get("SHMBUS_PY_MATCHED")
+    if env:
+        return pathlib.Path(env)
+    for d in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents]:
+        c = d / "target" / "release" / "py_matched"
+        if c.exists():
+            return c
+    return None
+
+
 def _rust(quick: bool) -> Dict[str, Dict[str, Any]]:
+    matched = _find_matched()
+    if matched is not None:
+        r = subprocess.run([str(matched)] + (["--quick"] if quick else []), capture_output=True,
+                           text=True, timeout=600)
+        if r.returncode == 0:
+            got = json.loads(r.stdout)
+            for v in got.values():
+                v["source"] = "benches/py_matched.rs: the same scenario in Rust"
+            return got
+    return _rust_compare(quick)
+
+
+def _rust_compare(quick: bool) -> Dict[str, Dict[str, Any]]:
     exe = _find_compare()
     if exe is None:
-        why = ("the Rust compare harness was not found (build it: cargo build --release --bin "
-               "compare, or set SHMBUS_COMPARE)")
+        why = ("neither Rust harness was found (cargo build --release --bin py_matched, or set "
+               "SHMBUS_PY_MATCHED)")
         return {s: {"median": None, "p99": None, "unavailable": why}
                 for s in ("handoff_8MiB", "wake_pingpong")}
     got: Dict[str, Dict[str, Any]] = {}
@@ -477,7 +524,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m shmbus.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a small run, for tests (seconds)")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    ap.add_argument("--no-rust", action="store_true", help="skip the Rust compare harness")
+    ap.add_argument("--no-rust", action="store_true", help="skip the Rust figures")
     a = ap.parse_args(argv)
     report = run(quick=a.quick, rust=not a.no_rust, log=lambda m: print(m, file=sys.stderr))
     print(table(report))
