@@ -279,10 +279,11 @@ def test_disconnected_after_the_rust_publisher_leaves(prefix, peer):
 
 
 def test_frames_then_disconnected_from_a_rust_publisher_that_exits_quickly(prefix, peer):
-    """The reported hang: the publisher publishes and exits at once while Python receives. Its
-    exit waits (up to the pool's linger, 2 s) for a subscriber to map the frames' segment, so
-    every frame arrives, then `Disconnected`. (A subscriber that does not receive within the
-    linger loses them: `Corrupt`, the segment is gone.)"""
+    """The reported scenario: the publisher publishes and exits at once while Python receives.
+    Its exit waits (up to the pool's linger, 2 s) for a subscriber to map the frames' segment, so
+    every frame arrives, then `Disconnected` (a publisher that leaves wakes the waiters; one that
+    is killed does not, the case above). A subscriber that does not receive within the linger
+    loses the frames: `Corrupt`, their segment is gone."""
     t = shmbus.Topic(prefix, capacity=32)
     sub = t.array_subscriber(META, type_name=RUST_FRAME_META)
     rust = subprocess.Popen([peer.path, "frames-pub", "--topic", prefix, "--count", "5",
