@@ -365,6 +365,85 @@ impl RawMutex {
     }
 }
 
+impl RawMutex {
+    /// Locks the mutex without a guard, for bindings whose lock and unlock are separate calls
+    /// (Python's `acquire`/`release`): as [`lock`](Self::lock), reporting what it found.
+    ///
+    /// The caller then holds the mutex until [`unlock_raw`](Self::unlock_raw) on this handle.
+    /// After [`Acquired::OwnerDied`] it must repair the value and call
+    /// [`make_consistent_raw`](Self::make_consistent_raw) before unlocking, or the mutex becomes
+    /// not recoverable. Dropping the handle while holding it leaves it held until the process
+    /// ends (the next locker then sees the owner dead, as after a crash).
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus_core::layout::TypeInfo;
+    /// use shmbus_core::name::Name;
+    /// use shmbus_core::named::RawMutex;
+    /// use shmbus_core::segment::{Lifetime, SegmentError};
+    /// use shmbus_core::sync::{Acquired, LockError};
+    ///
+    /// let name = Name::new(&format!("doc-rawmutex-raw-{}", std::process::id())).unwrap();
+    /// let m = RawMutex::open_or_create(&name, &TypeInfo::pod::<u64>(), 8, |_| {}, 0o600, Lifetime::Scoped)?;
+    /// assert_eq!(m.lock_raw(None).unwrap(), Acquired::Clean);
+    /// assert!(matches!(m.lock_raw(None), Err(LockError::Deadlock)));
+    /// // SAFETY: this thread locked it through `m` just above and has not unlocked it.
+    /// unsafe { m.unlock_raw() };
+    /// assert!(m.try_lock().is_ok());
+    /// # Ok::<(), SegmentError>(())
+    /// ```
+    pub fn lock_raw(&self, timeout: Option<Duration>) -> Result<Acquired, LockError> {
+        let h = self.holders().map_err(LockError::Os)?;
+        self.mutex().lock(&h, timeout)
+    }
+
+    /// Locks the mutex without a guard if no thread holds it: as [`try_lock`](Self::try_lock),
+    /// with the contract of [`lock_raw`](Self::lock_raw).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_lock`](Self::try_lock).
+    pub fn try_lock_raw(&self) -> Result<Acquired, TryLockError> {
+        let h = self.holders().map_err(TryLockError::Os)?;
+        self.mutex().try_lock(&h)
+    }
+
+    /// Marks the value repaired after a [`lock_raw`](Self::lock_raw) that returned
+    /// [`Acquired::OwnerDied`]. Does nothing if the mutex is not in that state.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread holds the mutex through this handle (a successful `lock_raw` or
+    /// `try_lock_raw` in this process, not unlocked since).
+    pub unsafe fn make_consistent_raw(&self) {
+        // SAFETY: the caller holds the mutex (this function's contract); it fails only if the
+        // mutex is not in the owner-died state, which is the documented no-op.
+        let _ = unsafe { self.mutex().make_consistent() };
+    }
+
+    /// Unlocks a mutex locked with [`lock_raw`](Self::lock_raw) or
+    /// [`try_lock_raw`](Self::try_lock_raw). If it was acquired with [`Acquired::OwnerDied`]
+    /// and not made consistent, it becomes not recoverable.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread holds the mutex through this handle (a successful `lock_raw` or
+    /// `try_lock_raw` on this thread, in this process, not unlocked since), and no
+    /// [`RawGuard`] of it exists.
+    pub unsafe fn unlock_raw(&self) {
+        // A failure here means no row could be had, so this handle cannot hold the mutex.
+        let Ok(h) = self.holders() else { return };
+        // SAFETY: the caller holds the mutex as this handle's row (`holders` returns the same
+        // row in the process that locked), on this thread (this function's contract).
+        unsafe { self.mutex().unlock(&h) };
+    }
+}
+
 /// A locked [`RawMutex`]: access to the value's bytes. Dropping it unlocks the mutex.
 ///
 /// It is not `Send`: a pthread mutex must be unlocked by the thread that locked it.

@@ -4,6 +4,7 @@
 
 mod array;
 mod errors;
+mod sync;
 mod topic;
 mod view;
 
@@ -41,5 +42,6 @@ fn _shmbus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(list_names, m)?)?;
     m.add_function(wrap_pyfunction!(unlink, m)?)?;
     topic::register(m)?;
+    sync::register(m)?;
     Ok(())
 }

@@ -251,3 +251,52 @@ def test_python_frames_to_rust(prefix, peer):
     out, err = rust.communicate(timeout=30)
     assert rust.returncode == 0, out + err
     assert "received=10" in out or "ok" in out, out
+
+
+
+def test_disconnected_after_the_rust_publisher_leaves(prefix, peer):
+    """A Python array subscriber gets every frame of a Rust publisher, then `Disconnected` once
+    it is killed (it used to wait forever: the binding waits in 50 ms slices, and the core skipped
+    its liveness check when a slice ran out)."""
+    t = shmbus.Topic(prefix, capacity=32)
+    sub = t.array_subscriber(META, type_name=RUST_FRAME_META)
+    rust = subprocess.Popen([peer.path, "frames-pub", "--topic", prefix, "--count", "5",
+                             "--shape", "8,8", "--wait-subscribers", "1", "--hold"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for _ in range(5):
+            with sub.recv(timeout=10) as s:
+                seen.append(int(s.meta["index"]))
+    finally:
+        rust.kill()
+        rust.wait()
+    start = time.monotonic()
+    with pytest.raises(shmbus.Disconnected):
+        sub.recv(timeout=10)
+    assert time.monotonic() - start < 5
+    assert seen == list(range(5))
+
+
+def test_frames_then_disconnected_from_a_rust_publisher_that_exits_quickly(prefix, peer):
+    """The reported scenario: the publisher publishes and exits at once while Python receives.
+    Its exit waits (up to the pool's linger, 2 s) for a subscriber to map the frames' segment, so
+    every frame arrives, then `Disconnected` (a publisher that leaves wakes the waiters; one that
+    is killed does not, the case above). A subscriber that does not receive within the linger
+    loses the frames: `Corrupt`, their segment is gone."""
+    t = shmbus.Topic(prefix, capacity=32)
+    sub = t.array_subscriber(META, type_name=RUST_FRAME_META)
+    rust = subprocess.Popen([peer.path, "frames-pub", "--topic", prefix, "--count", "5",
+                             "--shape", "8,8", "--wait-subscribers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, start = [], time.monotonic()
+    try:
+        with pytest.raises(shmbus.Disconnected):
+            while True:
+                with sub.recv(timeout=10) as s:
+                    seen.append(int(s.meta["index"]))
+    finally:
+        out, err = rust.communicate(timeout=30)
+    assert rust.returncode == 0, out + err
+    assert time.monotonic() - start < 5
+    assert seen == list(range(5))

@@ -60,6 +60,11 @@ enum Role {
     EventWait(EventWaitArgs),
     /// Set (or with `--reset`, reset) the existing event `--name`.
     EventSet(EventSetArgs),
+    /// Send `--count` byte strings (`serde_publisher::<Vec<u8>>`, what Python's bytes topics
+    /// use): message `i` is `bytes_message(i)`.
+    BytesPub(BytesArgs),
+    /// Receive `--count` byte strings and check each is `bytes_message(i)`; print a summary.
+    BytesSub(BytesArgs),
     /// Try to join a topic; print `ok` or the error.
     Open(OpenArgs),
     /// Print `ready` and sleep until killed.
@@ -322,6 +327,16 @@ struct EventWaitArgs {
     /// it, open the existing event whatever its mode.
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
+}
+
+#[derive(Args)]
+struct BytesArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long, default_value_t = 10)]
+    count: u64,
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
 }
 
 #[derive(Args)]
@@ -831,6 +846,36 @@ fn event_wait(a: &EventWaitArgs) -> Result<(), Fail> {
     Ok(())
 }
 
+/// Message `i` of the bytes roles: `i` bytes (so the first is empty), byte `j` = `(i * 31 + j) % 251`.
+fn bytes_message(i: u64) -> Vec<u8> {
+    (0..i).map(|j| ((i * 31 + j) % 251) as u8).collect()
+}
+
+fn bytes_pub(a: &BytesArgs) -> Result<(), Fail> {
+    let mut p = Topic::builder(&a.topic).serde_publisher::<Vec<u8>>()?;
+    println!("ready");
+    for i in 0..a.count {
+        p.send(bytes_message(i)).map_err(|e| send_error(&e))?;
+    }
+    println!("done sent={}", a.count);
+    Ok(())
+}
+
+fn bytes_sub(a: &BytesArgs) -> Result<(), Fail> {
+    let s = Topic::builder(&a.topic).serde_subscriber::<Vec<u8>>()?;
+    println!("ready");
+    let (mut ok, mut bad) = (0, 0);
+    for i in 0..a.count {
+        match s.recv_timeout(Duration::from_millis(a.timeout_ms)) {
+            Ok(m) if m == bytes_message(i) => ok += 1,
+            Ok(_) => bad += 1,
+            Err(e) => return Err(Fail::new("recv", e)),
+        }
+    }
+    println!("summary ok={ok} bad={bad}");
+    Ok(())
+}
+
 fn event_set(a: &EventSetArgs) -> Result<(), Fail> {
     let event = Event::open(&a.name)?;
     if a.reset {
@@ -957,6 +1002,8 @@ fn main() -> ExitCode {
         Role::SemPost(a) => sem_post(a),
         Role::EventWait(a) => event_wait(a),
         Role::EventSet(a) => event_set(a),
+        Role::BytesPub(a) => bytes_pub(a),
+        Role::BytesSub(a) => bytes_sub(a),
         Role::Open(a) => open(a),
         Role::Idle => {
             println!("ready");

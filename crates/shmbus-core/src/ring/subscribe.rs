@@ -293,8 +293,9 @@ impl Ring {
     }
 
     /// Waits until [`Ring::ready`] at `cursor` or the deadline. Spins briefly, then sleeps on the
-    /// notification word; every `check_every` it calls `on_slow`, which returns `false` to stop
-    /// waiting (e.g. no publisher is alive). Returns whether something is ready.
+    /// notification word; after every sleep (every `check_every` at most, and when the deadline
+    /// passes) it calls `on_slow`, which returns `false` to stop waiting (e.g. no publisher is
+    /// alive). Returns whether something is ready.
     pub(crate) fn wait_for_message<N: Notifier>(
         &self,
         cursor: u64,
@@ -324,7 +325,10 @@ impl Ring {
             if ready || self.ready(cursor) {
                 return true;
             }
-            if deadline.expired() || !on_slow() {
+            // `on_slow` runs on expiry too: a caller that waits in slices no longer than
+            // `check_every` (the Python binding, between signal checks) must still learn that
+            // nobody will publish again.
+            if !on_slow() || deadline.expired() {
                 return false;
             }
         }

@@ -75,6 +75,20 @@ class UsedAfterFork(Error, RuntimeError):
     one in the child (arrays, locks, semaphores and events keep working)."""
 
 
+class NotRecoverable(Error):
+    """A lock whose holder died was released without ``mark_consistent()``: nobody can lock it
+    again. Remove it (``shmbus.unlink``) and make it anew."""
+
+
+class Deadlock(Error, RuntimeError):
+    """This thread already holds the lock (reported instead of waiting forever)."""
+
+
+class OwnerDiedWarning(UserWarning):
+    """``Lock.acquire`` took over a lock whose previous holder died holding it: what it guards
+    may be half-updated. Repair it, call ``Lock.mark_consistent()``, then release."""
+
+
 class Lagged(Error):
     """The subscriber missed ``count`` messages (overwritten); the next receive resumes at the
     oldest message still there."""
