@@ -520,7 +520,29 @@ def table(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _iceoryx2_files() -> set:
+    """iceoryx2's own files in /dev/shm and /tmp/iceoryx2 (it keeps a global segment after its
+    last node): the bench removes those it made, so that it leaves the machine as it found it."""
+    found = set()
+    for d in (pathlib.Path("/dev/shm"), pathlib.Path("/tmp/iceoryx2")):
+        if d.is_dir():
+            found |= {p for p in d.rglob("*") if d.name == "iceoryx2" or p.name.startswith("iox2_")}
+    return found
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    before = _iceoryx2_files()
+    try:
+        return _main(argv)
+    finally:
+        for p in sorted(_iceoryx2_files() - before, key=lambda p: len(p.parts), reverse=True):
+            try:
+                p.rmdir() if p.is_dir() else p.unlink()
+            except OSError:
+                pass
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m shmbus.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a small run, for tests (seconds)")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
