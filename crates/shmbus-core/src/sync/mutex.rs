@@ -34,12 +34,17 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::futex;
-use crate::sync::SPIN_LIMIT;
+use crate::primitive::{spin_loop, AtomicU32, Ordering};
 use crate::time::Deadline;
+
+/// Spins before a locker sleeps (none under loom, which models the sleep as a yield).
+const SPIN_LIMIT: u32 = if cfg!(loom) {
+    0
+} else {
+    crate::sync::SPIN_LIMIT
+};
 
 /// Bits of the lock word that hold the holder's id.
 const ID_MASK: u32 = (1 << 31) - 1;
@@ -179,12 +184,52 @@ impl fmt::Debug for RobustMutex {
     }
 }
 
+/// Sleeps on `word` while it holds `expected`, at most `slice`.
+#[cfg(not(loom))]
+fn sleep_on(word: &AtomicU32, expected: u32, slice: Duration) {
+    crate::futex::wait(word, expected, Some(slice));
+}
+
+/// Under loom a timed futex wait may return at any moment: modelled as a yield.
+#[cfg(loom)]
+fn sleep_on(_word: &AtomicU32, _expected: u32, _slice: Duration) {
+    loom::thread::yield_now();
+}
+
+/// Wakes one sleeper on `word`.
+#[cfg(not(loom))]
+fn wake_one(word: &AtomicU32) {
+    crate::futex::wake(word, 1);
+}
+
+/// Under loom sleepers only yield: nothing to wake.
+#[cfg(loom)]
+fn wake_one(_word: &AtomicU32) {}
+
 /// The calling thread's id, as the kernel knows it.
+#[cfg(not(loom))]
 fn current_tid() -> u32 {
     rustix::thread::gettid().as_raw_nonzero().get() as u32
 }
 
+/// Under loom: a distinct id per model thread.
+#[cfg(loom)]
+fn current_tid() -> u32 {
+    loom::thread_local! {
+        static TID: u32 = NEXT_TID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    static NEXT_TID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    TID.with(|t| *t)
+}
+
 /// Whether a thread `tid` of this process may still exist (`true` when in doubt).
+#[cfg(loom)]
+fn thread_may_be_alive(_tid: u32) -> bool {
+    true
+}
+
+/// Whether a thread `tid` of this process may still exist (`true` when in doubt).
+#[cfg(not(loom))]
 fn thread_may_be_alive(tid: u32) -> bool {
     let (Ok(tid), Ok(pid)) = (
         libc::pid_t::try_from(tid),
@@ -313,9 +358,10 @@ impl RobustMutex {
                 match self.look(word, h) {
                     Held::ByMe => return Err(LockError::Deadlock),
                     Held::Dead => {}
+                    #[allow(clippy::absurd_extreme_comparisons)] // SPIN_LIMIT is 0 under loom
                     Held::Alive if spins < SPIN_LIMIT => {
                         spins += 1;
-                        std::hint::spin_loop();
+                        spin_loop();
                         word = self.word.load(Ordering::Relaxed);
                         continue;
                     }
@@ -339,7 +385,7 @@ impl RobustMutex {
                         let slice = deadline
                             .remaining()
                             .map_or(CHECK_EVERY, |r| r.min(CHECK_EVERY));
-                        futex::wait(&self.word, marked, Some(slice));
+                        sleep_on(&self.word, marked, slice);
                         word = self.word.load(Ordering::Relaxed);
                         continue;
                     }
@@ -405,7 +451,7 @@ impl RobustMutex {
             }
         }
         if word & WAITERS != 0 {
-            futex::wake(&self.word, 1);
+            wake_one(&self.word);
         }
     }
 
@@ -458,7 +504,7 @@ impl RobustMutex {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::cell::UnsafeCell;
@@ -766,5 +812,139 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// Loom models of the takeover protocol: holders that die while holding, waiters racing to take
+/// over, mutual exclusion throughout.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::cell::UnsafeCell;
+    use loom::sync::atomic::AtomicBool;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Ids 1..=3; holder `i` is alive while `alive[i - 1]`.
+    struct World {
+        mutex: RobustMutex,
+        alive: [AtomicBool; 3],
+        /// Guarded by the mutex: loom reports two holders as a data race on it.
+        data: UnsafeCell<u32>,
+    }
+
+    // SAFETY: `data` is only touched while `mutex` is held (which the model checks).
+    unsafe impl Sync for World {}
+
+    struct As<'a>(&'a World, u32);
+
+    impl Holders for As<'_> {
+        fn me(&self) -> u32 {
+            self.1
+        }
+        fn is_alive(&self, id: u32) -> bool {
+            match id {
+                1..=3 => self.0.alive[id as usize - 1].load(Ordering::SeqCst),
+                _ => false,
+            }
+        }
+    }
+
+    fn world() -> Arc<World> {
+        Arc::new(World {
+            mutex: RobustMutex {
+                word: AtomicU32::new(0),
+                state: AtomicU32::new(CONSISTENT),
+                tid: AtomicU32::new(0),
+                _reserved: AtomicU32::new(0),
+            },
+            alive: [
+                AtomicBool::new(true),
+                AtomicBool::new(true),
+                AtomicBool::new(true),
+            ],
+            data: UnsafeCell::new(0),
+        })
+    }
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        // Waiters poll (a yield per sleep slice) until the holder is seen dead or gone.
+        b.max_branches = 100_000;
+        if b.preemption_bound.is_none() {
+            b.preemption_bound = Some(2);
+        }
+        b.check(f);
+    }
+
+    /// Holder 1 died holding the mutex; holders 2 and 3 race to take it over. They never hold it
+    /// at the same time (loom would report the race on `data`), each gets it once, and exactly
+    /// one is told that the owner died: the first.
+    #[test]
+    fn a_dead_holder_is_taken_over_exactly_once() {
+        model(|| {
+            let w = world();
+            assert_eq!(w.mutex.lock(&As(&w, 1), None).unwrap(), Acquired::Clean);
+            w.alive[0].store(false, Ordering::SeqCst); // dies without unlocking
+            let waiters: Vec<_> = [2u32, 3]
+                .into_iter()
+                .map(|id| {
+                    let w = Arc::clone(&w);
+                    thread::spawn(move || {
+                        let h = As(&w, id);
+                        let acquired = w.mutex.lock(&h, None).expect("a lock without timeout");
+                        // SAFETY: holding the mutex.
+                        let before = w.data.with_mut(|d| unsafe {
+                            let before = *d;
+                            *d += 1;
+                            before
+                        });
+                        assert_eq!(acquired == Acquired::OwnerDied, before == 0, "{acquired:?}");
+                        if acquired == Acquired::OwnerDied {
+                            // SAFETY: holding it after OwnerDied; the repair is the write above.
+                            unsafe { w.mutex.make_consistent() }.expect("owner-died state");
+                        }
+                        // SAFETY: locked on this thread as `id` above.
+                        unsafe { w.mutex.unlock(&h) };
+                    })
+                })
+                .collect();
+            for t in waiters {
+                t.join().unwrap();
+            }
+            // SAFETY: every thread has been joined.
+            let total = w.data.with(|d| unsafe { *d });
+            assert_eq!(total, 2, "each waiter held it once");
+            assert_eq!(w.mutex.state.load(Ordering::SeqCst), CONSISTENT);
+            assert!(!w.mutex.is_held());
+        });
+    }
+
+    /// A live holder is never taken over: a waiter gets the mutex only after the unlock, clean.
+    #[test]
+    fn a_live_holder_is_never_taken_over() {
+        model(|| {
+            let w = world();
+            let holder = {
+                let w = Arc::clone(&w);
+                thread::spawn(move || {
+                    let h = As(&w, 1);
+                    assert_eq!(w.mutex.lock(&h, None).unwrap(), Acquired::Clean);
+                    // SAFETY: holding the mutex.
+                    w.data.with_mut(|d| unsafe { *d += 1 });
+                    // SAFETY: locked on this thread as 1 above.
+                    unsafe { w.mutex.unlock(&h) };
+                })
+            };
+            let h = As(&w, 2);
+            assert_eq!(w.mutex.lock(&h, None).unwrap(), Acquired::Clean);
+            // SAFETY: holding the mutex.
+            w.data.with_mut(|d| unsafe { *d += 1 });
+            // SAFETY: locked on this thread as 2 above.
+            unsafe { w.mutex.unlock(&h) };
+            holder.join().unwrap();
+            // SAFETY: every thread has been joined.
+            assert_eq!(w.data.with(|d| unsafe { *d }), 2);
+        });
     }
 }
