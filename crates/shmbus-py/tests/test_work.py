@@ -4,6 +4,7 @@ import multiprocessing as mp
 import pickle
 import queue
 import signal
+import subprocess
 import threading
 import time
 
@@ -281,3 +282,31 @@ def test_shared_state_object(prefix):
     state, version = s.snapshot()
     assert (state, version) == ([1, 2], 2)
     assert pickle.loads(pickle.dumps(s)).get() == [1, 2]
+
+
+def test_rust_producer_of_byte_strings(prefix, peer):
+    q = shmbus.Queue(prefix, capacity=4)  # the Rust side opens it as SerdeQueue<Vec<u8>>
+    p = subprocess.Popen([peer.path, "queue-put-bytes", "--name", prefix, "--count", "10"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        got = []
+        while True:
+            try:
+                got.append(q.get_bytes(timeout=30))
+            except shmbus.Closed:  # the producer closes it after its last item
+                break
+        assert p.wait(30) == 0, p.stderr.read()
+        assert got == [f"item-{i}".encode() for i in range(10)]
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_rust_and_python_share_a_counter(prefix, peer):
+    v = shmbus.Value(prefix, "Q", 0)  # Rust Value<u64>
+    p = subprocess.Popen([peer.path, "value-add", "--name", prefix, "--count", "1000"],
+                         stdout=subprocess.PIPE, text=True)
+    for _ in range(1000):
+        v.fetch_add(1)
+    assert p.wait(30) == 0
+    assert v.value == 2000
