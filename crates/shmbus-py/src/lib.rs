@@ -7,6 +7,7 @@ mod errors;
 mod sync;
 mod topic;
 mod view;
+mod work;
 
 use pyo3::prelude::*;
 
@@ -43,5 +44,6 @@ fn _shmbus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unlink, m)?)?;
     topic::register(m)?;
     sync::register(m)?;
+    work::register(m)?;
     Ok(())
 }

@@ -25,19 +25,19 @@ use crate::errors;
 const SLICE: Duration = Duration::from_millis(50);
 
 /// A deadline from a Python timeout in seconds (`None` or negative: none).
-fn deadline(timeout: Option<f64>) -> Option<Instant> {
+pub(crate) fn deadline(timeout: Option<f64>) -> Option<Instant> {
     timeout
         .filter(|t| *t >= 0.0)
         .map(|t| Instant::now() + Duration::from_secs_f64(t))
 }
 
-fn slice(deadline: Option<Instant>) -> Duration {
+pub(crate) fn slice(deadline: Option<Instant>) -> Duration {
     deadline.map_or(SLICE, |d| {
         d.saturating_duration_since(Instant::now()).min(SLICE)
     })
 }
 
-fn expired(deadline: Option<Instant>) -> bool {
+pub(crate) fn expired(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 

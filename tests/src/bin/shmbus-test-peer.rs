@@ -117,6 +117,8 @@ enum Role {
     HExec(hostile::ExecArgs),
     /// Put verifiable items on a work queue (`--count`, or until killed).
     QueuePut(queue::QueuePutArgs),
+    /// Puts byte strings into an existing `SerdeQueue<Vec<u8>>` (a Python `shmbus.Queue`).
+    QueuePutBytes(queue::QueuePutBytesArgs),
     /// Take items from a work queue until it is closed, reporting each (or hold some).
     QueueGet(queue::QueueGetArgs),
     /// Add 1 to a shared `u64` value `--count` times.
@@ -1032,6 +1034,7 @@ fn main() -> ExitCode {
         Role::HHold(a) => hostile::h_hold(a),
         Role::HExec(a) => hostile::h_exec(a),
         Role::QueuePut(a) => queue::queue_put(a),
+        Role::QueuePutBytes(a) => queue::queue_put_bytes(a),
         Role::QueueGet(a) => queue::queue_get(a),
         Role::ValueAdd(a) => values::value_add(a),
         Role::ValueScribble(a) => values::value_scribble(a),

@@ -14,6 +14,7 @@ from ._array import ArrayDesc, SharedNDArray, attach, create, delete, list
 from ._errors import *  # noqa: F401,F403
 from ._errors import __all__ as _error_names
 from ._shmbus import ArrayBuffer, Event, Lock, Semaphore, unlink
+from ._work import Barrier, Delivery, Dict, Queue, Shared, Value
 from ._topic import (BYTES_TYPE, ArrayPublisher, ArraySubscriber, Message, Publisher, Sample,
                      Subscriber, Topic)
 
@@ -34,5 +35,6 @@ def names() -> _List[str]:
 __all__ = [
     "ArrayBuffer", "ArrayDesc", "SharedNDArray", "attach", "create", "delete", "list", "gc",
     "names", "unlink", "Topic", "ArrayPublisher", "ArraySubscriber", "Sample", "Publisher",
-    "Subscriber", "Message", "BYTES_TYPE", "Lock", "Semaphore", "Event", *_error_names,
+    "Subscriber", "Message", "BYTES_TYPE", "Lock", "Semaphore", "Event", "Queue", "Delivery", "Value", "Barrier", "Shared", "Dict",
+    *_error_names,
 ]

@@ -3,6 +3,9 @@ built-in exception Python code already catches (``FileNotFoundError``, ``Timeout
 
 from __future__ import annotations
 
+import queue as _queue
+import threading as _threading
+
 
 class Error(Exception):
     """Base class of every shmbus error."""
@@ -58,8 +61,21 @@ class Timeout(Error, TimeoutError):
     """A wait ran out of time."""
 
 
-class Empty(Error):
-    """``try_recv`` found no message."""
+class Empty(Error, _queue.Empty):
+    """``try_recv`` found no message; ``Queue.get`` found no item (in time)."""
+
+
+class Full(Error, _queue.Full):
+    """``Queue.put`` found no free slot (in time)."""
+
+
+class Closed(Error):
+    """The work queue was closed (``get``: and every item was taken)."""
+
+
+class BrokenBarrier(Error, _threading.BrokenBarrierError):
+    """A party of the barrier died before it arrived: this generation never completes (the
+    next one starts afresh)."""
 
 
 class Disconnected(Error, ConnectionError):

@@ -151,3 +151,28 @@ pub(crate) fn queue_get(a: &QueueGetArgs) -> Result<(), Fail> {
     println!("done count={n}");
     Ok(())
 }
+
+#[derive(Args)]
+pub(crate) struct QueuePutBytesArgs {
+    /// An existing queue of byte strings (`SerdeQueue<Vec<u8>>`, what Python's `shmbus.Queue`
+    /// makes).
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    count: u64,
+}
+
+/// Puts `count` items `b"item-<i>"` into an existing byte-string queue, then closes it.
+pub(crate) fn queue_put_bytes(a: &QueuePutBytesArgs) -> Result<(), Fail> {
+    let q = QueueBuilder::new(&a.name)
+        .existing()
+        .open_serde::<Vec<u8>>()?;
+    println!("ready");
+    for i in 0..a.count {
+        q.put_timeout(format!("item-{i}").into_bytes(), Duration::from_secs(10))
+            .map_err(|e| Fail::new("put", e))?;
+    }
+    q.close().map_err(|e| Fail::new("close", e))?;
+    println!("summary put={}", a.count);
+    Ok(())
+}
