@@ -568,11 +568,16 @@ impl<L: ProtocolLock> QueueCore<L> {
     /// Reserves a free slot for `row` to write an item into. `Ok(None)`: full.
     pub(crate) fn try_reserve(&self, row: u32) -> Result<Option<u32>, QueueError> {
         let g = self.locked(None)?;
+        self.reserve_locked(&g, row)
+    }
+
+    /// Under the lock: takes a free slot for `row` (`Ok(None)`: full; `Closed` once closed).
+    fn reserve_locked(&self, g: &Locked<'_, L>, row: u32) -> Result<Option<u32>, QueueError> {
         let w = self.words();
         if w.closed.load(Ordering::Relaxed) != 0 {
             return Err(QueueError::Closed);
         }
-        let Some(i) = self.pop(&g, self.free, &w.free_head, &w.free_tail, slot::FREE)? else {
+        let Some(i) = self.pop(g, self.free, &w.free_head, &w.free_tail, slot::FREE)? else {
             return Ok(None);
         };
         // Commit point: the slot is ours.
@@ -633,17 +638,10 @@ impl<L: ProtocolLock> QueueCore<L> {
     ) -> Result<bool, QueueError> {
         {
             let g = self.locked(None)?;
-            let w = self.words();
-            if w.closed.load(Ordering::Relaxed) != 0 {
-                return Err(QueueError::Closed);
-            }
-            let Some(i) = self.pop(&g, self.free, &w.free_head, &w.free_tail, slot::FREE)? else {
+            let Some(i) = self.reserve_locked(&g, row)? else {
                 return Ok(false);
             };
-            self.slot(i)
-                .word
-                .store(word(slot::RESERVED, row, 0), Ordering::Relaxed);
-            step!();
+            let w = self.words();
             write(i);
             step!();
             let seq = w.next_seq.load(Ordering::Relaxed);
