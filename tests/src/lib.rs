@@ -87,6 +87,23 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Fills `out` with the verifiable contents of array item `index` of `producer` (array queues
+/// and topics): every element depends on the three.
+pub fn fill_array(producer: u64, index: u64, out: &mut [u32]) {
+    let seed = mix(producer << 40 ^ index);
+    for (i, x) in out.iter_mut().enumerate() {
+        *x = (seed ^ i as u64) as u32;
+    }
+}
+
+/// Whether `data` is exactly what [`fill_array`] writes for `(producer, index)`.
+pub fn array_is_intact(producer: u64, index: u64, data: &[u32]) -> bool {
+    let seed = mix(producer << 40 ^ index);
+    data.iter()
+        .enumerate()
+        .all(|(i, &x)| x == (seed ^ i as u64) as u32)
+}
+
 impl Msg {
     /// The message `index` of `producer`.
     pub fn new(producer: u64, index: u64) -> Msg {

@@ -330,6 +330,8 @@ pub mod pool_param {
 pub mod type_name {
     /// Array topics record `array+<metadata type name>`.
     pub const ARRAY_TOPIC_PREFIX: &str = "array+";
+    /// Queues of array items record `array-item+<metadata type name>`.
+    pub const ARRAY_QUEUE_PREFIX: &str = "array-item+";
     /// The type name of array-pool segments.
     pub const POOL: &str = "shmbus.array-pool";
 }

@@ -68,7 +68,8 @@ pub use error::{
 pub use frames::{ArrayLoan, ArrayPublisher, ArraySample, ArraySubscriber, PoolLoanError};
 pub use identity::{Join, Message};
 pub use queue::{
-    Delivery, GetError, PutError, PutFailure, Queue, QueueBuilder, SerdeDelivery, SerdeQueue,
+    ArrayDelivery, ArrayQueue, ArrayQueueLoan, Delivery, GetError, PutError, PutFailure, Queue,
+    QueueBuilder, SerdeDelivery, SerdeQueue, DEFAULT_ARRAY_BYTES,
 };
 pub use shared::{Shared, SharedError, UpdateError};
 pub use shmbus_core::dtype::Dtype;

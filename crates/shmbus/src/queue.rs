@@ -51,6 +51,9 @@ pub enum PutFailure {
     /// The item could not be encoded (serde queues).
     #[error("the item could not be encoded: {0}")]
     Encode(String),
+    /// The array's shape or length is not valid (array queues).
+    #[error("invalid array: {0}")]
+    InvalidArray(String),
     /// The queue's lock or memory failed.
     #[error("the queue failed: {0}")]
     Queue(String),
@@ -93,6 +96,14 @@ pub enum GetError {
     /// The item is no longer this handle's (its row was reclaimed as dead).
     #[error("the item was reclaimed from this participant")]
     Reclaimed,
+    /// The array holds another element type than asked for (array queues).
+    #[error("the array holds {found}, not {expected}")]
+    WrongDtype {
+        /// The element type asked for.
+        expected: shmbus_core::dtype::Dtype,
+        /// The element type of the array.
+        found: shmbus_core::dtype::Dtype,
+    },
     /// The queue's lock failed for good.
     #[error("the queue lock failed: {0}")]
     Lock(LockError),
@@ -136,6 +147,7 @@ pub struct QueueBuilder {
     name: String,
     opts: QueueOptions,
     create: bool,
+    array_bytes: Option<usize>,
 }
 
 impl QueueBuilder {
@@ -146,6 +158,7 @@ impl QueueBuilder {
             name: name.to_owned(),
             opts: QueueOptions::default(),
             create: true,
+            array_bytes: None,
         }
     }
 
@@ -761,3 +774,7 @@ impl<T> SerdeDelivery<'_, T> {
         Ok(())
     }
 }
+
+// After `queue_common!`, which it uses.
+mod arrays;
+pub use arrays::{ArrayDelivery, ArrayQueue, ArrayQueueLoan, DEFAULT_ARRAY_BYTES};

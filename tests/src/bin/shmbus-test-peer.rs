@@ -121,6 +121,10 @@ enum Role {
     QueuePutBytes(queue::QueuePutBytesArgs),
     /// Take items from a work queue until it is closed, reporting each (or hold some).
     QueueGet(queue::QueueGetArgs),
+    /// Put verifiable `u32` arrays on an array queue (or loan one and hold it until killed).
+    ArrayQueuePut(queue::ArrayQueuePutArgs),
+    /// Take arrays from an array queue until it is closed, verifying each (or hold some).
+    ArrayQueueGet(queue::ArrayQueueGetArgs),
     /// Add 1 to a shared `u64` value `--count` times.
     ValueAdd(values::ValueAddArgs),
     /// Update a shared 256-byte value (kept consistent) until killed.
@@ -1036,6 +1040,8 @@ fn main() -> ExitCode {
         Role::QueuePut(a) => queue::queue_put(a),
         Role::QueuePutBytes(a) => queue::queue_put_bytes(a),
         Role::QueueGet(a) => queue::queue_get(a),
+        Role::ArrayQueuePut(a) => queue::array_queue_put(a),
+        Role::ArrayQueueGet(a) => queue::array_queue_get(a),
         Role::ValueAdd(a) => values::value_add(a),
         Role::ValueScribble(a) => values::value_scribble(a),
         Role::BarrierWait(a) => values::barrier_wait(a),

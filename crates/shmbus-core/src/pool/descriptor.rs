@@ -95,3 +95,38 @@ impl BlockDescriptor {
         }
     }
 }
+
+// Every field is an integer and the fields leave no padding, so any 112 bytes are a descriptor.
+const _: () = assert!(size_of::<BlockDescriptor>() == 112);
+
+impl BlockDescriptor {
+    /// Copies a descriptor out of the first bytes of `bytes` (any bit pattern is a descriptor;
+    /// validate it with [`array`](Self::array)), or `None` if `bytes` is too short.
+    pub fn read_from(bytes: &[u8]) -> Option<BlockDescriptor> {
+        if bytes.len() < size_of::<BlockDescriptor>() {
+            return None;
+        }
+        // SAFETY: `bytes` has at least `size_of::<BlockDescriptor>()` readable bytes (checked
+        // above); the struct is `repr(C)` integers without padding, so every bit pattern is a
+        // valid value; the read is unaligned. The bytes are copied once, then only the copy is
+        // validated and used (a peer writing them concurrently cannot change what was checked).
+        Some(unsafe { bytes.as_ptr().cast::<BlockDescriptor>().read_unaligned() })
+    }
+
+    /// Writes the descriptor into the first bytes of `bytes`; `false` (and nothing written) if
+    /// `bytes` is too short.
+    pub fn write_to(&self, bytes: &mut [u8]) -> bool {
+        if bytes.len() < size_of::<BlockDescriptor>() {
+            return false;
+        }
+        // SAFETY: `bytes` has room for the struct (checked above) and is exclusively borrowed;
+        // the write is unaligned.
+        unsafe {
+            bytes
+                .as_mut_ptr()
+                .cast::<BlockDescriptor>()
+                .write_unaligned(*self)
+        };
+        true
+    }
+}

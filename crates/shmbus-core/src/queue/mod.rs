@@ -33,6 +33,8 @@
 //! queue's delivery limit, in acknowledged mode). Blocked putters and getters look for dead
 //! rows every 50 ms, so a dead peer never blocks the others.
 
+#[cfg(not(loom))]
+pub mod array;
 pub(crate) mod protocol;
 #[cfg(not(loom))]
 mod raw;

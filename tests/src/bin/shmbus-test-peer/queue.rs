@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use shmbus::{GetError, PutFailure, Queue, QueueBuilder};
-use shmbus_tests::Msg;
+use shmbus::{ArrayQueue, GetError, PutFailure, Queue, QueueBuilder};
+use shmbus_tests::{array_is_intact, fill_array, Msg};
 
 use super::Fail;
 
@@ -31,6 +31,21 @@ fn open(a: &QueueArgs) -> Result<Queue<Msg>, Fail> {
         None => b.at_most_once(),
     };
     Ok(b.open::<Msg>()?)
+}
+
+/// An array queue's metadata: who made the array, and which one.
+type ArrayMeta = [u64; 2];
+
+fn open_arrays(a: &QueueArgs, bytes: usize) -> Result<ArrayQueue<ArrayMeta>, Fail> {
+    let mut b = QueueBuilder::new(&a.name).array_bytes(bytes);
+    if let Some(c) = a.capacity {
+        b = b.capacity(c);
+    }
+    b = match a.ack {
+        Some(max) => b.acknowledged(max),
+        None => b.at_most_once(),
+    };
+    Ok(b.open_arrays::<ArrayMeta>()?)
 }
 
 fn get_code(e: &GetError) -> &'static str {
@@ -174,5 +189,111 @@ pub(crate) fn queue_put_bytes(a: &QueuePutBytesArgs) -> Result<(), Fail> {
     }
     q.close().map_err(|e| Fail::new("close", e))?;
     println!("summary put={}", a.count);
+    Ok(())
+}
+
+/// Arguments of `array-queue-put`.
+#[derive(Args)]
+pub(crate) struct ArrayQueuePutArgs {
+    #[command(flatten)]
+    queue: QueueArgs,
+    /// Arrays to put.
+    #[arg(long)]
+    count: u64,
+    /// The producer id, in each array's metadata and contents.
+    #[arg(long)]
+    producer: u64,
+    /// `u32` elements per array (a 1-d array).
+    #[arg(long)]
+    elements: usize,
+    /// Loan one more block after `count`, print `loaned`, and hold it until killed.
+    #[arg(long)]
+    hold_loan: bool,
+}
+
+/// Puts `count` arrays of `elements` `u32`s, written in place ([`fill_array`]), then prints
+/// `summary put=<n>`.
+pub(crate) fn array_queue_put(a: &ArrayQueuePutArgs) -> Result<(), Fail> {
+    let q = open_arrays(&a.queue, a.elements * 4)?;
+    println!("ready");
+    for i in 0..a.count {
+        let mut loan = q
+            .loan_timeout::<u32>(&[a.elements], Duration::from_secs(20))
+            .map_err(|e| Fail::new("loan", e))?;
+        let (data, meta) = loan.parts_mut();
+        fill_array(a.producer, i, data);
+        *meta = [a.producer, i];
+        loan.commit().map_err(|e| Fail::new("commit", e))?;
+    }
+    println!("summary put={}", a.count);
+    if a.hold_loan {
+        let mut loan = q
+            .loan_timeout::<u32>(&[a.elements], Duration::from_secs(20))
+            .map_err(|e| Fail::new("loan", e))?;
+        // Half written when killed.
+        let half = a.elements / 2;
+        loan.as_mut_slice()[..half].fill(u32::MAX);
+        println!("loaned");
+        super::sleep_forever();
+    }
+    Ok(())
+}
+
+/// Arguments of `array-queue-get`.
+#[derive(Args)]
+pub(crate) struct ArrayQueueGetArgs {
+    #[command(flatten)]
+    queue: QueueArgs,
+    /// Take this many arrays and hold them all until killed (prints `holding` each).
+    #[arg(long)]
+    hold: Option<u64>,
+}
+
+/// Receives arrays until the queue is closed and drained, verifying each in place: prints
+/// `got producer= index= deliveries= intact=` before acknowledging it, then `done count=<n>`.
+pub(crate) fn array_queue_get(a: &ArrayQueueGetArgs) -> Result<(), Fail> {
+    // An opener that does not create: the item size is the queue's.
+    let q = {
+        let mut b = QueueBuilder::new(&a.queue.name).existing();
+        if let Some(max) = a.queue.ack {
+            b = b.acknowledged(max);
+        }
+        b.open_arrays::<ArrayMeta>()?
+    };
+    println!("ready");
+    let report = |tag: &str, d: &shmbus::ArrayDelivery<'_, ArrayMeta>| -> Result<(), Fail> {
+        let [producer, index] = *d.meta();
+        let data = d.as_slice::<u32>().map_err(|e| Fail::new("dtype", e))?;
+        println!(
+            "{tag} producer={producer} index={index} deliveries={} intact={} elements={}",
+            d.deliveries(),
+            array_is_intact(producer, index, data),
+            data.len()
+        );
+        Ok(())
+    };
+    if let Some(n) = a.hold {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            let d = q
+                .receive_timeout(Duration::from_secs(10))
+                .map_err(|e| Fail::new(get_code(&e), e))?;
+            report("holding", &d)?;
+            held.push(d);
+        }
+        super::sleep_forever();
+    }
+    let mut n = 0u64;
+    loop {
+        let d = match q.receive_timeout(Duration::from_secs(20)) {
+            Ok(d) => d,
+            Err(GetError::Closed) => break,
+            Err(e) => return Err(Fail::new(get_code(&e), e)),
+        };
+        report("got", &d)?;
+        d.ack().map_err(|e| Fail::new(get_code(&e), e))?;
+        n += 1;
+    }
+    println!("done count={n}");
     Ok(())
 }
