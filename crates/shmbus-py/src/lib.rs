@@ -3,6 +3,7 @@
 //! exception classes.
 
 mod array;
+mod array_queue;
 mod errors;
 mod sync;
 mod topic;
@@ -45,5 +46,6 @@ fn _shmbus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     topic::register(m)?;
     sync::register(m)?;
     work::register(m)?;
+    array_queue::register(m)?;
     Ok(())
 }

@@ -12,7 +12,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use shmbus_core::layout::{short_type_name, Codec, TypeInfo};
 use shmbus_core::name::Name;
-use shmbus_core::queue::{QueueError, QueueOpenError, QueueOptions, RawDelivery, RawQueue};
+use shmbus_core::queue::{
+    QueueError, QueueOpenError, QueueOptions, RawDelivery, RawQueue, RawReservation,
+};
 use shmbus_core::segment::Lifetime;
 use shmbus_core::shared::{RawShared, SharedError};
 use shmbus_core::value::{BarrierError, BarrierOpenError, RawBarrier, RawValue};
@@ -21,7 +23,7 @@ use shmbus_core::wire::frame;
 use crate::errors;
 use crate::sync::{deadline, expired, slice};
 
-fn lifetime(persistent: bool) -> Lifetime {
+pub(crate) fn lifetime(persistent: bool) -> Lifetime {
     if persistent {
         Lifetime::Persistent
     } else {
@@ -29,7 +31,7 @@ fn lifetime(persistent: bool) -> Lifetime {
     }
 }
 
-fn name(py: Python<'_>, name: &str) -> PyResult<Name> {
+pub(crate) fn name(py: Python<'_>, name: &str) -> PyResult<Name> {
     Name::new(name).map_err(|e| errors::name(py, &e))
 }
 
@@ -76,7 +78,7 @@ fn decode_bytes(m: &[u8]) -> Result<&[u8], String> {
     Err("bad length prefix".into())
 }
 
-fn queue_error(py: Python<'_>, e: &QueueError) -> PyErr {
+pub(crate) fn queue_error(py: Python<'_>, e: &QueueError) -> PyErr {
     match e {
         QueueError::Timeout | QueueError::Empty => errors::error(py, "Empty", e),
         QueueError::Full => errors::error(py, "Full", e),
@@ -108,6 +110,123 @@ pub(crate) struct RawDeliveryHandle {
     _queue: Arc<RawQueue>,
 }
 
+/// Takes the next item of `raw`, in slices of at most 50 ms with the GIL released, running
+/// signal handlers between them; `Empty` after `timeout` seconds (at once if not `block`).
+pub(crate) fn take_static(
+    py: Python<'_>,
+    raw: &Arc<RawQueue>,
+    block: bool,
+    timeout: Option<f64>,
+) -> PyResult<RawDelivery<'static>> {
+    let q: &RawQueue = raw;
+    let once = |t: Duration| {
+        q.take(Some(t)).map(|d| {
+            // SAFETY: the delivery borrows the `RawQueue` inside an `Arc`, whose address is
+            // stable; every holder of the 'static delivery (a `RawDeliveryHandle` or an
+            // `ArrayDelivery`) also holds a clone of that `Arc` and drops the delivery first.
+            unsafe { std::mem::transmute::<RawDelivery<'_>, RawDelivery<'static>>(d) }
+        })
+    };
+    if !block {
+        return once(Duration::ZERO).map_err(|e| queue_error(py, &e));
+    }
+    let d = deadline(timeout);
+    loop {
+        let s = slice(d);
+        match py.detach(|| once(s)) {
+            Ok(x) => return Ok(x),
+            Err(QueueError::Timeout | QueueError::Empty) => {}
+            Err(e) => return Err(queue_error(py, &e)),
+        }
+        py.check_signals()?;
+        if expired(d) {
+            return Err(errors::error(py, "Empty", "timed out waiting for an item"));
+        }
+    }
+}
+
+/// Reserves a slot of `raw` as [`take_static`] takes an item (`Full` after the timeout).
+pub(crate) fn reserve_static(
+    py: Python<'_>,
+    raw: &Arc<RawQueue>,
+    block: bool,
+    timeout: Option<f64>,
+) -> PyResult<RawReservation<'static>> {
+    let q: &RawQueue = raw;
+    let once = |t: Duration| {
+        q.reserve(Some(t)).map(|r| {
+            // SAFETY: as in `take_static`: the reservation borrows the `RawQueue` inside an
+            // `Arc`; its holder (an `ArrayLoan`) keeps a clone and drops the reservation first.
+            unsafe { std::mem::transmute::<RawReservation<'_>, RawReservation<'static>>(r) }
+        })
+    };
+    if !block {
+        return once(Duration::ZERO).map_err(|e| queue_error(py, &e));
+    }
+    let d = deadline(timeout);
+    loop {
+        let s = slice(d);
+        match py.detach(|| once(s)) {
+            Ok(x) => return Ok(x),
+            Err(QueueError::Timeout | QueueError::Full) => {}
+            Err(e) => return Err(queue_error(py, &e)),
+        }
+        py.check_signals()?;
+        if expired(d) {
+            return Err(errors::error(
+                py,
+                "Full",
+                "timed out waiting for a free slot",
+            ));
+        }
+    }
+}
+
+/// Opens (or, with `create`, opens or creates) the queue `n` of items `ty`.
+pub(crate) fn open_queue(
+    py: Python<'_>,
+    n: &Name,
+    ty: &TypeInfo,
+    opts: &QueueOptions,
+    create: bool,
+) -> PyResult<RawQueue> {
+    py.detach(|| {
+        if create {
+            RawQueue::open_or_create(n, ty, opts)
+        } else {
+            RawQueue::open(n, ty, opts)
+        }
+    })
+    .map_err(|e| match &e {
+        QueueOpenError::Segment(s) => errors::segment(py, s),
+        QueueOpenError::Config(_) | QueueOpenError::Mismatch { .. } => {
+            errors::error(py, "InvalidArgument", &e)
+        }
+        QueueOpenError::TooManyParticipants { .. } => errors::error(py, "OutOfSpace", &e),
+        QueueOpenError::Corrupt { .. } => errors::error(py, "Corrupt", &e),
+        _ => errors::error(py, "Error", &e),
+    })
+}
+
+/// A queue's counters as a dict: put, taken, done, lost, redelivered, dead_lettered,
+/// abandoned, repairs.
+pub(crate) fn stats_dict<'py>(
+    py: Python<'py>,
+    raw: &RawQueue,
+) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+    let s = raw.stats();
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("put", s.put)?;
+    d.set_item("taken", s.taken)?;
+    d.set_item("done", s.done)?;
+    d.set_item("lost", s.lost)?;
+    d.set_item("redelivered", s.redelivered)?;
+    d.set_item("dead_lettered", s.dead_lettered)?;
+    d.set_item("abandoned", s.abandoned)?;
+    d.set_item("repairs", s.repairs)?;
+    Ok(d)
+}
+
 impl RawWorkQueue {
     fn take(
         &self,
@@ -115,31 +234,7 @@ impl RawWorkQueue {
         block: bool,
         timeout: Option<f64>,
     ) -> PyResult<RawDelivery<'static>> {
-        let q: &RawQueue = &self.raw;
-        let once = |t: Duration| {
-            q.take(Some(t)).map(|d| {
-                // SAFETY: the delivery borrows the `RawQueue` inside an `Arc`, whose address is
-                // stable; every holder of the 'static delivery (a `RawDeliveryHandle`) also
-                // holds a clone of that `Arc` and drops the delivery first.
-                unsafe { std::mem::transmute::<RawDelivery<'_>, RawDelivery<'static>>(d) }
-            })
-        };
-        if !block {
-            return once(Duration::ZERO).map_err(|e| queue_error(py, &e));
-        }
-        let d = deadline(timeout);
-        loop {
-            let s = slice(d);
-            match py.detach(|| once(s)) {
-                Ok(x) => return Ok(x),
-                Err(QueueError::Timeout | QueueError::Empty) => {}
-                Err(e) => return Err(queue_error(py, &e)),
-            }
-            py.check_signals()?;
-            if expired(d) {
-                return Err(errors::error(py, "Empty", "timed out waiting for an item"));
-            }
-        }
+        take_static(py, &self.raw, block, timeout)
     }
 
     fn decode<'py>(py: Python<'py>, d: &RawDelivery<'_>) -> PyResult<Bound<'py, PyBytes>> {
@@ -189,24 +284,7 @@ impl RawWorkQueue {
             lifetime: Some(lifetime(persistent)),
             ..QueueOptions::default()
         };
-        let ty = bytes_item_type();
-        let raw = py
-            .detach(|| {
-                if create {
-                    RawQueue::open_or_create(&n, &ty, &opts)
-                } else {
-                    RawQueue::open(&n, &ty, &opts)
-                }
-            })
-            .map_err(|e| match &e {
-                QueueOpenError::Segment(s) => errors::segment(py, s),
-                QueueOpenError::Config(_) | QueueOpenError::Mismatch { .. } => {
-                    errors::error(py, "InvalidArgument", &e)
-                }
-                QueueOpenError::TooManyParticipants { .. } => errors::error(py, "OutOfSpace", &e),
-                QueueOpenError::Corrupt { .. } => errors::error(py, "Corrupt", &e),
-                _ => errors::error(py, "Error", &e),
-            })?;
+        let raw = open_queue(py, &n, &bytes_item_type(), &opts, create)?;
         Ok(RawWorkQueue { raw: Arc::new(raw) })
     }
 
@@ -352,17 +430,7 @@ impl RawWorkQueue {
     /// The queue's counters, a dict: put, taken, done, lost, redelivered, dead_lettered,
     /// abandoned, repairs.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
-        let s = self.raw.stats();
-        let d = pyo3::types::PyDict::new(py);
-        d.set_item("put", s.put)?;
-        d.set_item("taken", s.taken)?;
-        d.set_item("done", s.done)?;
-        d.set_item("lost", s.lost)?;
-        d.set_item("redelivered", s.redelivered)?;
-        d.set_item("dead_lettered", s.dead_lettered)?;
-        d.set_item("abandoned", s.abandoned)?;
-        d.set_item("repairs", s.repairs)?;
-        Ok(d)
+        stats_dict(py, &self.raw)
     }
 }
 

@@ -53,3 +53,16 @@ def hold_delivery(q, out):
 
 def numpy_items(q):
     q.put(np.arange(12, dtype=np.int32).reshape(3, 4))
+
+
+def array_worker(q, results):
+    # Each array in place: its sum, then acknowledged; until the queue is closed and drained.
+    for d in q:
+        with d:
+            results.put((int(d.meta["job"]), int(d.array.sum()), d.deliveries))
+
+
+def hold_array(q, out):
+    d = q.receive(timeout=10)
+    out.put(("holding", int(d.meta["job"]), d.deliveries))
+    time.sleep(60)

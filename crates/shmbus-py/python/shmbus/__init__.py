@@ -15,6 +15,7 @@ from ._errors import *  # noqa: F401,F403
 from ._errors import __all__ as _error_names
 from ._shmbus import ArrayBuffer, Event, Lock, Semaphore, unlink
 from ._work import Barrier, Delivery, Dict, Queue, Shared, Value
+from ._array_queue import ArrayDelivery, ArrayQueue
 from ._topic import (BYTES_TYPE, ArrayPublisher, ArraySubscriber, Message, Publisher, Sample,
                      Subscriber, Topic)
 
@@ -35,6 +36,6 @@ def names() -> _List[str]:
 __all__ = [
     "ArrayBuffer", "ArrayDesc", "SharedNDArray", "attach", "create", "delete", "list", "gc",
     "names", "unlink", "Topic", "ArrayPublisher", "ArraySubscriber", "Sample", "Publisher",
-    "Subscriber", "Message", "BYTES_TYPE", "Lock", "Semaphore", "Event", "Queue", "Delivery", "Value", "Barrier", "Shared", "Dict",
+    "Subscriber", "Message", "BYTES_TYPE", "Lock", "Semaphore", "Event", "Queue", "Delivery", "ArrayQueue", "ArrayDelivery", "Value", "Barrier", "Shared", "Dict",
     *_error_names,
 ]
