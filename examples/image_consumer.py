@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     # The producer's topic settings (frame_topic in image_transfer.rs): explicit settings are
     # requirements, so whichever side creates the topic, both agree.
     topic = shmbus.Topic(f"{a.topic}.frames", capacity=4, overflow="backpressure", max_held=1,
-                         max_subscribers=8)
+                         max_subscribers=8, timestamps=True)
     sub = topic.array_subscriber(FRAME_META, type_name=FRAME_META_TYPE)
     ready = shmbus.Semaphore(f"{a.topic}.ready", value=0)
     ready.release()  # subscribed: the producer may start

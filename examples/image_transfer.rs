@@ -118,6 +118,8 @@ const MAX_HELD: u32 = 1;
 fn frame_topic(prefix: &str, args: &Args) -> Topic {
     Topic::builder(&format!("{prefix}.frames"))
         .capacity(CAPACITY)
+        // Publish times in the ring, for `shmbus hz` to show publish-to-receive latency.
+        .timestamps(true)
         // Every frame reaches every consumer: a slow consumer holds the producer back (a dead
         // one never does).
         .overflow(Overflow::BackPressure)

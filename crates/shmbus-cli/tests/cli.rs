@@ -416,7 +416,7 @@ fn live_topics_are_listed_inspected_echoed_and_timed() {
     });
     assert!(published(&b) > 0);
     let f = shmbus(&["inspect", "--json", &frames]).json();
-    assert_eq!(f["topic"]["qos"]["timestamps"], false);
+    assert_eq!(f["topic"]["qos"]["timestamps"], true);
     let sub = &f["topic"]["subscribers"][0];
     assert_eq!(sub["pid"], consumer);
     assert_eq!(sub["alive"], true);
@@ -535,19 +535,25 @@ fn live_topics_are_listed_inspected_echoed_and_timed() {
     assert_eq!(bad.code, Some(1));
     assert!(bad.stderr.contains("32 bytes"), "{}", bad.stderr);
 
-    // hz: the producer's 50 fps, and latency only where the topic records times.
+    // hz: the producer's 50 fps with its publish-to-receive latency (the frames topic records
+    // publish times), and "n/a" where a topic records none (the status topic).
     let h = shmbus(&["hz", &frames, "--duration", "2", "--json"]).json();
     let rate = h["rate_hz"].as_f64().expect("a rate");
     assert!((5.0..500.0).contains(&rate), "50 fps measured as {rate}");
     assert!(h["messages"].as_u64().unwrap() >= 10);
-    assert!(h["latency_ns"].is_null());
-    assert_eq!(h["latency_note"], "n/a (topic has no timestamps)");
+    assert!(h["latency_ns"]["mean"].as_f64().unwrap() > 0.0, "{h}");
+    assert!(h["latency_note"].is_null());
     let h = shmbus(&["hz", &pose, "--duration", "1", "--json"]).json();
     assert!(h["rate_hz"].as_f64().unwrap() > 0.0);
     assert!(h["latency_ns"]["mean"].as_f64().unwrap() > 0.0, "{h}");
     assert!(h["latency_note"].is_null());
+    let h = shmbus(&["hz", &status, "--duration", "1", "--json"]).json();
+    assert!(h["latency_ns"].is_null());
+    assert_eq!(h["latency_note"], "n/a (topic has no timestamps)");
     let text = shmbus(&["hz", &frames, "--duration", "1.5"]);
     assert!(text.ok().contains("average rate:"), "{}", text.stdout);
+    assert!(text.stdout.contains("latency: mean"), "{}", text.stdout);
+    let text = shmbus(&["hz", &status, "--duration", "1"]);
     assert!(text
         .stdout
         .contains("latency: n/a (topic has no timestamps)"));
