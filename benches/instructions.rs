@@ -1,0 +1,174 @@
+//! The hot paths, one kind of message at a time, for instruction counts under callgrind.
+//!
+//! `instructions <scenario> <phase> <iters>` opens a topic (or a queue) in this one process,
+//! warms it up (publishes and receives `WARM` messages one at a time, so that an array pool has
+//! grown to the blocks it needs), then either publishes `iters` messages (`publish`), or publishes
+//! them and then receives them all (`both`), or publishes and receives one at a time
+//! (`pairs`). Run under `valgrind --tool=callgrind` at two values of `iters`, the difference
+//! divided by the difference of `iters` is the cost of one operation, without the setup:
+//! `scripts/instruction-counts` does that and prints the table. Scenarios: `pod8` (a `u64`),
+//! `serde` (a small struct with a string and a vector), `array` (a 64-byte array through an array
+//! topic's descriptor, in a ring of 8: `pairs` only), `queue64` (a 64-byte `Queue` item: `put`, then `get`; valgrind 3.19
+//! cannot run it: rustix's vDSO lookup for the queue's clock reads memory valgrind does not map).
+//!
+//! Instructions do not move with the noise of a shared machine, so they judge a change to the
+//! hot path where timings cannot; they do not show cache misses between processes (the
+//! `compare` harness measures those).
+
+use std::process::ExitCode;
+
+use serde::{Deserialize, Serialize};
+use shmbus::{Overflow, QueueBuilder, Topic};
+
+#[derive(Serialize, Deserialize)]
+struct Status {
+    seq: u64,
+    mode: String,
+    values: Vec<f32>,
+}
+
+/// What a run measures after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// `n` publishes, nothing received.
+    Publish,
+    /// `n` publishes, then `n` receives (up to `n` messages in flight).
+    Both,
+    /// `n` times a publish and a receive (one message in flight).
+    Pairs,
+}
+
+/// Messages published and received before the measured ones.
+const WARM: u64 = 2048;
+
+/// Publishes `n` messages with `publish(i)`, then (if `receive`) receives `n` with `recv()`, after
+/// a warm-up of `WARM` of each.
+fn rounds(
+    n: u64,
+    phase: Phase,
+    mut publish: impl FnMut(u64) -> Result<(), Box<dyn std::error::Error>>,
+    mut recv: impl FnMut() -> Result<u64, Box<dyn std::error::Error>>,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    let mut sum = 0u64;
+    for (count, phase) in [(WARM, Phase::Pairs), (n, phase)] {
+        if phase == Phase::Pairs {
+            for i in 0..count {
+                publish(i)?;
+                sum = sum.wrapping_add(recv()?);
+            }
+            continue;
+        }
+        for i in 0..count {
+            publish(i)?;
+        }
+        if phase == Phase::Both {
+            for _ in 0..count {
+                sum = sum.wrapping_add(recv()?);
+            }
+        }
+    }
+    Ok(sum)
+}
+
+fn run(scenario: &str, phase: Phase, n: u64) -> Result<u64, Box<dyn std::error::Error>> {
+    let name = format!("bench-instr-{scenario}-{}", std::process::id());
+    // Room for every message: nothing is overwritten or waited for.
+    let topic = Topic::builder(&name)
+        .capacity(4096)
+        .overflow(Overflow::BackPressure);
+    match scenario {
+        "pod8" => {
+            let sub = topic.subscriber::<u64>()?;
+            let mut publisher = topic.publisher::<u64>()?;
+            rounds(
+                n,
+                phase,
+                |i| Ok(publisher.send(i).map(|_| ()).map_err(|e| e.to_string())?),
+                || Ok(*sub.try_recv()?),
+            )
+        }
+        "serde" => {
+            let topic = topic.slot_size(128);
+            let sub = topic.serde_subscriber::<Status>()?;
+            let mut publisher = topic.serde_publisher::<Status>()?;
+            let status = |seq| Status {
+                seq,
+                mode: "auto".into(),
+                values: vec![1.0; 4],
+            };
+            rounds(
+                n,
+                phase,
+                |i| Ok(publisher.send(status(i)).map(|_| ()).map_err(|e| e.to_string())?),
+                || Ok(sub.try_recv()?.seq),
+            )
+        }
+        "array" => {
+            // As array topics are used: a short ring (the pool's bookkeeping scans the
+            // messages still in the ring, so its cost grows with the capacity). Only the
+            // `pairs` phase fits in it.
+            let topic = Topic::builder(&name).capacity(8);
+            let sub = topic.array_subscriber::<u64>()?;
+            let mut publisher = topic.array_publisher::<u64>()?;
+            rounds(
+                n,
+                phase,
+                |i| {
+                    let mut loan = publisher.loan::<u8>(&[64])?;
+                    let (data, meta) = loan.parts_mut();
+                    data[0] = i as u8;
+                    *meta = i;
+                    loan.publish().map_err(|e| e.to_string())?;
+                    Ok(())
+                },
+                || {
+                    let s = sub.try_recv()?;
+                    Ok(*s.meta() + u64::from(s.as_slice::<u8>()?[0]))
+                },
+            )
+        }
+        "queue64" => {
+            let q = QueueBuilder::new(&name)
+                .capacity(4096)
+                .open::<[u64; 8]>()?;
+            rounds(
+                n,
+                phase,
+                |i| Ok(q.put([i; 8]).map_err(|e| e.to_string())?),
+                || Ok(q.get()?[0]),
+            )
+        }
+        other => Err(format!("unknown scenario {other:?}").into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [scenario, phase, iters] = args.as_slice() else {
+        eprintln!("usage: instructions <pod8|serde|array|queue64> <publish|both|pairs> <iters ≤ 2048>");
+        return ExitCode::from(2);
+    };
+    let phase_of = match phase.as_str() {
+        "publish" => Phase::Publish,
+        "both" => Phase::Both,
+        "pairs" => Phase::Pairs,
+        _ => {
+            eprintln!("phase is publish, both or pairs");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(n) = iters.parse::<u64>().ok().filter(|&n| n <= 2048) else {
+        eprintln!("iters is a number, at most 2048 (the ring holds 4096)");
+        return ExitCode::from(2);
+    };
+    match run(scenario, phase_of, n) {
+        Ok(sum) => {
+            println!("{scenario} {phase} {n} checksum={sum}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("instructions: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
