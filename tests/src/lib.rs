@@ -943,6 +943,12 @@ impl ShmEnv {
 
     /// A private `/dev/shm` of `bytes` bytes (rounded up to pages), or why not.
     pub fn private_sized(scope: &mut Scope, bytes: u64) -> Result<ShmEnv, String> {
+        ShmEnv::private_mounted(scope, &format!("size={bytes}"))
+    }
+
+    /// A private `/dev/shm`: a tmpfs mounted with `options` (`size=..,nr_inodes=..`; the mode
+    /// is always 1777), or why not.
+    pub fn private_mounted(scope: &mut Scope, options: &str) -> Result<ShmEnv, String> {
         let user_ns = !is_root();
         let mut cmd = Command::new("unshare");
         if user_ns {
@@ -950,7 +956,7 @@ impl ShmEnv {
         }
         cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
             .arg(format!(
-                "mount -t tmpfs -o size={bytes},mode=1777 shmbus-tests /dev/shm && exec \"$0\" idle"
+                "mount -t tmpfs -o {options},mode=1777 shmbus-tests /dev/shm && exec \"$0\" idle"
             ))
             .arg(scope.exe());
         let what = if user_ns {
@@ -991,6 +997,25 @@ impl ShmEnv {
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir()
             .join(format!("{}{name}", shmbus_core::name::FILE_PREFIX))
+    }
+
+    /// The file names in [`ShmEnv::dir`], sorted.
+    pub fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Bytes in use in the file system of [`ShmEnv::dir`].
+    pub fn used_bytes(&self) -> u64 {
+        let st = rustix::fs::statvfs(self.dir()).expect("statvfs of /dev/shm");
+        (st.f_blocks - st.f_bfree) * st.f_frsize
     }
 
     /// Whether this is a private `/dev/shm`.

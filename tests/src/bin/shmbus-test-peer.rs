@@ -20,6 +20,8 @@ mod fork;
 mod hostile;
 #[path = "shmbus-test-peer/identity.rs"]
 mod identity;
+#[path = "shmbus-test-peer/pressure.rs"]
+mod pressure;
 #[path = "shmbus-test-peer/queue.rs"]
 mod queue;
 #[path = "shmbus-test-peer/values.rs"]
@@ -129,6 +131,11 @@ enum Role {
     BarrierWait(values::BarrierArgs),
     /// Update a shared serde state `--count` times (0: until killed).
     SharedUpdate(values::SharedArgs),
+    /// In a small private `/dev/shm`: make one object of each kind, fill the rest, check that
+    /// every creation is refused with `OutOfSpace` and that the objects made keep working.
+    SmallShm(pressure::SmallShmArgs),
+    /// Create one-page values until the file system runs out of inodes.
+    FewInodes(pressure::FewInodesArgs),
 }
 
 #[derive(Args)]
@@ -1040,6 +1047,8 @@ fn main() -> ExitCode {
         Role::ValueScribble(a) => values::value_scribble(a),
         Role::BarrierWait(a) => values::barrier_wait(a),
         Role::SharedUpdate(a) => values::shared_update(a),
+        Role::SmallShm(a) => pressure::small_shm(a),
+        Role::FewInodes(a) => pressure::few_inodes(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
