@@ -39,7 +39,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -1092,6 +1092,48 @@ pub fn check_summary(summary: &Line, n: u64) -> (u64, u64) {
 pub fn shm_file(name: &str) -> PathBuf {
     PathBuf::from(shmbus_core::segment::SHM_DIR)
         .join(format!("{}{name}", shmbus_core::name::FILE_PREFIX))
+}
+
+/// The `shmbus` binary: `SHMBUS_CLI`, or what `$CARGO build -p shmbus-cli --bin shmbus` names
+/// (cargo offers no `CARGO_BIN_EXE_` for another package's binaries). Built once per process.
+///
+/// # Panics
+///
+/// If cargo cannot build it.
+pub fn cli_exe() -> &'static Path {
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
+    CLI.get_or_init(|| {
+        if let Some(p) = std::env::var_os("SHMBUS_CLI") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "shmbus-cli",
+                "--bin",
+                "shmbus",
+                "--message-format=json",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running cargo to build the shmbus CLI");
+        assert!(out.status.success(), "building the shmbus CLI failed");
+        // `{"reason":"compiler-artifact",...,"executable":"/path/to/shmbus",...}`; no JSON
+        // parser needed for one string field.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("\"compiler-artifact\""))
+            .filter_map(|l| {
+                let at = l.find("\"executable\":\"")? + "\"executable\":\"".len();
+                let end = l[at..].find('"')?;
+                Some(PathBuf::from(&l[at..at + end]))
+            })
+            .find(|p| p.file_name().is_some_and(|f| f == "shmbus"))
+            .expect("cargo named the shmbus executable")
+    })
 }
 
 /// Polls `cond` every 2 ms for at most `timeout`.
