@@ -1042,6 +1042,36 @@ impl ShmEnv {
         }
     }
 
+    /// Spawns a peer that sees this `/dev/shm` as the first process (pid 1) of a new PID
+    /// namespace with its own `/proc` (`unshare --pid --fork --mount-proc`), so that it can
+    /// choose the pids of its children (`/proc/sys/kernel/ns_last_pid`). Needs root (or the
+    /// user namespace of a private `/dev/shm` made by another user). Killing the peer (the
+    /// `unshare` process) kills the namespace: its first process dies with its parent, and
+    /// with it every process of the namespace.
+    pub fn spawn_in_pid_ns(&self, scope: &mut Scope, label: &str, args: &[&str]) -> Peer {
+        let unshare = ["unshare", "--pid", "--fork", "--mount-proc", "--"];
+        let mut cmd = match self {
+            ShmEnv::Private { holder, user_ns } => {
+                let mut cmd = Command::new("nsenter");
+                if *user_ns {
+                    cmd.arg(format!("--user=/proc/{}/ns/user", holder.pid()))
+                        .arg("--preserve-credentials");
+                }
+                cmd.arg(format!("--mount=/proc/{}/ns/mnt", holder.pid()))
+                    .arg("--")
+                    .args(unshare);
+                cmd
+            }
+            ShmEnv::Global => {
+                let mut cmd = Command::new(unshare[0]);
+                cmd.args(&unshare[1..]);
+                cmd
+            }
+        };
+        cmd.arg(scope.exe()).args(args);
+        scope.spawn_command(label, args, cmd)
+    }
+
     /// Runs `gc()` once in a peer that sees this `/dev/shm`; returns the file names it removed.
     pub fn gc(&self, scope: &mut Scope) -> Vec<String> {
         let _lock = (!self.is_private()).then(GcLock::exclusive);

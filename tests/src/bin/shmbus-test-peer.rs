@@ -24,6 +24,8 @@ mod identity;
 mod pressure;
 #[path = "shmbus-test-peer/queue.rs"]
 mod queue;
+#[path = "shmbus-test-peer/stale.rs"]
+mod stale;
 #[path = "shmbus-test-peer/values.rs"]
 mod values;
 use shmbus::{
@@ -136,6 +138,12 @@ enum Role {
     SmallShm(pressure::SmallShmArgs),
     /// Create one-page values until the file system runs out of inodes.
     FewInodes(pressure::FewInodesArgs),
+    /// Hold one object of each kind (topic, queue, mutex, barrier, value, array) per prefix,
+    /// as their owner (`check` and `quit` on stdin) or as a joiner, until killed.
+    HoldObjects(stale::HoldObjectsArgs),
+    /// As PID 1 of a new PID namespace: kill holders and give their pids to new processes
+    /// (`ns_last_pid`), reporting what is reclaimed and what is kept.
+    PidReuse(stale::PidReuseArgs),
 }
 
 #[derive(Args)]
@@ -445,7 +453,9 @@ fn tie_to_parent() {
         .and_then(|p| p.parse::<i32>().ok())
     {
         let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
-        if parent != expected {
+        // 0: the parent is outside our PID namespace (we are its first process, forked by
+        // `unshare --pid --fork`); it cannot be compared, and the death signal still holds.
+        if parent != 0 && parent != expected {
             std::process::exit(3);
         }
     }
@@ -1049,6 +1059,8 @@ fn main() -> ExitCode {
         Role::SharedUpdate(a) => values::shared_update(a),
         Role::SmallShm(a) => pressure::small_shm(a),
         Role::FewInodes(a) => pressure::few_inodes(a),
+        Role::HoldObjects(a) => stale::hold_objects(a),
+        Role::PidReuse(a) => stale::pid_reuse(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
