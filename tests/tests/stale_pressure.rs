@@ -1,10 +1,11 @@
-//! Stale cleanup under pressure: pid reuse and zombies.
+//! Stale cleanup under pressure: pid reuse, zombies, and `gc` racing creators and openers.
 //!
 //! shmbus decides liveness by lease (a `flock` on every segment a process maps, an OFD byte
 //! lock per participant row), which the kernel drops when a process's files are closed. Pids
 //! are recorded for display only. These tests give a dead process's pid to a new one on
-//! purpose (in a PID namespace of their own, through `ns_last_pid`) and keep a killed process
-//! as an unreaped zombie.
+//! purpose (in a PID namespace of their own, through `ns_last_pid`), keep a killed process as
+//! an unreaped zombie, and run `gc` (the library's and the `shmbus` CLI's) in a loop while
+//! other processes create, open, use and drop objects.
 
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
@@ -13,7 +14,9 @@ use std::time::{Duration, Instant};
 use shmbus::{Barrier, BarrierError, Mutex, QueueBuilder, SharedArray, Topic, Value};
 use shmbus_core::name::Name;
 use shmbus_core::segment;
-use shmbus_tests::{require_root, scope, wait_until, GcLock, Line, Msg, ShmEnv, BULK, STEP};
+use shmbus_tests::{
+    cli_exe, require_root, scope, wait_until, GcLock, Line, Msg, ShmEnv, BULK, STEP,
+};
 
 /// The objects a `hold-objects` peer makes under a prefix.
 const OBJECTS: [&str; 6] = ["topic", "queue", "mutex", "barrier", "value", "array"];
@@ -360,4 +363,96 @@ fn a_zombie_holds_no_lease() {
     for w in OBJECTS {
         s.assert_gone(&obj(&shared, w));
     }
+}
+
+/// Three processes create, open (a second handle, never creating), use and drop a topic, a
+/// queue, a mutex, a value, an array and shared state in a loop, and open (never creating) each
+/// other's, while one process runs the library's `gc()` in a loop and another `shmbus gc` (the
+/// CLI, which also peeks every file) in a loop. No live object is ever removed (the second
+/// handle always opens the first one's segment and sees what it wrote), every open of another
+/// process's object either succeeds or is `NotFound`, no creation fails, every `shmbus gc`
+/// exits 0, and after a last `gc` once everyone is gone nothing is left. In a private
+/// `/dev/shm` when one can be made; otherwise in the machine's, under the gc lock.
+#[test]
+fn gc_racing_creators_and_openers_loses_nothing() {
+    let mut s = scope!("gcrace2");
+    let cli = cli_exe().to_string_lossy().into_owned();
+    let env = ShmEnv::private_or_global(&mut s);
+    let _gc = (!env.is_private()).then(GcLock::exclusive);
+    let prefix = s.name();
+    const WORKERS: u32 = 3;
+    let ms = "3000";
+    let workers_arg = WORKERS.to_string();
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let w = w.to_string();
+        workers.push(env.spawn(
+            &mut s,
+            "worker",
+            &[
+                "gc-race-user",
+                "--prefix",
+                &prefix,
+                "--worker",
+                &w,
+                "--workers",
+                &workers_arg,
+                "--for-ms",
+                ms,
+            ],
+        ));
+    }
+    let mut gc = env.spawn(&mut s, "gc loop", &["gc", "--for-ms", ms]);
+    let mut cli_args = vec!["gc-cli-loop", "--cli", &cli, "--for-ms", ms];
+    if !env.is_private() {
+        cli_args.extend(["--prefix", prefix.as_str()]);
+    }
+    let mut gc_cli = env.spawn(&mut s, "shmbus gc loop", &cli_args);
+
+    let (mut iterations, mut stale, mut other) = (0, 0, 0);
+    for w in &mut workers {
+        let l = w.finish("summary", BULK);
+        assert_eq!(l.num("violations"), 0, "a live object was lost: {}", l.raw);
+        assert_eq!(
+            l.num("other_errors"),
+            0,
+            "an open failed with something other than NotFound: {}",
+            l.raw
+        );
+        assert!(l.num("iterations") >= 12, "too few rounds: {}", l.raw);
+        assert!(l.num("created") > 0, "{}", l.raw);
+        iterations += l.num("iterations");
+        stale += l.num("stale");
+        other += l.num("other_ok") + l.num("other_not_found");
+    }
+    let g = gc.finish("gc", BULK);
+    assert!(g.num("rounds") > 0, "{}", g.raw);
+    let c = gc_cli.finish("gc-cli", BULK);
+    assert!(c.num("rounds") > 0, "{}", c.raw);
+    assert_eq!(c.num("failed"), 0, "shmbus gc failed: {}", c.raw);
+
+    // Leavers that raced with a probe (the CLI peeks) may leave files behind: the next gc,
+    // now that every user is gone, removes them all.
+    let ours = |env: &ShmEnv| -> Vec<String> {
+        let lead = format!("shmbus.{prefix}.");
+        env.entries()
+            .into_iter()
+            .filter(|f| f.starts_with(&lead))
+            .collect()
+    };
+    let before = ours(&env);
+    let mut removed = env.gc(&mut s);
+    removed.retain(|f| f.starts_with(&format!("shmbus.{prefix}.")));
+    removed.sort();
+    assert_eq!(removed, before, "the last gc removes exactly what was left");
+    assert_eq!(ours(&env), Vec::<String>::new(), "files left behind");
+    eprintln!(
+        "gc race: {iterations} rounds, {other} opens of others' objects, {stale} stale files \
+         met, gc {} rounds removing {}, shmbus gc {} rounds removing {}, {} left for the last gc",
+        g.num("rounds"),
+        g.num("count"),
+        c.num("rounds"),
+        c.num("removed"),
+        before.len()
+    );
 }

@@ -144,6 +144,10 @@ enum Role {
     /// As PID 1 of a new PID namespace: kill holders and give their pids to new processes
     /// (`ns_last_pid`), reporting what is reclaimed and what is kept.
     PidReuse(stale::PidReuseArgs),
+    /// Create, open, use and drop objects in a loop while gc runs elsewhere; print a summary.
+    GcRaceUser(stale::GcRaceArgs),
+    /// Run `shmbus gc` (the CLI) in a loop; print a summary.
+    GcCliLoop(stale::GcCliArgs),
 }
 
 #[derive(Args)]
@@ -1061,6 +1065,8 @@ fn main() -> ExitCode {
         Role::FewInodes(a) => pressure::few_inodes(a),
         Role::HoldObjects(a) => stale::hold_objects(a),
         Role::PidReuse(a) => stale::pid_reuse(a),
+        Role::GcRaceUser(a) => stale::gc_race_user(a),
+        Role::GcCliLoop(a) => stale::gc_cli_loop(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,22 +1,24 @@
-//! Peer roles for stale cleanup under pressure: holders of one object of each kind, and pid
-//! reuse forced in a PID namespace of our own.
+//! Peer roles for stale cleanup under pressure: holders of one object of each kind, pid reuse
+//! forced in a PID namespace of our own, and `gc` racing creators and openers.
 //!
 //! Liveness in shmbus is by lease (file locks the kernel drops when a process dies), never by
 //! pid: these roles give a pid to another process on purpose and report what happens.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use shmbus::{
-    Barrier, BarrierOpenError, LockError, Mutex, OpenError, QueueBuilder, QueueOpenError,
+    Barrier, BarrierOpenError, LockError, Mutex, OpenError, QueueBuilder, QueueOpenError, Shared,
     SharedArray, Topic, TopicError, Value,
 };
+use shmbus_core::layout::{Codec, TypeInfo};
 use shmbus_core::name::{Name, FILE_PREFIX};
-use shmbus_core::segment::{self, SegmentError, SHM_DIR};
-use shmbus_tests::{open_error_code, Line, Msg};
+use shmbus_core::segment::{self, Expect, Kind, Segment, SegmentError, SHM_DIR};
+use shmbus_tests::{open_error_code, segment_error_code, Line, Msg, Tally};
 
 use super::Fail;
 
@@ -571,6 +573,352 @@ fn live_participant(p: &str, commands: &Receiver<String>) -> Result<(), Fail> {
         "done owner_exit={} left={}",
         status.code().map_or(-1, i64::from),
         list(&files_under(p))
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// gc racing creators and openers
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Args)]
+pub(crate) struct GcRaceArgs {
+    /// Prefix of every name.
+    #[arg(long)]
+    prefix: String,
+    /// This worker's number (its own names are `<prefix>.w<N>.*`).
+    #[arg(long)]
+    worker: u32,
+    /// Workers in all: each also opens the names of the next one.
+    #[arg(long)]
+    workers: u32,
+    #[arg(long, default_value_t = 2000)]
+    for_ms: u64,
+}
+
+/// The kinds a worker goes through, one per round.
+const RACE_KINDS: [&str; 6] = ["topic", "queue", "mutex", "value", "array", "shared"];
+
+/// What a worker counted.
+#[derive(Default)]
+struct RaceTally {
+    iterations: u64,
+    created: u64,
+    /// Rounds that found a file left under the name (a leaver that raced with a probe leaves
+    /// it; the next opener or gc reclaims it).
+    stale: u64,
+    /// An open of a name this process held failed, or reached another segment: a live
+    /// segment was removed.
+    violations: u64,
+    /// Opens of the other worker's names.
+    other_ok: u64,
+    other_not_found: u64,
+    other_errors: u64,
+    first: Option<String>,
+}
+
+impl RaceTally {
+    fn violation(&mut self, what: String) {
+        self.violations += 1;
+        self.first.get_or_insert(what);
+    }
+}
+
+/// One round of kind `kind` on `name`: open or create it (handle A), open it again without
+/// creating (handle B: it must be A's segment, since A holds it), write through A, read through
+/// B, drop both.
+fn race_round(kind: usize, name: &str, i: u64, t: &mut RaceTally) {
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} {name}: {e}");
+    match RACE_KINDS[kind] {
+        "topic" => {
+            let topic = Topic::builder(name).max_publishers(2).max_subscribers(2);
+            let mut a = match topic.publisher::<Msg>() {
+                Ok(a) => a,
+                Err(e) => return t.violation(fail("create", &e)),
+            };
+            t.created += u64::from(a.created_topic());
+            let b = match topic.subscriber::<Msg>() {
+                Ok(b) => b,
+                Err(e) => return t.violation(fail("open", &e)),
+            };
+            // A subscriber of a new topic (the old one removed under A) would see no publisher.
+            if b.stats().publishers != 1 {
+                return t.violation(format!("{name}: the subscriber sees no publisher"));
+            }
+            if let Err(e) = a.send(Msg::new(7, i)) {
+                return t.violation(fail("send", &e));
+            }
+            let got = match b.recv_timeout(Duration::from_secs(2)) {
+                Ok(m) if m.index == i && m.is_intact() => None,
+                Ok(m) => Some(format!("{name}: got {:?}", *m)),
+                Err(e) => Some(fail("recv", &e)),
+            };
+            if let Some(v) = got {
+                t.violation(v);
+            }
+        }
+        "queue" => {
+            let a = match QueueBuilder::new(name).capacity(4).open::<u64>() {
+                Ok(a) => a,
+                Err(e) => return t.violation(fail("create", &e)),
+            };
+            t.created += u64::from(a.created());
+            let b = match QueueBuilder::new(name).existing().open::<u64>() {
+                Ok(b) => b,
+                Err(e) => return t.violation(fail("open", &e)),
+            };
+            if let Err(e) = a.put(i) {
+                return t.violation(fail("put", &e));
+            }
+            match b.try_get() {
+                Ok(v) if v == i => {}
+                Ok(v) => t.violation(format!("{name}: got {v}, put {i}")),
+                Err(e) => t.violation(fail("get", &e)),
+            }
+        }
+        "mutex" => {
+            let a = match Mutex::open_or_create(name, 0u64) {
+                Ok(a) => a,
+                Err(e) => return t.violation(fail("create", &e)),
+            };
+            t.created += u64::from(a.created());
+            let b = match Mutex::<u64>::open(name) {
+                Ok(b) => b,
+                Err(e) => return t.violation(fail("open", &e)),
+            };
+            match a.lock_timeout(Duration::from_secs(2)) {
+                Ok(mut g) => *g = i,
+                Err(e) => return t.violation(fail("lock", &e)),
+            }
+            let read = match b.lock_timeout(Duration::from_secs(2)) {
+                Ok(g) if *g == i => None,
+                Ok(g) => Some(format!("{name}: read {}, wrote {i}", *g)),
+                Err(e) => Some(fail("lock", &e)),
+            };
+            if let Some(v) = read {
+                t.violation(v);
+            }
+        }
+        "value" => {
+            let a = match Value::open_or_create(name, 0u64) {
+                Ok(a) => a,
+                Err(e) => return t.violation(fail("create", &e)),
+            };
+            let b = match Value::<u64>::open(name) {
+                Ok(b) => b,
+                Err(e) => return t.violation(fail("open", &e)),
+            };
+            if let Err(e) = a.store(i) {
+                return t.violation(fail("store", &e));
+            }
+            match b.load() {
+                Ok(v) if v == i => {}
+                Ok(v) => t.violation(format!("{name}: read {v}, stored {i}")),
+                Err(e) => t.violation(fail("load", &e)),
+            }
+        }
+        "array" => {
+            let a = match SharedArray::<u64>::options().scoped().create(name, &[16]) {
+                Ok(a) => {
+                    t.created += 1;
+                    a
+                }
+                // No round of this worker holds it now: only a file left stale by a leaver
+                // that raced with a probe can be there. Attaching reclaims it (not found) or
+                // joins it.
+                Err(shmbus::ArrayError::Segment(SegmentError::AlreadyExists(_))) => {
+                    t.stale += 1;
+                    match SharedArray::<u64>::attach(name) {
+                        Ok(a) => a,
+                        Err(shmbus::ArrayError::Segment(SegmentError::NotFound(_))) => return,
+                        Err(e) => return t.violation(fail("attach", &e)),
+                    }
+                }
+                Err(e) => return t.violation(fail("create", &e)),
+            };
+            let b = match SharedArray::<u64>::attach(name) {
+                Ok(b) => b,
+                Err(e) => return t.violation(fail("open", &e)),
+            };
+            if let Err(e) = a.set(3, i) {
+                return t.violation(fail("set", &e));
+            }
+            if b.get(3) != Some(i) {
+                t.violation(format!("{name}: read {:?}, wrote {i}", b.get(3)));
+            }
+        }
+        _ => {
+            let a = match Shared::open_or_create(name, 1024, &Tally::default()) {
+                Ok(s) => s,
+                Err(e) => return t.violation(fail("create", &e)),
+            };
+            let b = match Shared::<Tally>::open(name) {
+                Ok(s) => s,
+                Err(e) => return t.violation(fail("open", &e)),
+            };
+            let before = match a.load() {
+                Ok((s, _)) => s.n,
+                Err(e) => return t.violation(fail("load", &e)),
+            };
+            if let Err(e) = a.update(Tally::bump) {
+                return t.violation(fail("update", &e));
+            }
+            match b.load() {
+                Ok((s, _)) if s.n == before + 1 && s.is_complete() => {}
+                Ok((s, _)) => t.violation(format!("{name}: {s:?} after {before}")),
+                Err(e) => t.violation(fail("load", &e)),
+            }
+        }
+    }
+}
+
+/// Opens (never creates) the other worker's name of `kind`: it must open, or not be found.
+fn open_other(kind: usize, name: &str, t: &mut RaceTally) {
+    let array = |r: Result<SharedArray<u64>, shmbus::ArrayError>| match r {
+        Ok(_) => Ok(()),
+        Err(shmbus::ArrayError::Segment(s)) => Err(s.to_string_code()),
+        Err(e) => Err(("array", e.to_string())),
+    };
+    let typed = |r: Result<(), OpenError>| {
+        r.map_err(|e| match e.segment_error() {
+            Some(s) => s.to_string_code(),
+            None => (open_error_code(&e), e.to_string()),
+        })
+    };
+    let r = match RACE_KINDS[kind] {
+        "topic" => {
+            let expect = Expect {
+                type_info: None,
+                ..Expect::new(
+                    Kind::Topic,
+                    TypeInfo::new("any", 1, 1, Codec::Bytes).expect("type"),
+                )
+            };
+            match Name::new(name) {
+                Ok(n) => Segment::open(&n, &expect)
+                    .map(drop)
+                    .map_err(|e| e.to_string_code()),
+                Err(e) => Err(("name", e.to_string())),
+            }
+        }
+        "queue" => typed(QueueBuilder::new(name).existing().open::<u64>().map(drop)),
+        "mutex" => typed(Mutex::<u64>::open(name).map(drop)),
+        "value" => typed(Value::<u64>::open(name).map(drop)),
+        "array" => array(SharedArray::<u64>::attach(name)),
+        _ => typed(Shared::<Tally>::open(name).map(drop)),
+    };
+    match r {
+        Ok(()) => t.other_ok += 1,
+        Err(("not-found", _)) => t.other_not_found += 1,
+        Err((code, msg)) => {
+            t.other_errors += 1;
+            t.first.get_or_insert(format!("open {name}: {code}: {msg}"));
+        }
+    }
+}
+
+/// A segment error as (code, text).
+trait Coded {
+    fn to_string_code(&self) -> (&'static str, String);
+}
+
+impl Coded for SegmentError {
+    fn to_string_code(&self) -> (&'static str, String) {
+        (segment_error_code(self), self.to_string())
+    }
+}
+
+/// Creates, opens, uses and drops one object of each kind in turn, as fast as it can, for
+/// `--for-ms`, while `gc` runs elsewhere; also opens the next worker's objects. Prints a
+/// `summary` line.
+pub(crate) fn gc_race_user(a: &GcRaceArgs) -> Result<(), Fail> {
+    let mine = format!("{}.w{}", a.prefix, a.worker);
+    let theirs = format!("{}.w{}", a.prefix, (a.worker + 1) % a.workers.max(1));
+    println!("ready");
+    let deadline = Instant::now() + Duration::from_millis(a.for_ms);
+    let mut t = RaceTally::default();
+    while Instant::now() < deadline {
+        let kind = (t.iterations % RACE_KINDS.len() as u64) as usize;
+        race_round(
+            kind,
+            &format!("{mine}.{}", RACE_KINDS[kind]),
+            t.iterations,
+            &mut t,
+        );
+        if a.workers > 1 {
+            open_other(kind, &format!("{theirs}.{}", RACE_KINDS[kind]), &mut t);
+        }
+        t.iterations += 1;
+    }
+    println!(
+        "summary iterations={} created={} stale={} violations={} other_ok={} \
+         other_not_found={} other_errors={} msg={}",
+        t.iterations,
+        t.created,
+        t.stale,
+        t.violations,
+        t.other_ok,
+        t.other_not_found,
+        t.other_errors,
+        t.first.unwrap_or_else(|| "none".into())
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub(crate) struct GcCliArgs {
+    /// The `shmbus` binary.
+    #[arg(long)]
+    cli: String,
+    /// Only names under this prefix (`shmbus gc PREFIX`).
+    #[arg(long)]
+    prefix: Option<String>,
+    #[arg(long, default_value_t = 2000)]
+    for_ms: u64,
+}
+
+/// Runs `shmbus gc --json [PREFIX]` in a loop for `--for-ms`; prints `gc-cli rounds=..
+/// failed=.. removed=..` (the objects its reports name).
+pub(crate) fn gc_cli_loop(a: &GcCliArgs) -> Result<(), Fail> {
+    if !Path::new(&a.cli).exists() {
+        return Err(Fail::new("no-cli", &a.cli));
+    }
+    println!("ready");
+    let deadline = Instant::now() + Duration::from_millis(a.for_ms);
+    let (mut rounds, mut failed, mut removed) = (0u64, 0u64, 0u64);
+    let mut first = None;
+    while Instant::now() < deadline {
+        let mut cmd = Command::new(&a.cli);
+        cmd.arg("gc").arg("--json");
+        if let Some(p) = &a.prefix {
+            cmd.arg(p);
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Fail::new("spawn", e))?;
+        rounds += 1;
+        if out.status.success() {
+            // One object per `"kind"` in the `removed` list of the report.
+            let text = String::from_utf8_lossy(&out.stdout);
+            let removed_part = text
+                .split("\"unreadable\"")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            removed += removed_part.matches("\"kind\"").count() as u64;
+        } else {
+            failed += 1;
+            first.get_or_insert(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    println!(
+        "gc-cli rounds={rounds} failed={failed} removed={removed} msg={}",
+        first.unwrap_or_else(|| "none".into())
     );
     Ok(())
 }
