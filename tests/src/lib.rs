@@ -39,7 +39,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -960,6 +960,12 @@ impl ShmEnv {
 
     /// A private `/dev/shm` of `bytes` bytes (rounded up to pages), or why not.
     pub fn private_sized(scope: &mut Scope, bytes: u64) -> Result<ShmEnv, String> {
+        ShmEnv::private_mounted(scope, &format!("size={bytes}"))
+    }
+
+    /// A private `/dev/shm`: a tmpfs mounted with `options` (`size=..,nr_inodes=..`; the mode
+    /// is always 1777), or why not.
+    pub fn private_mounted(scope: &mut Scope, options: &str) -> Result<ShmEnv, String> {
         let user_ns = !is_root();
         let mut cmd = Command::new("unshare");
         if user_ns {
@@ -967,7 +973,7 @@ impl ShmEnv {
         }
         cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
             .arg(format!(
-                "mount -t tmpfs -o size={bytes},mode=1777 shmbus-tests /dev/shm && exec \"$0\" idle"
+                "mount -t tmpfs -o {options},mode=1777 shmbus-tests /dev/shm && exec \"$0\" idle"
             ))
             .arg(scope.exe());
         let what = if user_ns {
@@ -1010,6 +1016,25 @@ impl ShmEnv {
             .join(format!("{}{name}", shmbus_core::name::FILE_PREFIX))
     }
 
+    /// The file names in [`ShmEnv::dir`], sorted.
+    pub fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Bytes in use in the file system of [`ShmEnv::dir`].
+    pub fn used_bytes(&self) -> u64 {
+        let st = rustix::fs::statvfs(self.dir()).expect("statvfs of /dev/shm");
+        (st.f_blocks - st.f_bfree) * st.f_frsize
+    }
+
     /// Whether this is a private `/dev/shm`.
     pub fn is_private(&self) -> bool {
         matches!(self, ShmEnv::Private { .. })
@@ -1032,6 +1057,36 @@ impl ShmEnv {
             }
             ShmEnv::Global => scope.spawn(label, args),
         }
+    }
+
+    /// Spawns a peer that sees this `/dev/shm` as the first process (pid 1) of a new PID
+    /// namespace with its own `/proc` (`unshare --pid --fork --mount-proc`), so that it can
+    /// choose the pids of its children (`/proc/sys/kernel/ns_last_pid`). Needs root (or the
+    /// user namespace of a private `/dev/shm` made by another user). Killing the peer (the
+    /// `unshare` process) kills the namespace: its first process dies with its parent, and
+    /// with it every process of the namespace.
+    pub fn spawn_in_pid_ns(&self, scope: &mut Scope, label: &str, args: &[&str]) -> Peer {
+        let unshare = ["unshare", "--pid", "--fork", "--mount-proc", "--"];
+        let mut cmd = match self {
+            ShmEnv::Private { holder, user_ns } => {
+                let mut cmd = Command::new("nsenter");
+                if *user_ns {
+                    cmd.arg(format!("--user=/proc/{}/ns/user", holder.pid()))
+                        .arg("--preserve-credentials");
+                }
+                cmd.arg(format!("--mount=/proc/{}/ns/mnt", holder.pid()))
+                    .arg("--")
+                    .args(unshare);
+                cmd
+            }
+            ShmEnv::Global => {
+                let mut cmd = Command::new(unshare[0]);
+                cmd.args(&unshare[1..]);
+                cmd
+            }
+        };
+        cmd.arg(scope.exe()).args(args);
+        scope.spawn_command(label, args, cmd)
     }
 
     /// Runs `gc()` once in a peer that sees this `/dev/shm`; returns the file names it removed.
@@ -1084,6 +1139,48 @@ pub fn check_summary(summary: &Line, n: u64) -> (u64, u64) {
 pub fn shm_file(name: &str) -> PathBuf {
     PathBuf::from(shmbus_core::segment::SHM_DIR)
         .join(format!("{}{name}", shmbus_core::name::FILE_PREFIX))
+}
+
+/// The `shmbus` binary: `SHMBUS_CLI`, or what `$CARGO build -p shmbus-cli --bin shmbus` names
+/// (cargo offers no `CARGO_BIN_EXE_` for another package's binaries). Built once per process.
+///
+/// # Panics
+///
+/// If cargo cannot build it.
+pub fn cli_exe() -> &'static Path {
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
+    CLI.get_or_init(|| {
+        if let Some(p) = std::env::var_os("SHMBUS_CLI") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "shmbus-cli",
+                "--bin",
+                "shmbus",
+                "--message-format=json",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running cargo to build the shmbus CLI");
+        assert!(out.status.success(), "building the shmbus CLI failed");
+        // `{"reason":"compiler-artifact",...,"executable":"/path/to/shmbus",...}`; no JSON
+        // parser needed for one string field.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("\"compiler-artifact\""))
+            .filter_map(|l| {
+                let at = l.find("\"executable\":\"")? + "\"executable\":\"".len();
+                let end = l[at..].find('"')?;
+                Some(PathBuf::from(&l[at..at + end]))
+            })
+            .find(|p| p.file_name().is_some_and(|f| f == "shmbus"))
+            .expect("cargo named the shmbus executable")
+    })
 }
 
 /// Polls `cond` every 2 ms for at most `timeout`.

@@ -46,55 +46,16 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use shmbus_tests::{scope, shm_file, Line, Peer, Rng, Scope, STEP};
+use shmbus_tests::{cli_exe, scope, shm_file, Line, Peer, Rng, Scope, STEP};
 
 // ---------------------------------------------------------------------------------------------
 // The CLI binary, and running things under a bound
 // ---------------------------------------------------------------------------------------------
-
-/// The `shmbus` binary: `SHMBUS_CLI`, or what `$CARGO build -p shmbus-cli --bin shmbus` names
-/// (cargo offers no `CARGO_BIN_EXE_` for another package's binaries). Built once per process.
-fn cli_exe() -> &'static Path {
-    static CLI: OnceLock<PathBuf> = OnceLock::new();
-    CLI.get_or_init(|| {
-        if let Some(p) = std::env::var_os("SHMBUS_CLI") {
-            return PathBuf::from(p);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "shmbus-cli",
-                "--bin",
-                "shmbus",
-                "--message-format=json",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running cargo to build the shmbus CLI");
-        assert!(out.status.success(), "building the shmbus CLI failed");
-        // `{"reason":"compiler-artifact",...,"executable":"/path/to/shmbus",...}`; no JSON
-        // parser needed for one string field.
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("\"compiler-artifact\""))
-            .filter_map(|l| {
-                let at = l.find("\"executable\":\"")? + "\"executable\":\"".len();
-                let end = l[at..].find('"')?;
-                Some(PathBuf::from(&l[at..at + end]))
-            })
-            .find(|p| p.file_name().is_some_and(|f| f == "shmbus"))
-            .expect("cargo named the shmbus executable")
-    })
-}
 
 /// Spawns the CLI with `args` through `shmbus-test-peer h-exec`, so that it dies with the test.
 fn spawn_cli(s: &mut Scope, args: &[&str]) -> Peer {

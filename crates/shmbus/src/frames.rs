@@ -83,7 +83,9 @@ impl<M: Pod> ArrayPublisher<M> {
     /// # Errors
     ///
     /// [`PoolLoanError::Exhausted`] when every block is in use, the pool may not grow, and the
-    /// overflow policy frees none (back-pressure: none came back within the publish timeout).
+    /// overflow policy frees none (back-pressure: none came back within the publish timeout);
+    /// [`PoolLoanError::Segment`] with [`SegmentError::OutOfSpace`](crate::SegmentError) instead
+    /// when the pool could not grow because `/dev/shm` is full.
     pub fn loan<T: Element>(
         &mut self,
         shape: &[usize],

@@ -20,8 +20,12 @@ mod fork;
 mod hostile;
 #[path = "shmbus-test-peer/identity.rs"]
 mod identity;
+#[path = "shmbus-test-peer/pressure.rs"]
+mod pressure;
 #[path = "shmbus-test-peer/queue.rs"]
 mod queue;
+#[path = "shmbus-test-peer/stale.rs"]
+mod stale;
 #[path = "shmbus-test-peer/values.rs"]
 mod values;
 use shmbus::{
@@ -133,6 +137,21 @@ enum Role {
     BarrierWait(values::BarrierArgs),
     /// Update a shared serde state `--count` times (0: until killed).
     SharedUpdate(values::SharedArgs),
+    /// In a small private `/dev/shm`: make one object of each kind, fill the rest, check that
+    /// every creation is refused with `OutOfSpace` and that the objects made keep working.
+    SmallShm(pressure::SmallShmArgs),
+    /// Create one-page values until the file system runs out of inodes.
+    FewInodes(pressure::FewInodesArgs),
+    /// Hold one object of each kind (topic, queue, mutex, barrier, value, array) per prefix,
+    /// as their owner (`check` and `quit` on stdin) or as a joiner, until killed.
+    HoldObjects(stale::HoldObjectsArgs),
+    /// As PID 1 of a new PID namespace: kill holders and give their pids to new processes
+    /// (`ns_last_pid`), reporting what is reclaimed and what is kept.
+    PidReuse(stale::PidReuseArgs),
+    /// Create, open, use and drop objects in a loop while gc runs elsewhere; print a summary.
+    GcRaceUser(stale::GcRaceArgs),
+    /// Run `shmbus gc` (the CLI) in a loop; print a summary.
+    GcCliLoop(stale::GcCliArgs),
 }
 
 #[derive(Args)]
@@ -442,7 +461,9 @@ fn tie_to_parent() {
         .and_then(|p| p.parse::<i32>().ok())
     {
         let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
-        if parent != expected {
+        // 0: the parent is outside our PID namespace (we are its first process, forked by
+        // `unshare --pid --fork`); it cannot be compared, and the death signal still holds.
+        if parent != 0 && parent != expected {
             std::process::exit(3);
         }
     }
@@ -1046,6 +1067,12 @@ fn main() -> ExitCode {
         Role::ValueScribble(a) => values::value_scribble(a),
         Role::BarrierWait(a) => values::barrier_wait(a),
         Role::SharedUpdate(a) => values::shared_update(a),
+        Role::SmallShm(a) => pressure::small_shm(a),
+        Role::FewInodes(a) => pressure::few_inodes(a),
+        Role::HoldObjects(a) => stale::hold_objects(a),
+        Role::PidReuse(a) => stale::pid_reuse(a),
+        Role::GcRaceUser(a) => stale::gc_race_user(a),
+        Role::GcCliLoop(a) => stale::gc_cli_loop(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -118,8 +118,9 @@ impl Default for PoolOptions {
 /// Why a block could not be loaned.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolLoanError {
-    /// Every block is in use, the pool may not grow, and the overflow policy could not free one
-    /// (every block is held by a subscriber, or the back-pressure wait timed out).
+    /// Every block is in use, the pool is at its limits (`max_bytes`, `max_segments`), and the
+    /// overflow policy could not free one (every block is held by a subscriber, or the
+    /// back-pressure wait timed out).
     #[error("array pool of {topic:?} exhausted: {needed} bytes needed, {pool_bytes} of at most {max_bytes} bytes in use")]
     Exhausted {
         /// The topic.
@@ -144,7 +145,9 @@ pub enum PoolLoanError {
     /// A topic slot could not be loaned.
     #[error(transparent)]
     Slot(#[from] LoanError),
-    /// A new segment could not be created (for example `/dev/shm` is full).
+    /// A new segment could not be created. When `/dev/shm` is full this is
+    /// [`SegmentError::OutOfSpace`], returned once the overflow policy could free no block
+    /// either (a full `/dev/shm` never faults: the segment's memory is reserved before use).
     #[error(transparent)]
     Segment(#[from] SegmentError),
 }

@@ -9,6 +9,18 @@ pub(crate) struct BlockRef {
     pub(crate) block: u32,
 }
 
+/// What an attempt to grow the pool came to.
+#[derive(Debug)]
+pub(crate) enum Growth {
+    /// A segment was added.
+    Grew,
+    /// `max_bytes` or `max_segments` allows no more.
+    AtLimit,
+    /// The shared-memory directory cannot hold another segment
+    /// ([`SegmentError::OutOfSpace`]).
+    NoSpace(SegmentError),
+}
+
 #[derive(Debug)]
 pub(crate) struct InFlight {
     pub(crate) seq: u64,
@@ -170,8 +182,9 @@ impl PoolPublisher {
         Some(self.free.remove(i))
     }
 
-    /// Adds a segment of blocks of `len` bytes (rounded to pages), if the limits allow.
-    pub(crate) fn grow(&mut self, len: usize) -> Result<bool, PoolLoanError> {
+    /// Adds a segment of blocks of `len` bytes (rounded to pages), if the limits and the
+    /// shared-memory directory allow.
+    pub(crate) fn grow(&mut self, len: usize) -> Result<Growth, PoolLoanError> {
         let block_size = len
             .max(1)
             .checked_next_multiple_of(PAGE)
@@ -179,7 +192,7 @@ impl PoolPublisher {
         let room = self.opts.max_bytes.saturating_sub(self.bytes) / block_size as u64;
         let count = room.min(u64::from(self.opts.blocks_per_segment)) as u32;
         if count == 0 || self.segments.len() as u32 >= self.opts.max_segments {
-            return Ok(false);
+            return Ok(Growth::AtLimit);
         }
         let index = self.segments.len() as u32;
         let name = segment_name(self.publisher.topic().name(), self.pool_id, index)?;
@@ -192,8 +205,9 @@ impl PoolPublisher {
             self.opts.mode,
         ) {
             Ok(s) => s,
-            // A full /dev/shm is exhaustion: the overflow policy may still free a block.
-            Err(SegmentError::OutOfSpace { .. }) => return Ok(false),
+            // A full /dev/shm is exhaustion: the overflow policy may still free a block. If it
+            // frees none, this is the error the caller gets.
+            Err(e @ SegmentError::OutOfSpace { .. }) => return Ok(Growth::NoSpace(e)),
             Err(e) => return Err(e.into()),
         };
         tracing::debug!(topic = %self.publisher.topic().name(), index, block_size, count, "array pool grew");
@@ -204,7 +218,7 @@ impl PoolPublisher {
             segment: index,
             block,
         }));
-        Ok(true)
+        Ok(Growth::Grew)
     }
 
     /// Collects freed blocks, reclaiming dead participants first if that was last done more
@@ -258,9 +272,11 @@ impl PoolPublisher {
         if let Some(b) = self.take_free(len, false) {
             return Ok(b);
         }
-        if self.grow(len)? {
-            return Ok(self.take_free(len, true).expect("a fresh segment fits"));
-        }
+        let no_space = match self.grow(len)? {
+            Growth::Grew => return Ok(self.take_free(len, true).expect("a fresh segment fits")),
+            Growth::AtLimit => None,
+            Growth::NoSpace(e) => Some(e),
+        };
         // Messages every subscriber has read stay in the ring only as history for late
         // joiners: their blocks are the first to take back, under either policy. (A pool at its
         // limit takes this path on every loan, so it must stay cheap: no syscall.)
@@ -303,11 +319,16 @@ impl PoolPublisher {
                 }
             }
         }
-        Err(PoolLoanError::Exhausted {
-            topic: self.publisher.topic().name().clone(),
-            needed: len,
-            pool_bytes: self.bytes,
-            max_bytes: self.opts.max_bytes,
+        // The pool stopped short of its limits because `/dev/shm` is full: say so, rather than
+        // blame limits that were not reached.
+        Err(match no_space {
+            Some(e) => PoolLoanError::Segment(e),
+            None => PoolLoanError::Exhausted {
+                topic: self.publisher.topic().name().clone(),
+                needed: len,
+                pool_bytes: self.bytes,
+                max_bytes: self.opts.max_bytes,
+            },
         })
     }
 

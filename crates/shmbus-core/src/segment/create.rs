@@ -99,6 +99,20 @@ impl Segment {
             .filter(|&t| t <= isize::MAX as usize)
             .ok_or_else(|| bad("payload too large for this machine"))?;
 
+        // Every step that can run out of room (the inode, the reservation, the name) reports it
+        // as `OutOfSpace` for this directory and this request, whichever step it was.
+        let dir_name = dir.display().to_string();
+        let fail = |op: &'static str| {
+            let dir_name = &dir_name;
+            move |e: Errno| match e {
+                Errno::NOSPC | Errno::DQUOT => SegmentError::OutOfSpace {
+                    name: name.clone(),
+                    dir: dir_name.clone(),
+                    requested: total as u64,
+                },
+                e => os(name, op)(e),
+            }
+        };
         // A file with no name yet: nobody can open it, and it vanishes if we die. A file system
         // without O_TMPFILE gets a hidden temporary name instead, removed once linked.
         let mode = Mode::from_raw_mode(opts.mode & 0o777);
@@ -117,29 +131,24 @@ impl Segment {
                         OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
                         mode,
                     )
-                    .map_err(os(name, "create"))?;
+                    .map_err(fail("create"))?;
                     (fd, Some(TempName(temp)))
                 }
-                Err(e) => return Err(os(name, "create (O_TMPFILE)")(e)),
+                Err(e) => return Err(fail("create (O_TMPFILE)")(e)),
             };
         // The umask may have narrowed the mode; set exactly what was asked for.
         rfs::fchmod(&fd, Mode::from_raw_mode(opts.mode & 0o777)).map_err(os(name, "fchmod"))?;
         // Our shared lock, held before the file has a name, so that no prober ever finds it
         // unused.
         rfs::flock(&fd, FlockOperation::LockShared).map_err(os(name, "flock"))?;
-        rfs::ftruncate(&fd, total as u64).map_err(os(name, "ftruncate"))?;
+        rfs::ftruncate(&fd, total as u64).map_err(fail("ftruncate"))?;
+        // Reserve every page before any is touched: a full /dev/shm fails here, with an error,
+        // instead of with SIGBUS at the first write to a page it cannot supply.
         match rfs::fallocate(&fd, rfs::FallocateFlags::empty(), 0, total as u64) {
             Ok(()) => {}
-            Err(Errno::NOSPC) => {
-                return Err(SegmentError::OutOfSpace {
-                    name: name.clone(),
-                    dir: dir.display().to_string(),
-                    requested: total as u64,
-                })
-            }
             // A file system without fallocate: go on unreserved (tmpfs supports it).
             Err(Errno::OPNOTSUPP) => {}
-            Err(e) => return Err(os(name, "fallocate")(e)),
+            Err(e) => return Err(fail("fallocate")(e)),
         }
         let map = Mapping::new(&fd, total, false).map_err(os(name, "mmap"))?;
         let snapshot = HeaderSnapshot {
@@ -213,7 +222,7 @@ impl Segment {
         if let Err(e) = linked {
             // Not named: nobody else can know it, so it must not be "left" by name (`scoped` is
             // still false). Unmapping and closing frees it.
-            return Err(os(name, "link")(e));
+            return Err(fail("link")(e));
         }
         seg.scoped = opts.lifetime == Lifetime::Scoped;
         tracing::debug!(name = %name, kind = %opts.kind, bytes = total, "created segment");
