@@ -99,7 +99,12 @@ fn run(scenario: &str, phase: Phase, n: u64) -> Result<u64, Box<dyn std::error::
             rounds(
                 n,
                 phase,
-                |i| Ok(publisher.send(status(i)).map(|_| ()).map_err(|e| e.to_string())?),
+                |i| {
+                    Ok(publisher
+                        .send(status(i))
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())?)
+                },
                 || Ok(sub.try_recv()?.seq),
             )
         }
@@ -128,9 +133,7 @@ fn run(scenario: &str, phase: Phase, n: u64) -> Result<u64, Box<dyn std::error::
             )
         }
         "queue64" => {
-            let q = QueueBuilder::new(&name)
-                .capacity(4096)
-                .open::<[u64; 8]>()?;
+            let q = QueueBuilder::new(&name).capacity(4096).open::<[u64; 8]>()?;
             rounds(
                 n,
                 phase,
@@ -145,7 +148,9 @@ fn run(scenario: &str, phase: Phase, n: u64) -> Result<u64, Box<dyn std::error::
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [scenario, phase, iters] = args.as_slice() else {
-        eprintln!("usage: instructions <pod8|serde|array|queue64> <publish|both|pairs> <iters ≤ 2048>");
+        eprintln!(
+            "usage: instructions <pod8|serde|array|queue64> <publish|both|pairs> <iters ≤ 2048>"
+        );
         return ExitCode::from(2);
     };
     let phase_of = match phase.as_str() {
