@@ -110,8 +110,37 @@ pub(crate) struct RawDeliveryHandle {
     _queue: Arc<RawQueue>,
 }
 
-/// Takes the next item of `raw`, in slices of at most 50 ms with the GIL released, running
-/// signal handlers between them; `Empty` after `timeout` seconds (at once if not `block`).
+/// Runs `once(slice)` in slices of at most 50 ms with the GIL released, running signal handlers
+/// between them, until it succeeds, fails otherwise than with `again`, or `timeout` seconds
+/// pass (then `kind` with `why`); a single non-waiting try if not `block`.
+fn in_slices<T: Send>(
+    py: Python<'_>,
+    block: bool,
+    timeout: Option<f64>,
+    again: QueueError,
+    (kind, why): (&str, &str),
+    once: impl Fn(Duration) -> Result<T, QueueError> + Sync,
+) -> PyResult<T> {
+    if !block {
+        return once(Duration::ZERO).map_err(|e| queue_error(py, &e));
+    }
+    let d = deadline(timeout);
+    loop {
+        let s = slice(d);
+        match py.detach(|| once(s)) {
+            Ok(x) => return Ok(x),
+            Err(QueueError::Timeout) => {}
+            Err(e) if std::mem::discriminant(&e) == std::mem::discriminant(&again) => {}
+            Err(e) => return Err(queue_error(py, &e)),
+        }
+        py.check_signals()?;
+        if expired(d) {
+            return Err(errors::error(py, kind, why));
+        }
+    }
+}
+
+/// Takes the next item of `raw` (see [`in_slices`]; `Empty` after the timeout).
 pub(crate) fn take_static(
     py: Python<'_>,
     raw: &Arc<RawQueue>,
@@ -119,33 +148,18 @@ pub(crate) fn take_static(
     timeout: Option<f64>,
 ) -> PyResult<RawDelivery<'static>> {
     let q: &RawQueue = raw;
-    let once = |t: Duration| {
+    let why = ("Empty", "timed out waiting for an item");
+    in_slices(py, block, timeout, QueueError::Empty, why, |t| {
         q.take(Some(t)).map(|d| {
             // SAFETY: the delivery borrows the `RawQueue` inside an `Arc`, whose address is
             // stable; every holder of the 'static delivery (a `RawDeliveryHandle` or an
             // `ArrayDelivery`) also holds a clone of that `Arc` and drops the delivery first.
             unsafe { std::mem::transmute::<RawDelivery<'_>, RawDelivery<'static>>(d) }
         })
-    };
-    if !block {
-        return once(Duration::ZERO).map_err(|e| queue_error(py, &e));
-    }
-    let d = deadline(timeout);
-    loop {
-        let s = slice(d);
-        match py.detach(|| once(s)) {
-            Ok(x) => return Ok(x),
-            Err(QueueError::Timeout | QueueError::Empty) => {}
-            Err(e) => return Err(queue_error(py, &e)),
-        }
-        py.check_signals()?;
-        if expired(d) {
-            return Err(errors::error(py, "Empty", "timed out waiting for an item"));
-        }
-    }
+    })
 }
 
-/// Reserves a slot of `raw` as [`take_static`] takes an item (`Full` after the timeout).
+/// Reserves a slot of `raw` (see [`in_slices`]; `Full` after the timeout).
 pub(crate) fn reserve_static(
     py: Python<'_>,
     raw: &Arc<RawQueue>,
@@ -153,33 +167,14 @@ pub(crate) fn reserve_static(
     timeout: Option<f64>,
 ) -> PyResult<RawReservation<'static>> {
     let q: &RawQueue = raw;
-    let once = |t: Duration| {
+    let why = ("Full", "timed out waiting for a free slot");
+    in_slices(py, block, timeout, QueueError::Full, why, |t| {
         q.reserve(Some(t)).map(|r| {
             // SAFETY: as in `take_static`: the reservation borrows the `RawQueue` inside an
             // `Arc`; its holder (an `ArrayLoan`) keeps a clone and drops the reservation first.
             unsafe { std::mem::transmute::<RawReservation<'_>, RawReservation<'static>>(r) }
         })
-    };
-    if !block {
-        return once(Duration::ZERO).map_err(|e| queue_error(py, &e));
-    }
-    let d = deadline(timeout);
-    loop {
-        let s = slice(d);
-        match py.detach(|| once(s)) {
-            Ok(x) => return Ok(x),
-            Err(QueueError::Timeout | QueueError::Full) => {}
-            Err(e) => return Err(queue_error(py, &e)),
-        }
-        py.check_signals()?;
-        if expired(d) {
-            return Err(errors::error(
-                py,
-                "Full",
-                "timed out waiting for a free slot",
-            ));
-        }
-    }
+    })
 }
 
 /// Opens (or, with `create`, opens or creates) the queue `n` of items `ty`.
@@ -311,7 +306,8 @@ impl RawWorkQueue {
             ));
         }
         let q: &RawQueue = &self.raw;
-        let once = |t: Duration| -> Result<(), QueueError> {
+        let why = ("Full", "timed out waiting for a free slot");
+        in_slices(py, block, timeout, QueueError::Full, why, |t| {
             let mut r = q.reserve(Some(t))?;
             let slot = r.bytes_mut();
             let body = frame::body_mut(slot);
@@ -319,27 +315,7 @@ impl RawWorkQueue {
             body[k..k + data.len()].copy_from_slice(data);
             frame::set_len(slot, k + data.len()).map_err(|e| QueueError::Corrupt(e.to_string()))?;
             r.commit()
-        };
-        if !block {
-            return once(Duration::ZERO).map_err(|e| queue_error(py, &e));
-        }
-        let d = deadline(timeout);
-        loop {
-            let s = slice(d);
-            match py.detach(|| once(s)) {
-                Ok(()) => return Ok(()),
-                Err(QueueError::Timeout | QueueError::Full) => {}
-                Err(e) => return Err(queue_error(py, &e)),
-            }
-            py.check_signals()?;
-            if expired(d) {
-                return Err(errors::error(
-                    py,
-                    "Full",
-                    "timed out waiting for a free slot",
-                ));
-            }
-        }
+        })
     }
 
     /// Takes the next item and returns its bytes (acknowledged at once in an acknowledged

@@ -5,13 +5,14 @@ blocks: a slot is free again when its consumer finishes the delivery, or dies.""
 
 from __future__ import annotations
 
-from typing import Any, Dict as _DictT, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _shmbus
 from ._errors import Closed, InvalidArgument
 from ._topic import _default_type_name, _meta_bytes
+from ._work import _QueueState
 
 __all__ = ["ArrayQueue", "ArrayDelivery"]
 
@@ -88,7 +89,7 @@ class ArrayDelivery:
         return f"<shmbus.ArrayDelivery {what} deliveries={self.deliveries}>"
 
 
-class ArrayQueue:
+class ArrayQueue(_QueueState):
     """A named bounded work queue of numpy arrays shared by every process that opens it: each
     array goes to exactly one consumer, written and read in place.
 
@@ -163,44 +164,10 @@ class ArrayQueue:
             except Closed:
                 return
 
-    # -- state
-    def qsize(self) -> int:
-        return self._q.qsize()
-
-    def empty(self) -> bool:
-        return self._q.qsize() == 0
-
-    def close(self) -> None:
-        """Closes the queue for every process: loans fail, receives drain, then raise Closed."""
-        self._q.close()
-
-    def stats(self) -> _DictT[str, int]:
-        """Counters: put, taken, done, lost, redelivered, dead_lettered, abandoned, repairs."""
-        return self._q.stats()
-
-    @property
-    def capacity(self) -> int:
-        return self._q.capacity
-
     @property
     def max_array_bytes(self) -> int:
+        """Bytes one array may have at most."""
         return self._q.max_array_bytes
-
-    @property
-    def acknowledged(self) -> bool:
-        return self._q.acknowledged
-
-    @property
-    def closed(self) -> bool:
-        return self._q.closed
-
-    @property
-    def name(self) -> str:
-        return self._q.name
-
-    @property
-    def created(self) -> bool:
-        return self._q.created
 
     def __reduce__(self):
         name, meta, type_name = self._args

@@ -81,7 +81,52 @@ class Delivery:
         return f"shmbus.Delivery(deliveries={self.deliveries}, pending={self.pending})"
 
 
-class Queue:
+class _QueueState:
+    """What every queue handle tells of its queue (``self._q`` is the native queue)."""
+
+    _q: Any
+
+    def qsize(self) -> int:
+        """Items ready now (taken, unacknowledged items are not counted)."""
+        return self._q.qsize()
+
+    def empty(self) -> bool:
+        return self._q.qsize() == 0
+
+    def full(self) -> bool:
+        return self._q.qsize() >= self._q.capacity
+
+    def close(self) -> None:
+        """Closes the queue for every process: puts fail, gets drain what is left, then raise
+        :class:`shmbus.Closed`. (``multiprocessing.Queue.close`` closes only this handle.)"""
+        self._q.close()
+
+    def stats(self) -> _DictT[str, int]:
+        """Counters: put, taken, done, lost, redelivered, dead_lettered, abandoned, repairs."""
+        return self._q.stats()
+
+    @property
+    def closed(self) -> bool:
+        return self._q.closed
+
+    @property
+    def capacity(self) -> int:
+        return self._q.capacity
+
+    @property
+    def acknowledged(self) -> bool:
+        return self._q.acknowledged
+
+    @property
+    def name(self) -> str:
+        return self._q.name
+
+    @property
+    def created(self) -> bool:
+        return self._q.created
+
+
+class Queue(_QueueState):
     """A named bounded work queue shared by every process that opens it: each item goes to
     exactly one consumer. ``multiprocessing.Queue``'s methods; any picklable object (numpy
     arrays included, copied) goes through ``put``/``get``; ``put_bytes``/``get_bytes`` move
@@ -148,50 +193,10 @@ class Queue:
             except Closed:
                 return
 
-    # -- state
-    def qsize(self) -> int:
-        """Items ready now (taken, unacknowledged items are not counted)."""
-        return self._q.qsize()
-
-    def empty(self) -> bool:
-        return self._q.qsize() == 0
-
-    def full(self) -> bool:
-        return self._q.qsize() >= self._q.capacity
-
-    def close(self) -> None:
-        """Closes the queue for every process: puts fail, gets drain what is left, then raise
-        :class:`shmbus.Closed`. (``multiprocessing.Queue.close`` closes only this handle.)"""
-        self._q.close()
-
-    def stats(self) -> _DictT[str, int]:
-        """Counters: put, taken, done, lost, redelivered, dead_lettered, abandoned, repairs."""
-        return self._q.stats()
-
-    @property
-    def closed(self) -> bool:
-        return self._q.closed
-
-    @property
-    def capacity(self) -> int:
-        return self._q.capacity
-
     @property
     def item_size(self) -> int:
         """Bytes an item (its pickle, for ``put``) may hold at most."""
         return self._q.item_size
-
-    @property
-    def acknowledged(self) -> bool:
-        return self._q.acknowledged
-
-    @property
-    def name(self) -> str:
-        return self._q.name
-
-    @property
-    def created(self) -> bool:
-        return self._q.created
 
     def __reduce__(self):
         return (Queue, (self.name, None, None, None, None, False))
