@@ -8,7 +8,7 @@
 //! divided by the difference of `iters` is the cost of one operation, without the setup:
 //! `scripts/instruction-counts` does that and prints the table. Scenarios: `pod8` (a `u64`),
 //! `serde` (a small struct with a string and a vector), `array` (a 64-byte array through an array
-//! topic's descriptor, in a ring of 8: `pairs` only), `queue64` (a 64-byte `Queue` item: `put`, then `get`; valgrind 3.19
+//! topic's descriptor, in a ring of 8: `pairs` only; `array_long`: in a ring of 4096), `queue64` (a 64-byte `Queue` item: `put`, then `get`; valgrind 3.19
 //! cannot run it: rustix's vDSO lookup for the queue's clock reads memory valgrind does not map).
 //!
 //! Instructions do not move with the noise of a shared machine, so they judge a change to the
@@ -108,11 +108,15 @@ fn run(scenario: &str, phase: Phase, n: u64) -> Result<u64, Box<dyn std::error::
                 || Ok(sub.try_recv()?.seq),
             )
         }
-        "array" => {
-            // As array topics are used: a short ring (the pool's bookkeeping scans the
-            // messages still in the ring, so its cost grows with the capacity). Only the
-            // `pairs` phase fits in it.
-            let topic = Topic::builder(&name).capacity(8);
+        "array" | "array_long" => {
+            // `array`: as array topics are mostly used, a short ring (only the `pairs` phase
+            // fits in it). `array_long`: a ring of 4096 with a block for each message it keeps,
+            // to show what the pool's bookkeeping costs when many messages stay in the ring.
+            let topic = if scenario == "array" {
+                Topic::builder(&name).capacity(8)
+            } else {
+                topic.pool_blocks_per_segment(64)
+            };
             let sub = topic.array_subscriber::<u64>()?;
             let mut publisher = topic.array_publisher::<u64>()?;
             rounds(

@@ -28,6 +28,89 @@ pub(crate) struct InFlight {
     pub(crate) block: BlockRef,
 }
 
+/// The messages whose blocks may still be referenced, in publish order, and which slots they
+/// name (at most one message per slot), so that finding a slot's message costs nothing when
+/// there is none.
+#[derive(Default)]
+pub(crate) struct InFlightList {
+    list: VecDeque<InFlight>,
+    named: Vec<bool>,
+}
+
+impl InFlightList {
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &InFlight> {
+        self.list.iter()
+    }
+
+    pub(crate) fn front(&self) -> Option<&InFlight> {
+        self.list.front()
+    }
+
+    pub(crate) fn get(&self, i: usize) -> Option<&InFlight> {
+        self.list.get(i)
+    }
+
+    pub(crate) fn push(&mut self, m: InFlight) {
+        let i = m.slot as usize;
+        if self.named.len() <= i {
+            self.named.resize(i + 1, false);
+        }
+        debug_assert!(!self.named[i], "two messages in flight in slot {i}");
+        self.named[i] = true;
+        self.list.push_back(m);
+    }
+
+    fn unname(&mut self, m: &InFlight) {
+        if let Some(n) = self.named.get_mut(m.slot as usize) {
+            *n = false;
+        }
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<InFlight> {
+        let m = self.list.pop_front()?;
+        self.unname(&m);
+        Some(m)
+    }
+
+    pub(crate) fn remove(&mut self, i: usize) -> Option<InFlight> {
+        let m = self.list.remove(i)?;
+        self.unname(&m);
+        Some(m)
+    }
+
+    /// Keeps the messages for which `keep` holds.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&InFlight) -> bool) {
+        let named = &mut self.named;
+        self.list.retain(|m| {
+            let k = keep(m);
+            if !k {
+                if let Some(n) = named.get_mut(m.slot as usize) {
+                    *n = false;
+                }
+            }
+            k
+        });
+    }
+
+    /// Removes and returns the message in `slot`, if one is in flight there.
+    pub(crate) fn take_slot(&mut self, slot: u32) -> Option<InFlight> {
+        if !self.named.get(slot as usize).copied().unwrap_or(false) {
+            return None;
+        }
+        // Usually the oldest: the ring reuses slots in order.
+        let i = self.list.iter().position(|m| m.slot == slot)?;
+        self.remove(i)
+    }
+}
+
 /// A block and a slot on loan to a [`PoolPublisher`]: fill them, then publish or cancel.
 #[derive(Debug)]
 #[must_use = "a block loan is only given back by publish or cancel"]
@@ -71,7 +154,7 @@ pub struct PoolPublisher {
     pub(crate) opts: PoolOptions,
     pub(crate) segments: Vec<PoolSegment>,
     pub(crate) free: Vec<BlockRef>,
-    pub(crate) in_flight: VecDeque<InFlight>,
+    pub(crate) in_flight: InFlightList,
     pub(crate) bytes: u64,
     pub(crate) loaned: bool,
     pub(crate) last_reclaim: Instant,
@@ -120,7 +203,7 @@ impl PoolPublisher {
             opts,
             segments: Vec::new(),
             free: Vec::new(),
-            in_flight: VecDeque::new(),
+            in_flight: InFlightList::default(),
             bytes: 0,
             loaned: false,
             last_reclaim: Instant::now(),
@@ -152,19 +235,33 @@ impl PoolPublisher {
     }
 
     /// Moves blocks whose slot is free to the free list (most recently freed on top).
-    pub(crate) fn collect(&mut self) {
+    /// Frees the blocks of in-flight messages whose slots are free again (or are the
+    /// publisher's spare, loaned while free). `in_flight` is in publish order and messages
+    /// leave the ring oldest first, so the free ones are usually a run at its front: this pops
+    /// that run, in time proportional to what it frees, and looks at every message only when
+    /// `all` (a subscriber holding an old message leaves newer free ones behind it).
+    pub(crate) fn collect(&mut self, all: bool) {
         let publisher = &self.publisher;
-        // The publisher's spare slot was free when it loaned it: its old message is gone.
         let spare = publisher.spare_slot();
-        let free = &mut self.free;
-        self.in_flight.retain(|m| {
-            if publisher.slot_is_free(m.slot) || Some(m.slot) == spare {
-                free.push(m.block);
-                false
-            } else {
-                true
+        let is_free = |m: &InFlight| publisher.slot_is_free(m.slot) || Some(m.slot) == spare;
+        while let Some(m) = self.in_flight.front() {
+            if !is_free(m) {
+                break;
             }
-        });
+            self.free.push(m.block);
+            self.in_flight.pop_front();
+        }
+        if all {
+            let free = &mut self.free;
+            self.in_flight.retain(|m| {
+                if is_free(m) {
+                    free.push(m.block);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
     }
 
     pub(crate) fn size_of_block(&self, b: BlockRef) -> usize {
@@ -227,14 +324,14 @@ impl PoolPublisher {
         if self.last_reclaim.elapsed() > max_age {
             self.reclaim_dead_now();
         } else {
-            self.collect();
+            self.collect(false);
         }
     }
 
     pub(crate) fn reclaim_dead_now(&mut self) {
         self.publisher.topic().reclaim_dead();
         self.last_reclaim = Instant::now();
-        self.collect();
+        self.collect(true);
     }
 
     /// Withdraws the oldest in-flight message whose block fits `len` and that nobody holds
@@ -251,7 +348,7 @@ impl PoolPublisher {
             u64::MAX
         };
         let i = (0..self.in_flight.len()).find(|&i| {
-            let m = &self.in_flight[i];
+            let m = self.in_flight.get(i).expect("an index below len");
             m.seq < read_before
                 && self.size_of_block(m.block) >= len
                 && self.publisher.retire(m.seq, m.slot)
@@ -269,6 +366,11 @@ impl PoolPublisher {
     ) -> Result<BlockRef, PoolLoanError> {
         // Blocks held by subscribers that died come back once their rows are reclaimed.
         self.refresh(Duration::from_millis(100));
+        if let Some(b) = self.take_free(len, false) {
+            return Ok(b);
+        }
+        // Free messages behind one that a subscriber still holds: look at all before growing.
+        self.collect(true);
         if let Some(b) = self.take_free(len, false) {
             return Ok(b);
         }
@@ -294,7 +396,7 @@ impl PoolPublisher {
                 if let Some(b) = self.retire_oldest(len, false) {
                     return Ok(b);
                 }
-                self.collect();
+                self.collect(true);
                 if let Some(b) = self.take_free(len, true) {
                     return Ok(b);
                 }
@@ -363,15 +465,9 @@ impl PoolPublisher {
         };
         // The slot was free, so whatever an older message in it referenced is free too.
         let slot = loan.slot();
-        let free = &mut self.free;
-        self.in_flight.retain(|m| {
-            if m.slot == slot {
-                free.push(m.block);
-                false
-            } else {
-                true
-            }
-        });
+        if let Some(m) = self.in_flight.take_slot(slot) {
+            self.free.push(m.block);
+        }
         let seg = &self.segments[block.segment as usize];
         // Release: pairs with a subscriber's Acquire load after it took the slot (the publish
         // orders it anyway); a new generation makes any older descriptor of this block stale.
@@ -475,7 +571,7 @@ impl PoolPublisher {
         match self.publisher.publish(slot_loan, timeout) {
             Ok(seq) => {
                 self.loaned = false;
-                self.in_flight.push_back(InFlight { seq, slot, block });
+                self.in_flight.push(InFlight { seq, slot, block });
                 Ok(seq)
             }
             Err((e, slot_loan)) => Err((
@@ -527,7 +623,7 @@ impl PoolPublisher {
     pub(crate) fn linger(&mut self) {
         let deadline = Instant::now() + self.opts.linger;
         loop {
-            self.collect();
+            self.collect(true);
             let ring = self.publisher.topic().ring();
             let subscribers = (0..ring.config().max_subscribers).any(|k| ring.subscriber_active(k));
             let unmapped = self
@@ -551,5 +647,41 @@ impl Drop for PoolPublisher {
         {
             self.linger();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64, slot: u32) -> InFlight {
+        InFlight {
+            seq,
+            slot,
+            block: BlockRef {
+                segment: 0,
+                block: seq as u32,
+            },
+        }
+    }
+
+    #[test]
+    fn in_flight_list_finds_a_slots_message_whatever_removed_the_others() {
+        let mut l = InFlightList::default();
+        for (seq, slot) in [(0, 3), (1, 0), (2, 7), (3, 1)] {
+            l.push(msg(seq, slot));
+        }
+        assert!(l.take_slot(5).is_none(), "no message there");
+        assert_eq!(l.take_slot(7).map(|m| m.seq), Some(2), "from the middle");
+        assert!(l.take_slot(7).is_none(), "taken once");
+        assert_eq!(l.pop_front().map(|m| m.slot), Some(3));
+        assert!(l.take_slot(3).is_none(), "popped");
+        l.retain(|m| m.slot != 0);
+        assert!(l.take_slot(0).is_none(), "retained away");
+        assert_eq!(l.remove(0).map(|m| m.slot), Some(1));
+        assert!(l.is_empty() && l.take_slot(1).is_none());
+        // A slot freed is named again by its next message.
+        l.push(msg(9, 7));
+        assert_eq!(l.take_slot(7).map(|m| m.seq), Some(9));
     }
 }
