@@ -280,3 +280,73 @@ fn detaching_while_publishes_are_in_flight_loses_nothing_for_the_others() {
     p2.kill();
     println!("{EACH} messages kept while the other topic was attached and detached {churns} times");
 }
+
+#[test]
+fn serde_and_array_subscribers_and_queues_can_be_waited_on_too() {
+    let mut s = scope!("ws-kinds");
+    let (serde_name, array_name, sq_name, aq_name) = (s.name(), s.name(), s.name(), s.name());
+    let serde_sub = Topic::builder(&serde_name)
+        .serde_subscriber::<String>()
+        .unwrap();
+    let mut serde_pub = Topic::builder(&serde_name)
+        .serde_publisher::<String>()
+        .unwrap();
+    let frames = Topic::builder(&array_name)
+        .array_subscriber::<u64>()
+        .unwrap();
+    let mut camera = Topic::builder(&array_name)
+        .array_publisher::<u64>()
+        .unwrap();
+    let sq = QueueBuilder::new(&sq_name).open_serde::<String>().unwrap();
+    let aq = QueueBuilder::new(&aq_name)
+        .capacity(2)
+        .array_bytes(64)
+        .open_arrays::<u64>()
+        .unwrap();
+    let mut set = WaitSet::new().unwrap();
+    let keys = [
+        set.attach(&serde_sub).unwrap(),
+        set.attach(&frames).unwrap(),
+        set.attach(&sq).unwrap(),
+        set.attach(&aq).unwrap(),
+    ];
+    assert!(set
+        .wait_timeout(Duration::from_millis(10))
+        .unwrap()
+        .is_empty());
+    serde_pub.send("pose".to_owned()).unwrap();
+    assert_eq!(
+        set.wait_timeout(STEP)
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>(),
+        [keys[0]]
+    );
+    assert_eq!(serde_sub.try_recv().unwrap(), "pose");
+    camera.send(&[2, 2], &[1u8, 2, 3, 4], 9).unwrap();
+    assert_eq!(
+        set.wait_timeout(STEP)
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>(),
+        [keys[1]]
+    );
+    assert_eq!(*frames.try_recv().unwrap().meta(), 9);
+    sq.put("job".to_owned()).unwrap();
+    let mut item = aq.loan::<u8>(&[8]).unwrap();
+    item.parts_mut().0.fill(5);
+    item.commit().unwrap();
+    let ready = set.wait_timeout(STEP).unwrap();
+    assert_eq!(
+        ready.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        [keys[2], keys[3]]
+    );
+    assert_eq!(sq.try_get().unwrap(), "job");
+    assert_eq!(aq.try_receive().unwrap().as_slice::<u8>().unwrap(), [5; 8]);
+    assert!(set
+        .wait_timeout(Duration::from_millis(10))
+        .unwrap()
+        .is_empty());
+}

@@ -68,9 +68,22 @@ pub fn wake(word: &AtomicU32, n: u32) -> usize {
 }
 
 /// Most words one [`wait_many`] sleeps on: the kernel's limit for `futex_waitv`.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(shmbus_core::futex::MAX_WAIT_MANY, 128);
+/// ```
 pub const MAX_WAIT_MANY: usize = 128;
 
 /// Why a [`wait_many`] could not sleep.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_core::futex::{self, WaitManyError};
+/// assert_eq!(futex::wait_many(&[], None), Err(WaitManyError::BadCount(0)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WaitManyError {
     /// The kernel has no `futex_waitv` (Linux older than 5.16, or a filter forbids it).
@@ -84,6 +97,13 @@ pub enum WaitManyError {
 /// Whether the kernel has `futex_waitv` (Linux 5.16 and newer), asked once per call: the probe
 /// passes no words, which a kernel that has the call refuses as invalid (`EINVAL`) without
 /// sleeping.
+///
+/// # Examples
+///
+/// ```
+/// // Linux 5.16 and newer have it.
+/// println!("futex_waitv: {}", shmbus_core::futex::wait_many_supported());
+/// ```
 pub fn wait_many_supported() -> bool {
     matches!(
         sys::waitv(

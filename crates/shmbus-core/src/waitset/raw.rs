@@ -15,6 +15,12 @@ use crate::topic::RawSubscriber;
 
 /// Most attachments that sleep on a futex word (subscribers, queues, events) one set holds: the
 /// kernel's limit for `futex_waitv`. Deadlines and intervals do not count.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(shmbus_core::waitset::MAX_ATTACHMENTS, 128);
+/// ```
 pub const MAX_ATTACHMENTS: usize = MAX_WAIT_MANY;
 
 /// How often at most a sleeping set wakes to look for dead peers (publishers of its topics,
@@ -22,6 +28,19 @@ pub const MAX_ATTACHMENTS: usize = MAX_WAIT_MANY;
 const CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// Something a [`RawWaitSet`] can wait on.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_core::waitset::{RawWaitSet, Source};
+/// use std::time::{Duration, Instant};
+///
+/// let mut set = RawWaitSet::new()?;
+/// set.attach(Source::Deadline(Instant::now() + Duration::from_secs(1)))?;
+/// set.attach(Source::Interval(Duration::from_millis(10)))?;
+/// assert_eq!(set.len(), 2);
+/// # Ok::<(), shmbus_core::waitset::WaitSetError>(())
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
     /// A topic's subscriber: ready when a receive would find something (a message, or a lag),
@@ -44,6 +63,21 @@ pub enum Source<'a> {
 
 /// Names an attachment of a [`RawWaitSet`]. A detached attachment's key is never reused by the
 /// same set.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_core::waitset::{RawWaitSet, Source};
+/// use std::time::Instant;
+///
+/// let mut set = RawWaitSet::new()?;
+/// let a = set.attach(Source::Deadline(Instant::now()))?;
+/// assert!(set.detach(a));
+/// let b = set.attach(Source::Deadline(Instant::now()))?; // same row, new key
+/// assert_ne!(a, b);
+/// assert!(!set.contains(a) && set.contains(b));
+/// # Ok::<(), shmbus_core::waitset::WaitSetError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     index: u32,
@@ -51,6 +85,18 @@ pub struct Key {
 }
 
 /// How an attachment was found ready.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_core::waitset::{RawWaitSet, Readiness, Source};
+/// use std::time::{Duration, Instant};
+///
+/// let mut set = RawWaitSet::new()?;
+/// let key = set.attach(Source::Deadline(Instant::now()))?;
+/// assert_eq!(set.wait(Some(Duration::from_secs(1)))?, vec![(key, Readiness::Ready)]);
+/// # Ok::<(), shmbus_core::waitset::WaitSetError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Readiness {
     /// Something to take: a message (or a lag report), a queue item, an event's set, a deadline
@@ -62,6 +108,17 @@ pub enum Readiness {
 }
 
 /// Why a wait set could not be made, take an attachment, or wait.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_core::waitset::{RawWaitSet, Source, WaitSetError};
+/// use std::time::Duration;
+///
+/// let mut set = RawWaitSet::new()?;
+/// assert_eq!(set.attach(Source::Interval(Duration::ZERO)), Err(WaitSetError::ZeroInterval));
+/// # Ok::<(), WaitSetError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WaitSetError {
     /// The kernel lacks `futex_waitv` (Linux 5.16 or newer is needed).
@@ -91,6 +148,14 @@ impl From<WaitManyError> for WaitSetError {
             },
         }
     }
+}
+
+/// `at + d`, or a century after `at` if that is past what the clock can represent (an interval
+/// of `Duration::MAX` is "never", not a panic).
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(at)
 }
 
 enum What<'a> {
@@ -136,6 +201,20 @@ struct Entry<'a> {
 
 /// One thread's wait on many subscribers, queues, events and timers at once.
 ///
+/// # Examples
+///
+/// ```
+/// use shmbus_core::waitset::{RawWaitSet, Readiness, Source};
+/// use std::time::{Duration, Instant};
+///
+/// let mut set = RawWaitSet::new()?;
+/// let tick = set.attach(Source::Interval(Duration::from_millis(2)))?;
+/// let start = Instant::now();
+/// assert_eq!(set.wait(None)?, vec![(tick, Readiness::Ready)]);
+/// assert!(start.elapsed() >= Duration::from_millis(2));
+/// # Ok::<(), shmbus_core::waitset::WaitSetError>(())
+/// ```
+///
 /// [`wait`](Self::wait) returns every attachment that is ready, so none starves another. While
 /// it sleeps the set is counted in as a sleeper on each topic, queue and event, exactly as a
 /// blocked receiver is, and counted out before it returns: detaching, or dropping the set,
@@ -160,6 +239,14 @@ impl<'a> RawWaitSet<'a> {
     /// # Errors
     ///
     /// [`WaitSetError::Unsupported`] if the kernel lacks `futex_waitv` (before Linux 5.16).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let set = shmbus_core::waitset::RawWaitSet::new()?;
+    /// assert!(set.is_empty());
+    /// # Ok::<(), shmbus_core::waitset::WaitSetError>(())
+    /// ```
     pub fn new() -> Result<RawWaitSet<'a>, WaitSetError> {
         if !futex::wait_many_supported() {
             return Err(WaitSetError::Unsupported);
@@ -171,11 +258,28 @@ impl<'a> RawWaitSet<'a> {
     }
 
     /// How many attachments the set holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus_core::waitset::{RawWaitSet, Source};
+    /// let mut set = RawWaitSet::new()?;
+    /// set.attach(Source::Interval(std::time::Duration::from_secs(1)))?;
+    /// assert_eq!(set.len(), 1);
+    /// # Ok::<(), shmbus_core::waitset::WaitSetError>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.entries.iter().filter(|e| e.what.is_some()).count()
     }
 
     /// Whether the set holds no attachment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(shmbus_core::waitset::RawWaitSet::new()?.is_empty());
+    /// # Ok::<(), shmbus_core::waitset::WaitSetError>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -187,6 +291,16 @@ impl<'a> RawWaitSet<'a> {
     /// [`WaitSetError::Full`] beyond [`MAX_ATTACHMENTS`] subscribers, queues and events;
     /// [`WaitSetError::ZeroInterval`]; [`WaitSetError::UsedAfterFork`] for a subscriber or
     /// queue made before a fork, in the child.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus_core::waitset::{RawWaitSet, Source};
+    /// let mut set = RawWaitSet::new()?;
+    /// let key = set.attach(Source::Deadline(std::time::Instant::now()))?;
+    /// assert!(set.contains(key));
+    /// # Ok::<(), shmbus_core::waitset::WaitSetError>(())
+    /// ```
     pub fn attach(&mut self, source: Source<'a>) -> Result<Key, WaitSetError> {
         let what = match source {
             Source::Subscriber(sub) => {
@@ -214,7 +328,7 @@ impl<'a> RawWaitSet<'a> {
                     return Err(WaitSetError::ZeroInterval);
                 }
                 What::Timer {
-                    due: Instant::now() + p,
+                    due: later(Instant::now(), p),
                     period: Some(p),
                 }
             }
@@ -253,6 +367,16 @@ impl<'a> RawWaitSet<'a> {
     }
 
     /// Detaches `key`; returns whether it was attached (a deadline that fired detached itself).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus_core::waitset::{RawWaitSet, Source};
+    /// let mut set = RawWaitSet::new()?;
+    /// let key = set.attach(Source::Interval(std::time::Duration::from_secs(1)))?;
+    /// assert!(set.detach(key) && !set.detach(key));
+    /// # Ok::<(), shmbus_core::waitset::WaitSetError>(())
+    /// ```
     pub fn detach(&mut self, key: Key) -> bool {
         match self.entries.get_mut(key.index as usize) {
             Some(e) if e.generation == key.generation && e.what.is_some() => {
@@ -267,6 +391,18 @@ impl<'a> RawWaitSet<'a> {
     }
 
     /// Whether `key` is attached.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus_core::waitset::{RawWaitSet, Source};
+    /// use std::time::Duration;
+    /// let mut set = RawWaitSet::new()?;
+    /// let once = set.attach(Source::Deadline(std::time::Instant::now()))?;
+    /// set.wait(Some(Duration::from_secs(1)))?; // the deadline fires and detaches itself
+    /// assert!(!set.contains(once));
+    /// # Ok::<(), shmbus_core::waitset::WaitSetError>(())
+    /// ```
     pub fn contains(&self, key: Key) -> bool {
         self.entries
             .get(key.index as usize)
@@ -285,6 +421,16 @@ impl<'a> RawWaitSet<'a> {
     ///
     /// [`WaitSetError::Unsupported`] if the kernel refuses `futex_waitv`;
     /// [`WaitSetError::UsedAfterFork`] in a forked child.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus_core::waitset::RawWaitSet;
+    /// use std::time::Duration;
+    /// let mut set = RawWaitSet::new()?;
+    /// assert!(set.wait(Some(Duration::from_millis(1)))?.is_empty()); // nothing attached: timeout
+    /// # Ok::<(), shmbus_core::waitset::WaitSetError>(())
+    /// ```
     pub fn wait(
         &mut self,
         timeout: Option<Duration>,
@@ -384,7 +530,7 @@ impl<'a> RawWaitSet<'a> {
                                 let periods = late / p.as_nanos() + 1;
                                 let ahead =
                                     p.saturating_mul(u32::try_from(periods).unwrap_or(u32::MAX));
-                                *due += ahead;
+                                *due = later(*due, ahead);
                             }
                         }
                         Some(Readiness::Ready)
@@ -494,6 +640,16 @@ mod tests {
         assert_eq!(
             set.attach(Source::Interval(Duration::ZERO)),
             Err(WaitSetError::ZeroInterval)
+        );
+        // Past what the clock can represent: never due, not a panic.
+        let never = set.attach(Source::Interval(Duration::MAX)).unwrap();
+        let far = set
+            .attach(Source::Deadline(later(Instant::now(), Duration::MAX)))
+            .unwrap();
+        let ready = set.wait(Some(Duration::from_millis(5))).unwrap();
+        assert!(
+            ready.iter().all(|(k, _)| *k != never && *k != far),
+            "{ready:?}"
         );
     }
 }
