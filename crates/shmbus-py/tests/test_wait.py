@@ -103,3 +103,49 @@ def test_wait_releases_the_gil_and_honours_ctrl_c(prefix):
 def test_wait_refuses_other_objects(prefix):
     with pytest.raises(TypeError):
         shmbus.wait([object()], timeout=0)
+
+
+def test_recv_async_from_a_rust_publisher_and_cancellation_loses_nothing(prefix, peer):
+    import asyncio
+
+    sub = shmbus.Topic(prefix, capacity=64).subscriber(MSG, type_name=MSG_TYPE)
+    other = shmbus.Topic(prefix + "-b").bytes_subscriber()
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        t = asyncio.ensure_future(ticker())
+        # Nothing yet: the loop keeps running while we wait, and a timed-out receive takes
+        # nothing.
+        with pytest.raises(shmbus.Timeout):
+            await sub.recv_async(timeout=0.2)
+        assert ticks > 10, ticks
+        task = asyncio.ensure_future(sub.recv_async())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Two subscribers awaited at once from one loop.
+        quiet = asyncio.ensure_future(other.recv_async(timeout=10))
+        proc = await asyncio.create_subprocess_exec(
+            peer.path, "publish", "--topic", prefix, "--capacity", "64", "--count", "50",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        got = []
+        while len(got) < 50:
+            got.append(int((await sub.recv_async(timeout=10)).value["index"]))
+        with pytest.raises(shmbus.Disconnected):
+            await sub.recv_async(timeout=10)
+        assert not quiet.done()
+        t.cancel()
+        quiet.cancel()
+        assert await proc.wait() == 0
+        return got
+
+    got = asyncio.run(main())
+    assert got == list(range(50))  # none lost to the cancelled receives
