@@ -16,6 +16,7 @@
 //! | [`value`] | shared values (atomic, or double-buffered under a robust lock) and barriers |
 //! | [`shared`] | shared serde state: updates under a robust lock, lock-free seqlock reads |
 //! | [`queue`] | work queues: each item to exactly one consumer, at most once or acknowledged |
+//! | [`waitset`] | one thread waiting on many topics, queues, events and timers at once |
 //!
 //! Most users want the typed API of the `shmbus` crate instead.
 //!
@@ -55,4 +56,5 @@ pub mod time;
 pub mod topic;
 #[cfg(not(loom))]
 pub mod value;
+pub mod waitset;
 pub mod wire;

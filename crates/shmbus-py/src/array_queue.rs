@@ -37,7 +37,7 @@ fn dtype_of(py: Python<'_>, typestr: &str) -> PyResult<Dtype> {
 
 #[pyclass(frozen, module = "shmbus._shmbus")]
 pub(crate) struct RawArrayQueue {
-    raw: Arc<RawQueue>,
+    pub(crate) raw: Arc<RawQueue>,
     layout: ArrayItemLayout,
 }
 

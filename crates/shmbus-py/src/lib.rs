@@ -8,6 +8,7 @@ mod errors;
 mod sync;
 mod topic;
 mod view;
+mod wait;
 mod work;
 
 use pyo3::prelude::*;
@@ -47,5 +48,6 @@ fn _shmbus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sync::register(m)?;
     work::register(m)?;
     array_queue::register(m)?;
+    m.add_function(wrap_pyfunction!(wait::wait, m)?)?;
     Ok(())
 }

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::MutexExt;
-use shmbus::{Event as RsEvent, EventMode, Semaphore as RsSemaphore, SyncOptions};
+use shmbus::{EventMode, Semaphore as RsSemaphore, SyncOptions};
 use shmbus_core::layout::TypeInfo;
 use shmbus_core::name::Name;
-use shmbus_core::named::RawMutex;
+use shmbus_core::named::{RawEvent, RawMutex};
 use shmbus_core::segment::Lifetime;
 use shmbus_core::sync::{Acquired, LockError, TryLockError};
 
@@ -406,10 +406,11 @@ impl Semaphore {
 // ---------------------------------------------------------------------------------------------
 // Event
 
-/// A named event, auto- or manual-reset: the Rust `shmbus::Event` of the same name.
+/// A named event, auto- or manual-reset: the Rust `shmbus::Event` of the same name. Held as
+/// the core's `RawEvent` (what `shmbus::Event` wraps) so that `shmbus.wait` can sleep on it.
 #[pyclass(frozen, module = "shmbus._shmbus")]
 pub(crate) struct Event {
-    inner: RsEvent,
+    pub(crate) inner: RawEvent,
 }
 
 #[pymethods]
@@ -430,15 +431,21 @@ impl Event {
         } else {
             EventMode::ManualReset
         };
+        let n = Name::new(name).map_err(|e| errors::name(py, &e))?;
+        let lifetime = if persistent {
+            Lifetime::Persistent
+        } else {
+            Lifetime::Scoped
+        };
         let inner = py
             .detach(|| {
                 if create {
-                    RsEvent::open_or_create_with(name, em, initially_set, options(mode, persistent))
+                    RawEvent::open_or_create(&n, em, initially_set, mode, lifetime)
                 } else {
-                    RsEvent::open(name)
+                    RawEvent::open(&n)
                 }
             })
-            .map_err(|e| open_error(py, &e))?;
+            .map_err(|e| errors::segment(py, &e))?;
         Ok(Event { inner })
     }
 
@@ -462,18 +469,18 @@ impl Event {
     /// was (an auto-reset event is consumed), `False` on timeout.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
-        sliced(py, timeout, |s| self.inner.wait_timeout(s))
+        sliced(py, timeout, |s| self.inner.wait(Some(s)))
     }
 
     /// Whether it is an auto-reset event.
     #[getter]
     fn auto_reset(&self) -> bool {
-        self.inner.mode() == EventMode::AutoReset
+        self.inner.event_mode() == EventMode::AutoReset
     }
 
     #[getter]
     fn name(&self) -> &str {
-        self.inner.name()
+        self.inner.name().as_str()
     }
 
     #[getter]
@@ -484,7 +491,7 @@ impl Event {
     fn __repr__(&self) -> String {
         format!(
             "shmbus.Event({:?}, auto_reset={})",
-            self.inner.name(),
+            self.inner.name().as_str(),
             if self.auto_reset() { "True" } else { "False" }
         )
     }

@@ -351,7 +351,7 @@ impl ArrayPublisher {
 /// Receives numpy arrays from an array topic, read in place.
 #[pyclass(frozen, module = "shmbus._shmbus")]
 pub(crate) struct ArraySubscriber {
-    inner: Mutex<Option<PoolSubscriber>>,
+    pub(crate) inner: Mutex<Option<PoolSubscriber>>,
     meta_size: usize,
     name: String,
     type_name: String,
@@ -785,7 +785,7 @@ fn message_topic(
 /// Receives messages of a Pod or bytes topic (copied out of the slot: they are small).
 #[pyclass(frozen, module = "shmbus._shmbus")]
 pub(crate) struct Subscriber {
-    inner: Mutex<Option<RawSubscriber>>,
+    pub(crate) inner: Mutex<Option<RawSubscriber>>,
     size: usize,
     pod: bool,
     name: String,

@@ -96,7 +96,7 @@ pub(crate) fn queue_error(py: Python<'_>, e: &QueueError) -> PyErr {
 /// `shmbus::SerdeQueue<Vec<u8>>` of the same name.
 #[pyclass(frozen, module = "shmbus._shmbus")]
 pub(crate) struct RawWorkQueue {
-    raw: Arc<RawQueue>,
+    pub(crate) raw: Arc<RawQueue>,
 }
 
 /// An item taken from an acknowledged queue, not yet acknowledged or refused. Dropped without

@@ -346,3 +346,9 @@ impl<M: Pod> ArraySample<'_, M> {
 pub(crate) fn slot_size<M: Pod>() -> usize {
     DESCRIPTOR_SIZE + size_of::<M>()
 }
+
+impl<M: Pod> crate::waitset::sealed::Sealed for ArraySubscriber<M> {
+    fn source(&self) -> shmbus_core::waitset::Source<'_> {
+        shmbus_core::waitset::Source::Pool(&self.pool)
+    }
+}

@@ -43,7 +43,8 @@
 //! Alongside topics, [`Mutex`], [`Semaphore`] and [`Event`] live in named segments that any
 //! process opens by name, and so do work queues ([`Queue`], [`SerdeQueue`]), where each item goes
 //! to exactly one consumer, shared values ([`Value`]), barriers ([`Barrier`]) and shared serde
-//! state ([`Shared`]).
+//! state ([`Shared`]). One thread waits on many subscribers, queues and events at once with a
+//! [`WaitSet`].
 // Unsafe code is denied everywhere but at the in-place accessors of named arrays (`array.rs`,
 // `#[allow(unsafe_code)]` on each), whose callers take on the aliasing contract.
 #![deny(unsafe_code)]
@@ -58,6 +59,7 @@ mod shared;
 mod sync;
 mod topic;
 mod value;
+mod waitset;
 
 pub use array::{ArrayError, ArrayOptions, Element, ReadOnlyArray, SharedArray};
 pub use bytemuck;
@@ -89,3 +91,4 @@ pub use topic::{
     Loan, Publisher, Sample, SerdePublisher, SerdeSubscriber, Subscriber, Topic, TopicStats,
 };
 pub use value::{Barrier, Value, ValueInt};
+pub use waitset::{Key, Readiness, Ready, WaitSet, WaitSetError, Waitable};

@@ -778,3 +778,15 @@ impl<T> SerdeDelivery<'_, T> {
 // After `queue_common!`, which it uses.
 mod arrays;
 pub use arrays::{ArrayDelivery, ArrayQueue, ArrayQueueLoan, DEFAULT_ARRAY_BYTES};
+
+impl<T: Pod> crate::waitset::sealed::Sealed for Queue<T> {
+    fn source(&self) -> shmbus_core::waitset::Source<'_> {
+        shmbus_core::waitset::Source::Queue(&self.raw)
+    }
+}
+
+impl<T> crate::waitset::sealed::Sealed for SerdeQueue<T> {
+    fn source(&self) -> shmbus_core::waitset::Source<'_> {
+        shmbus_core::waitset::Source::Queue(&self.raw)
+    }
+}

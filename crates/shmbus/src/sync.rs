@@ -1053,3 +1053,9 @@ impl Event {
         self.raw.created()
     }
 }
+
+impl crate::waitset::sealed::Sealed for Event {
+    fn source(&self) -> shmbus_core::waitset::Source<'_> {
+        shmbus_core::waitset::Source::Event(&self.raw)
+    }
+}

@@ -726,3 +726,15 @@ impl<T: DeserializeOwned> SerdeSubscriber<T> {
         stats(self.raw.topic())
     }
 }
+
+impl<T: Pod> crate::waitset::sealed::Sealed for Subscriber<T> {
+    fn source(&self) -> shmbus_core::waitset::Source<'_> {
+        shmbus_core::waitset::Source::Subscriber(&self.raw)
+    }
+}
+
+impl<T: DeserializeOwned> crate::waitset::sealed::Sealed for SerdeSubscriber<T> {
+    fn source(&self) -> shmbus_core::waitset::Source<'_> {
+        shmbus_core::waitset::Source::Subscriber(&self.raw)
+    }
+}

@@ -873,7 +873,9 @@ impl<L: ProtocolLock> QueueCore<L> {
 
     fn notify_not_empty<N: Notifier>(&self, n: &N) {
         let w = self.words();
-        w.not_empty.fetch_add(1, Ordering::Relaxed);
+        // Release: a wait set that sees the word bumped checks the queue's length without the
+        // lock, and must then see the item (see `crate::waitset`).
+        w.not_empty.fetch_add(1, Ordering::Release);
         // Dekker with `wait_for`: change the word, fence, read the sleepers; the sleeper
         // counts itself in, fences, and sleeps only while the word is unchanged.
         fence(Ordering::SeqCst);

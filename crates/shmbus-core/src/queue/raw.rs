@@ -455,6 +455,26 @@ impl RawQueue {
         total
     }
 
+    /// `Err` in a forked child of the process that opened this handle.
+    pub fn check_fork(&self) -> Result<(), crate::fork::UsedAfterFork> {
+        self.born.check()
+    }
+
+    /// The word consumers sleep on and their count, for a wait set (see [`crate::waitset`]).
+    pub(crate) fn not_empty_words(&self) -> crate::waitset::Words<'_> {
+        let w = self.core.words();
+        crate::waitset::Words {
+            word: &w.not_empty,
+            sleepers: &w.empty_sleepers,
+        }
+    }
+
+    /// What a blocked consumer does between sleeps: looks for dead participants (whose items
+    /// come back) if a lock repair asked for it or a while has passed since the last look.
+    pub(crate) fn look_for_dead(&self) {
+        self.check_peers(true);
+    }
+
     /// Looks for dead rows if a lock repair asked for it, or (`idle`) if this handle has not
     /// looked for a while.
     fn check_peers(&self, idle: bool) {

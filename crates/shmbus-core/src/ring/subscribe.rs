@@ -334,6 +334,16 @@ impl Ring {
         }
     }
 
+    /// The word subscribers sleep on and their sleeper count, for a wait set that sleeps on
+    /// many topics (see [`crate::waitset`]).
+    pub(crate) fn notify_words(&self) -> crate::waitset::Words<'_> {
+        let h = self.header();
+        crate::waitset::Words {
+            word: &h.notify_word,
+            sleepers: &h.notify_sleepers,
+        }
+    }
+
     /// Wakes every sleeping subscriber, for them to re-check the topic.
     pub(crate) fn notify_all<N: Notifier>(&self, notifier: &N) {
         let h = self.header();

@@ -192,6 +192,16 @@ impl Event {
         }
     }
 
+    /// The word waiters sleep on and their count, for a wait set (see [`crate::waitset`]).
+    /// `set` changes the word (SeqCst) before it reads the count (SeqCst).
+    #[cfg(not(loom))]
+    pub(crate) fn wake_words(&self) -> crate::waitset::Words<'_> {
+        crate::waitset::Words {
+            word: &self.state,
+            sleepers: &self.sleepers,
+        }
+    }
+
     /// Clears the event. Waiters that were already released by an earlier set stay released
     /// (see the type's documentation). Mostly for manual-reset events.
     pub fn reset(&self) {

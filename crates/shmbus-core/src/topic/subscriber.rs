@@ -204,7 +204,7 @@ impl RawSubscriber {
     }
 
     /// Whether every publisher this subscriber saw is gone (reclaiming dead ones first).
-    fn publishers_gone(&self) -> bool {
+    pub(crate) fn publishers_gone(&self) -> bool {
         let topic = &*self.topic;
         // A publisher existed if we saw one, or if one joined since we did (it may have died and
         // been reclaimed by someone else before we looked).

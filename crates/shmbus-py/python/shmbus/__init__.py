@@ -3,6 +3,7 @@
 Named numpy arrays (``create``/``attach``/``delete``/``list``, SharedArray-compatible),
 publish/subscribe topics of arrays, structured messages and bytes (interoperable with Rust
 programs using the ``shmbus`` crate), and process-shared locks, semaphores and events.
+``wait`` sleeps on many subscribers, queues and events at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ._work import Barrier, Delivery, Dict, Queue, Shared, Value
 from ._array_queue import ArrayDelivery, ArrayQueue
 from ._topic import (BYTES_TYPE, ArrayPublisher, ArraySubscriber, Message, Publisher, Sample,
                      Subscriber, Topic)
+from ._wait import wait
 
 __version__ = "0.1.0"
 
@@ -36,6 +38,6 @@ def names() -> _List[str]:
 __all__ = [
     "ArrayBuffer", "ArrayDesc", "SharedNDArray", "attach", "create", "delete", "list", "gc",
     "names", "unlink", "Topic", "ArrayPublisher", "ArraySubscriber", "Sample", "Publisher",
-    "Subscriber", "Message", "BYTES_TYPE", "Lock", "Semaphore", "Event", "Queue", "Delivery", "ArrayQueue", "ArrayDelivery", "Value", "Barrier", "Shared", "Dict",
+    "Subscriber", "Message", "BYTES_TYPE", "Lock", "Semaphore", "Event", "Queue", "Delivery", "ArrayQueue", "ArrayDelivery", "Value", "Barrier", "Shared", "Dict", "wait",
     *_error_names,
 ]

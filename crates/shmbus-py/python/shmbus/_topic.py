@@ -264,6 +264,13 @@ class ArraySubscriber(_Handle):
         """The next array if there is one now, else :class:`Empty`."""
         return Sample(self._native.try_recv(), self.meta_dtype)
 
+    async def recv_async(self, timeout: Optional[float] = None) -> Sample:
+        """``recv`` for asyncio: ``await sub.recv_async()`` yields to the event loop while it
+        waits (one waiter thread per process watches every awaited subscriber). Raises as
+        ``recv``; cancelling it loses no message."""
+        from ._aio import recv_async
+        return await recv_async(self._native, lambda: self.recv(0), timeout)
+
     def __iter__(self) -> Iterator[Sample]:
         """Samples until every publisher is gone (:class:`Lagged` propagates)."""
         while True:
@@ -345,6 +352,13 @@ class Subscriber(_Handle):
     def try_recv(self) -> Message:
         """The next message if there is one now, else :class:`Empty`."""
         return self._wrap(self._native.try_recv())
+
+    async def recv_async(self, timeout: Optional[float] = None) -> Message:
+        """``recv`` for asyncio: ``await sub.recv_async()`` yields to the event loop while it
+        waits (one waiter thread per process watches every awaited subscriber). Raises as
+        ``recv``; cancelling it loses no message."""
+        from ._aio import recv_async
+        return await recv_async(self._native, lambda: self.recv(0), timeout)
 
     def __iter__(self) -> Iterator[Message]:
         while True:

@@ -433,3 +433,9 @@ impl<M: Pod> ArrayDelivery<'_, M> {
         Ok(())
     }
 }
+
+impl<M: Pod> crate::waitset::sealed::Sealed for ArrayQueue<M> {
+    fn source(&self) -> shmbus_core::waitset::Source<'_> {
+        shmbus_core::waitset::Source::Queue(&self.raw)
+    }
+}
