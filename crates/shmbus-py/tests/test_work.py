@@ -221,6 +221,12 @@ def test_barrier_passes_and_breaks_when_a_party_is_killed(prefix):
         assert sleeper.stdout.readline().strip() == "ready"
         other.start()
         b = shmbus.Barrier(name, 3)
+        # The kill must come after `other` has arrived (a spawned interpreter may take seconds
+        # to start on a busy machine): then both arrivals see the party die.
+        deadline = time.monotonic() + 30
+        while b.n_waiting < 1:
+            assert time.monotonic() < deadline, "the spawned party never arrived"
+            time.sleep(0.01)
         threading.Timer(0.5, sleeper.kill).start()
         with pytest.raises(shmbus.BrokenBarrier) as e:
             b.wait(timeout=20)
