@@ -646,6 +646,12 @@ fn queue_get(a: &QueueGetArgs) -> Result<(), Fail> {
     let seen = |m: &Msg, d: u32, ok: bool| {
         println!("got p={} i={} d={d} ok={ok}", m.producer, m.index);
     };
+    // Some "work" while an in-place delivery is held: a kill then finds it taken.
+    let work = |i: u64| {
+        if i % 4 == 0 {
+            std::thread::sleep(Duration::from_micros(50 + i % 400));
+        }
+    };
     // In acknowledged mode a copy is acknowledged as it is made: its delivery number is not
     // known (0).
     let copy_d = u32::from(a.mode == "amo");
@@ -659,6 +665,7 @@ fn queue_get(a: &QueueGetArgs) -> Result<(), Fail> {
                 let d = q.receive_timeout(SLICE)?;
                 let m = *d;
                 seen(&m, d.deliveries(), m.is_intact());
+                work(m.index);
                 d.ack()
             }
             (AnyQueue::Bytes(q), true) => q.get_timeout(SLICE).map(|b| {
@@ -669,6 +676,7 @@ fn queue_get(a: &QueueGetArgs) -> Result<(), Fail> {
                 let d = q.receive_timeout(SLICE)?;
                 let (m, ok) = msg_from_bytes(d.value());
                 seen(&m, d.deliveries(), ok);
+                work(m.index);
                 d.ack()
             }
         });
@@ -730,9 +738,8 @@ fn lock(a: &LockArgs) -> Result<(), Fail> {
                 store(&holder, a.id)?;
                 let x = load(&ca)?;
                 store(&ca, x.wrapping_add(1))?;
-                if rng.range(0, 4) == 0 {
-                    std::thread::sleep(Duration::from_micros(rng.range(10, 300)));
-                }
+                // Work under the lock, so that kills find it held.
+                std::thread::sleep(Duration::from_micros(rng.range(10, 600)));
                 store(&cb, x.wrapping_add(1))?;
                 store(&holder, 0)?;
                 drop(g);
