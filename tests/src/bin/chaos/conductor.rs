@@ -86,6 +86,7 @@ enum Role {
     Words,
     SharedState,
     Attach { rw: bool },
+    Gc,
 }
 
 impl Role {
@@ -289,6 +290,8 @@ pub(crate) struct Run {
     exe: PathBuf,
     python: Option<PathBuf>,
     python_note: String,
+    /// The Python workers' program, written out for the run (removed at the end).
+    py_script: Option<PathBuf>,
     topics: Vec<TopicDef>,
     queues: Vec<QueueDef>,
     slots: Vec<Slot>,
@@ -321,6 +324,7 @@ fn role_kind(r: Role) -> &'static str {
         Role::Words => "locked-value writer",
         Role::SharedState => "shared-state writer",
         Role::Attach { .. } => "array attacher",
+        Role::Gc => "gc runner",
     }
 }
 
@@ -480,6 +484,7 @@ impl Run {
         add(&mut roles, Role::SharedState, 2);
         add(&mut roles, Role::Attach { rw: true }, 1);
         add(&mut roles, Role::Attach { rw: false }, 1);
+        add(&mut roles, Role::Gc, 1);
         if python.is_some() {
             add(&mut roles, Role::PyTopicSub(0), 1);
             add(&mut roles, Role::PyTopicPub(0), 1);
@@ -498,6 +503,16 @@ impl Run {
                 started: 0,
             })
             .collect();
+        let py_script = match &python {
+            Some(_) => {
+                let path = std::env::temp_dir()
+                    .join(format!("shmbus-chaos-{}-worker.py", std::process::id()));
+                std::fs::write(&path, PY_WORKER)
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel();
         let accounts = queues
             .iter()
@@ -510,6 +525,7 @@ impl Run {
             exe,
             python,
             python_note,
+            py_script,
             topics,
             queues,
             slots,
@@ -581,6 +597,14 @@ impl Run {
             shared,
         });
         Ok(())
+    }
+
+    fn py_script_arg(&self) -> String {
+        self.py_script
+            .as_ref()
+            .expect("python slots only with python")
+            .display()
+            .to_string()
     }
 
     fn command(&self, role: Role, id: u64) -> Command {
@@ -686,11 +710,14 @@ impl Run {
                 }
                 (self.exe.clone(), a)
             }
+            Role::Gc => (
+                self.exe.clone(),
+                vec![s("worker"), s("gc"), s("--prefix"), self.prefix.clone()],
+            ),
             Role::PyTopicSub(t) | Role::PyTopicPub(t) => {
                 let d = &self.topics[t];
                 let mut a = vec![
-                    s("-c"),
-                    s(PY_WORKER),
+                    self.py_script_arg(),
                     s(if matches!(role, Role::PyTopicSub(_)) {
                         "sub"
                     } else {
@@ -711,8 +738,7 @@ impl Run {
             Role::PyQueueGet(q) => (
                 self.python.clone().expect("python"),
                 vec![
-                    s("-c"),
-                    s(PY_WORKER),
+                    self.py_script_arg(),
                     s("qget"),
                     self.queue_name(q),
                     s("refuse-some"),
@@ -721,8 +747,7 @@ impl Run {
             Role::PyLock => (
                 self.python.clone().expect("python"),
                 vec![
-                    s("-c"),
-                    s(PY_WORKER),
+                    self.py_script_arg(),
                     s("lock"),
                     self.name("lock"),
                     id.to_string(),
@@ -731,8 +756,7 @@ impl Run {
             Role::PyAdd => (
                 self.python.clone().expect("python"),
                 vec![
-                    s("-c"),
-                    s(PY_WORKER),
+                    self.py_script_arg(),
                     s("add"),
                     self.name("adds"),
                     id.to_string(),
@@ -1612,5 +1636,8 @@ impl Drop for Run {
         self.held = None;
         self.kill_all();
         remove_files(&self.prefix);
+        if let Some(p) = &self.py_script {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }

@@ -1,7 +1,7 @@
 """Python workers of the chaos harness (tests/src/bin/chaos.rs), on the same segments as the
 Rust workers, reporting in the same line protocol (see tests/src/bin/chaos/workers.rs).
 
-Run as `python -c <this file> ROLE ARGS...`:
+Run as `python <this file> ROLE ARGS...` (the conductor writes it out for the run):
   sub TOPIC POLICY MAX_PUBS         Pod `Msg` subscriber: checks every message, drains at the end
   pub TOPIC POLICY MAX_PUBS ID      Pod `Msg` publisher
   qget QUEUE STYLE                  byte-string queue consumer (acknowledged), `Msg` bytes

@@ -105,6 +105,15 @@ pub(crate) enum WorkerRole {
     SharedState(NameIdArgs),
     /// Attach the persistent array, check it, write it back unchanged, detach, again.
     Attach(AttachArgs),
+    /// Run `gc` over the run's names again and again, while everything else is in use.
+    Gc(GcArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct GcArgs {
+    /// The run's name prefix.
+    #[arg(long)]
+    prefix: String,
 }
 
 #[derive(Args)]
@@ -313,6 +322,7 @@ pub(crate) fn run(role: &WorkerRole) -> Result<(), Fail> {
         WorkerRole::Words(a) => words(a),
         WorkerRole::SharedState(a) => shared_state(a),
         WorkerRole::Attach(a) => attach(a),
+        WorkerRole::Gc(a) => gc(a),
     }
 }
 
@@ -864,5 +874,34 @@ fn attach(a: &AttachArgs) -> Result<(), Fail> {
         std::thread::sleep(Duration::from_micros(rng.range(1000, 4000)));
     }
     println!("final rounds={rounds}");
+    Ok(())
+}
+
+/// `gc` must only ever remove what nobody uses: every other role notices otherwise (a topic,
+/// queue or value removed under its users splits them from the newcomers).
+fn gc(a: &GcArgs) -> Result<(), Fail> {
+    ready();
+    let (mut rounds, mut removed) = (0u64, 0u64);
+    let mut beat = Beat::new();
+    let mut rng = Rng::from_seed(rounds ^ u64::from(std::process::id()));
+    while !stopping() {
+        let r = timed("gc", Duration::ZERO, || {
+            shmbus_core::segment::gc_report_prefix(&a.prefix, false)
+        })
+        .map_err(|e| Fail::new("gc", e))?;
+        removed += r.removed.len() as u64;
+        for u in &r.unreadable {
+            println!(
+                "viol kind=corrupt n=1 what=unreadable-{}",
+                format!("{u:?}").replace(' ', "_")
+            );
+        }
+        rounds += 1;
+        if beat.due() {
+            println!("prog rounds={rounds} removed={removed}");
+        }
+        std::thread::sleep(Duration::from_micros(rng.range(5_000, 50_000)));
+    }
+    println!("final rounds={rounds} removed={removed}");
     Ok(())
 }
