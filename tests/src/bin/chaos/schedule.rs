@@ -29,8 +29,11 @@ pub(crate) struct Event {
 
 /// One pause per this many events, on average.
 const PAUSE_ONE_IN: u64 = 5;
-/// Pauses last this many milliseconds (uniform).
+/// Pauses last this many milliseconds (uniform)...
 pub(crate) const PAUSE_MS: (u64, u64) = (5, 400);
+/// ... except one in five, which outlast the publish and lock timeouts (1 s and 2 s), so that
+/// the others' bounded waits run out while a holder or a slow subscriber is stopped.
+pub(crate) const LONG_PAUSE_MS: (u64, u64) = (400, 2500);
 
 /// The schedule: exactly `kills` kills and about a quarter as many pauses, at uniformly
 /// random moments of `0..duration_ms` (sorted), each on a slot drawn with probability
@@ -58,8 +61,13 @@ pub(crate) fn schedule(seed: u64, kills: u64, duration_ms: u64, weights: &[u32])
             })
             .expect("pick < total");
         let action = if rng.range(0, PAUSE_ONE_IN) == 0 {
+            let (lo, hi) = if rng.range(0, 5) == 0 {
+                LONG_PAUSE_MS
+            } else {
+                PAUSE_MS
+            };
             Action::Pause {
-                ms: rng.range(PAUSE_MS.0, PAUSE_MS.1 + 1),
+                ms: rng.range(lo, hi + 1),
             }
         } else {
             killed += 1;
@@ -98,11 +106,14 @@ mod tests {
         assert!((150..350).contains(&pauses), "{pauses} pauses");
         assert!(s.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
         assert!(s.iter().all(|e| e.at_ms < 30_000));
+        let mut long = 0;
         for e in &s {
             if let Action::Pause { ms } = e.action {
-                assert!((PAUSE_MS.0..=PAUSE_MS.1).contains(&ms));
+                assert!((PAUSE_MS.0..=LONG_PAUSE_MS.1).contains(&ms));
+                long += u32::from(ms > PAUSE_MS.1);
             }
         }
+        assert!(long > 20, "{long} pauses longer than the timeouts");
     }
 
     #[test]
