@@ -607,7 +607,8 @@ impl Run {
             .to_string()
     }
 
-    fn command(&self, role: Role, id: u64) -> Command {
+    fn command(&self, slot: usize, id: u64) -> Command {
+        let role = self.slots[slot].role;
         let s = |x: &str| x.to_owned();
         let (program, args): (PathBuf, Vec<String>) = match role {
             Role::TopicPub(t) | Role::TopicSub(t) => {
@@ -638,6 +639,13 @@ impl Run {
                 ];
                 if !sub {
                     a.extend([s("--id"), id.to_string()]);
+                } else if self.slots[..slot].iter().filter(|x| x.role == role).count() % 2 == 1 {
+                    // Every second subscriber of a topic holds its last sample, and under
+                    // overwrite starts a few messages back.
+                    a.push(s("--hold"));
+                    if d.policy == Policy::Overwrite {
+                        a.extend([s("--history"), s("4")]);
+                    }
                 }
                 (self.exe.clone(), a)
             }
@@ -777,9 +785,8 @@ impl Run {
     fn spawn(&mut self, slot: usize) -> Result<(), String> {
         let id = self.next_id;
         self.next_id += 1;
-        let role = self.slots[slot].role;
         let mut child = self
-            .command(role, id)
+            .command(slot, id)
             .spawn()
             .map_err(|e| format!("spawning {}: {e}", self.slots[slot].label))?;
         let w = self.workers.len();

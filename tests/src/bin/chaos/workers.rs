@@ -143,6 +143,12 @@ pub(crate) struct TopicSubArgs {
     policy: String,
     #[arg(long, default_value_t = 4)]
     max_pubs: u32,
+    /// Keep the last sample received until the next one (pod and array topics).
+    #[arg(long)]
+    hold: bool,
+    /// Start this many messages back.
+    #[arg(long, default_value_t = 0)]
+    history: u32,
 }
 
 #[derive(Args)]
@@ -423,48 +429,64 @@ fn topic_pub(a: &TopicPubArgs) -> Result<(), Fail> {
     Ok(())
 }
 
-/// A subscriber of any kind: the next message as (seq, producer, index, intact).
-trait Receive {
-    fn next(&self) -> Result<(u64, u64, u64, bool), RecvError>;
+/// A received message: (seq, producer, index, intact).
+type Got = (u64, u64, u64, bool);
+
+/// Keeps the last sample received (with `--hold`), so that a kill often finds one held, and
+/// checks that a held sample did not change while it was held.
+struct Keep<S> {
+    on: bool,
+    held: Option<(S, Got)>,
 }
 
-impl Receive for shmbus::Subscriber<Msg> {
-    fn next(&self) -> Result<(u64, u64, u64, bool), RecvError> {
-        let s = self.recv_timeout(SLICE)?;
-        Ok((s.seq(), s.producer, s.index, s.is_intact()))
+impl<S> Keep<S> {
+    fn new(on: bool) -> Keep<S> {
+        Keep { on, held: None }
+    }
+
+    /// Holds `s` (received as `got`), releasing the one held before after `recheck`ing it.
+    fn keep(&mut self, s: S, got: Got, recheck: impl Fn(&S) -> Got) {
+        if let Some((old, was)) = self.held.take() {
+            let now = recheck(&old);
+            if now != was {
+                let what = format!("held-sample-changed-from-{was:?}-to-{now:?}").replace(' ', "");
+                println!("viol kind=corrupt n=1 what={what}");
+            }
+        }
+        if self.on {
+            self.held = Some((s, got));
+        }
     }
 }
 
-impl Receive for shmbus::SerdeSubscriber<Rec> {
-    fn next(&self) -> Result<(u64, u64, u64, bool), RecvError> {
-        let (seq, r) = self.recv_timeout_with_seq(SLICE)?;
-        Ok((seq, r.producer, r.index, r.is_intact()))
-    }
+fn pod_got(s: &shmbus::Sample<'_, Msg>) -> Got {
+    (s.seq(), s.producer, s.index, s.is_intact())
 }
 
-impl Receive for shmbus::ArraySubscriber<ChaosFrame> {
-    fn next(&self) -> Result<(u64, u64, u64, bool), RecvError> {
-        let s = self.recv_timeout(SLICE)?;
-        let m = *s.meta();
-        let bytes = s.bytes();
-        let intact = bytes.len() as u64 == m.len
-            && bytes.len() == frame_len(m.index)
-            && s.shape() == [bytes.len()]
-            && check_frame(frame_key(m.producer, m.index), bytes).is_none();
-        Ok((s.seq(), m.producer, m.index, intact))
-    }
+fn frame_got(s: &shmbus::ArraySample<'_, ChaosFrame>) -> Got {
+    let m = *s.meta();
+    let bytes = s.bytes();
+    let intact = bytes.len() as u64 == m.len
+        && bytes.len() == frame_len(m.index)
+        && s.shape() == [bytes.len()]
+        && check_frame(frame_key(m.producer, m.index), bytes).is_none();
+    (s.seq(), m.producer, m.index, intact)
 }
 
 /// Receives until told to stop, then until every publisher is gone (or a second of quiet);
 /// prints `final producers=<id:first:last:count,...> received= lagged= end=`.
-fn subscribe(sub: &dyn Receive, p: Policy, what: &str) -> Result<(), Fail> {
+fn subscribe(
+    mut next: impl FnMut() -> Result<Got, RecvError>,
+    p: Policy,
+    what: &str,
+) -> Result<(), Fail> {
     ready();
     let mut check = StreamCheck::new(p);
     let mut beat = Beat::new();
     let mut quiet_since: Option<Instant> = None;
     let end = loop {
         let draining = stopping();
-        match timed("recv", SLICE, || sub.next()) {
+        match timed("recv", SLICE, &mut next) {
             Ok((seq, producer, index, intact)) => {
                 quiet_since = None;
                 for f in check.message(seq, producer, index, intact) {
@@ -510,14 +532,27 @@ fn subscribe(sub: &dyn Receive, p: Policy, what: &str) -> Result<(), Fail> {
 
 fn topic_sub(a: &TopicSubArgs) -> Result<(), Fail> {
     let p = policy(&a.policy)?;
-    let t = topic_builder(&a.topic, p, a.max_pubs);
+    let t = topic_builder(&a.topic, p, a.max_pubs).history(a.history);
     match a.kind.as_str() {
-        "pod" => subscribe(&join("subscriber", || t.subscriber::<Msg>())?, p, "pod"),
-        "rec" => subscribe(
-            &join("subscriber", || t.serde_subscriber::<Rec>())?,
-            p,
-            "rec",
-        ),
+        "pod" => {
+            let sub = join("subscriber", || t.subscriber::<Msg>())?;
+            let mut keep = Keep::new(a.hold);
+            let next = || {
+                let s = sub.recv_timeout(SLICE)?;
+                let got = pod_got(&s);
+                keep.keep(s, got, pod_got);
+                Ok(got)
+            };
+            subscribe(next, p, "pod")
+        }
+        "rec" => {
+            let sub = join("subscriber", || t.serde_subscriber::<Rec>())?;
+            let next = || {
+                let (seq, r) = sub.recv_timeout_with_seq(SLICE)?;
+                Ok((seq, r.producer, r.index, r.is_intact()))
+            };
+            subscribe(next, p, "rec")
+        }
         k => Err(Fail::new("usage", format!("kind {k:?}"))),
     }
 }
@@ -576,9 +611,16 @@ fn frames_pub(a: &TopicPubArgs) -> Result<(), Fail> {
 
 fn frames_sub(a: &TopicSubArgs) -> Result<(), Fail> {
     let p = policy(&a.policy)?;
-    let t = frames_builder(&a.topic, p);
+    let t = frames_builder(&a.topic, p).history(a.history);
     let sub = join("array subscriber", || t.array_subscriber::<ChaosFrame>())?;
-    subscribe(&sub, p, "frames")
+    let mut keep = Keep::new(a.hold);
+    let next = || {
+        let s = sub.recv_timeout(SLICE)?;
+        let got = frame_got(&s);
+        keep.keep(s, got, frame_got);
+        Ok(got)
+    };
+    subscribe(next, p, "frames")
 }
 
 /// The queue as every participant describes it (the conductor created it).
