@@ -22,8 +22,8 @@ use crate::account::{
 };
 use crate::schedule::{schedule, Action, Event};
 use crate::workers::{
-    array_word, lock_parts, msg_from_bytes, queue_builder, Words, ADD_BATCH, ARRAY_WORDS,
-    UPDATE_BATCH,
+    array_word, lock_parts, msg_from_bytes, queue_builder, ChaosFrame, Words, ADD_BATCH,
+    ARRAY_WORDS, UPDATE_BATCH,
 };
 
 /// The Python workers' program.
@@ -87,6 +87,8 @@ enum Role {
     SharedState,
     Attach { rw: bool },
     Gc,
+    ChurnSub(usize),
+    PyFramesSub(usize),
 }
 
 impl Role {
@@ -110,7 +112,7 @@ impl Role {
 
     fn topic_sub(self) -> Option<usize> {
         match self {
-            Role::TopicSub(t) | Role::PyTopicSub(t) => Some(t),
+            Role::TopicSub(t) | Role::PyTopicSub(t) | Role::PyFramesSub(t) => Some(t),
             _ => None,
         }
     }
@@ -325,6 +327,8 @@ fn role_kind(r: Role) -> &'static str {
         Role::SharedState => "shared-state writer",
         Role::Attach { .. } => "array attacher",
         Role::Gc => "gc runner",
+        Role::ChurnSub(_) => "churning subscriber",
+        Role::PyFramesSub(_) => "python array subscriber",
     }
 }
 
@@ -485,11 +489,15 @@ impl Run {
         add(&mut roles, Role::Attach { rw: true }, 1);
         add(&mut roles, Role::Attach { rw: false }, 1);
         add(&mut roles, Role::Gc, 1);
+        add(&mut roles, Role::ChurnSub(1), 1);
+        add(&mut roles, Role::ChurnSub(4), 1);
         if python.is_some() {
             add(&mut roles, Role::PyTopicSub(0), 1);
             add(&mut roles, Role::PyTopicPub(0), 1);
             add(&mut roles, Role::PyTopicSub(1), 1);
             add(&mut roles, Role::PyQueueGet(2), 1);
+            add(&mut roles, Role::PyFramesSub(4), 1);
+            add(&mut roles, Role::PyFramesSub(5), 1);
             add(&mut roles, Role::PyLock, 1);
             add(&mut roles, Role::PyAdd, 1);
         }
@@ -718,6 +726,38 @@ impl Run {
                 }
                 (self.exe.clone(), a)
             }
+            Role::ChurnSub(t) => {
+                let d = &self.topics[t];
+                (
+                    self.exe.clone(),
+                    vec![
+                        s("worker"),
+                        s("churn-sub"),
+                        s("--topic"),
+                        self.topic_name(t),
+                        s("--kind"),
+                        s(if d.kind == TopicKind::Frames {
+                            "frames"
+                        } else {
+                            "pod"
+                        }),
+                        s("--policy"),
+                        s(d.policy.as_str()),
+                        s("--max-pubs"),
+                        d.max_pubs.to_string(),
+                    ],
+                )
+            }
+            Role::PyFramesSub(t) => (
+                self.python.clone().expect("python"),
+                vec![
+                    self.py_script_arg(),
+                    s("fsub"),
+                    self.topic_name(t),
+                    s(self.topics[t].policy.as_str()),
+                    s(shmbus_core::layout::short_type_name::<ChaosFrame>()),
+                ],
+            ),
             Role::Gc => (
                 self.exe.clone(),
                 vec![s("worker"), s("gc"), s("--prefix"), self.prefix.clone()],
@@ -1588,6 +1628,23 @@ impl Run {
         let mut by_role: Vec<_> = self.kills_by_role.iter().collect();
         by_role.sort();
         println!("chaos: kills by role: {by_role:?}");
+        // What each kind of process did (messages received or sent, items put or got, lock
+        // rounds, adds, updates, attachments, gc rounds, joins), summed over its processes.
+        let mut work: Vec<(&str, u64, u64)> = Vec::new();
+        for w in &self.workers {
+            let kind = role_kind(self.slots[w.slot].role);
+            match work.iter_mut().find(|(k, _, _)| *k == kind) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += w.prog;
+                }
+                None => work.push((kind, 1, w.prog)),
+            }
+        }
+        work.sort();
+        for (kind, n, done) in work {
+            println!("  {kind:<28} {n:>6} processes {done:>12} done");
+        }
         println!(
             "chaos: {} processes in all; {} hang reports excused (the process itself was paused); {} join lags (back-pressure join window); {} stale segments removed by gc",
             self.workers.len(),

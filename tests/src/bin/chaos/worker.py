@@ -3,6 +3,7 @@ Rust workers, reporting in the same line protocol (see tests/src/bin/chaos/worke
 
 Run as `python <this file> ROLE ARGS...` (the conductor writes it out for the run):
   sub TOPIC POLICY MAX_PUBS         Pod `Msg` subscriber: checks every message, drains at the end
+  fsub TOPIC POLICY TYPE_NAME       array subscriber (frames of the Rust array publishers)
   pub TOPIC POLICY MAX_PUBS ID      Pod `Msg` publisher
   qget QUEUE STYLE                  byte-string queue consumer (acknowledged), `Msg` bytes
   lock NAME ID                      robust lock holder keeping NAME.a == NAME.b
@@ -184,6 +185,57 @@ def sub(name, policy, max_pubs):
     out(f"final producers={check.seen()} received={check.received} lagged={check.lagged} end={end}")
 
 
+FRAME = np.dtype([("producer", "<u8"), ("index", "<u8"), ("len", "<u8")])
+
+
+def frame_ok(sample, producer, index, length):
+    """`workers::frame_got` of the Rust side: `fill_frame(frame_key(producer, index))`."""
+    a = sample.array
+    want_len = 256 + (index % 15) * 256
+    if a.dtype != np.uint8 or a.shape != (want_len,) or length != want_len:
+        return False
+    key = (index ^ rotl(producer, 32)) & 0xFFFFFFFF
+    i = np.arange(want_len, dtype=np.uint64)
+    v = ((i * 2654435761) & 0xFFFFFFFF) ^ ((key * 40503) & 0xFFFFFFFF)
+    want = ((v & 0xFF) ^ ((i >> 8) & 0xFF)).astype(np.uint8)
+    return bool(np.array_equal(a, want))
+
+
+def fsub(name, policy, type_name):
+    t = shmbus.Topic(name, capacity=CAPACITY, max_subscribers=MAX_SUBSCRIBERS,
+                     overflow="overwrite" if policy == "ow" else "backpressure")
+    s = join(lambda: t.array_subscriber(FRAME, type_name=type_name))
+    out(f"ready ns={time.monotonic_ns()}")
+    check, beat, quiet = StreamCheck(policy), time.monotonic(), None
+    while True:
+        draining = STOP.is_set()
+        try:
+            with timed("recv", SLICE, lambda: s.recv(timeout=SLICE)) as m:
+                quiet = None
+                meta = m.meta
+                p, i, n = int(meta["producer"]), int(meta["index"]), int(meta["len"])
+                check.message(m.seq, p, i, frame_ok(m, p, i, n))
+        except shmbus.Lagged as e:
+            check.lag(e.count)
+        except shmbus.Timeout:
+            if draining:
+                quiet = quiet or time.monotonic()
+                if time.monotonic() - quiet > 1.0:
+                    end = "quiet"
+                    break
+        except shmbus.Disconnected:
+            if draining:
+                end = "disconnected"
+                break
+            time.sleep(0.01)
+        except shmbus.Corrupt:
+            out("baddesc n=1")
+        if time.monotonic() - beat > BEAT:
+            beat = time.monotonic()
+            out(f"prog received={check.received}")
+    out(f"final producers={check.seen()} received={check.received} lagged={check.lagged} end={end}")
+
+
 def pub(name, policy, max_pubs, ident):
     ident = int(ident)
     p = join(lambda: topic(name, policy, int(max_pubs)).publisher(MSG, type_name=MSG_TYPE))
@@ -290,7 +342,7 @@ if __name__ == "__main__":
     watch_stdin()
     role, args = sys.argv[1], sys.argv[2:]
     try:
-        {"sub": sub, "pub": pub, "qget": qget, "lock": lock, "add": add}[role](*args)
+        {"sub": sub, "fsub": fsub, "pub": pub, "qget": qget, "lock": lock, "add": add}[role](*args)
     except Exception as e:  # noqa: BLE001 - reported to the conductor, which judges it
         code = "join" if isinstance(e, JoinFailed) else f"py-{type(e).__name__}"
         msg_ = f"{type(e).__name__}: {e}".replace("\n", " ")

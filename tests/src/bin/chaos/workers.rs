@@ -107,6 +107,8 @@ pub(crate) enum WorkerRole {
     Attach(AttachArgs),
     /// Run `gc` over the run's names again and again, while everything else is in use.
     Gc(GcArgs),
+    /// Join a topic as a subscriber, take a few messages, leave, again.
+    ChurnSub(TopicSubArgs),
 }
 
 #[derive(Args)]
@@ -329,6 +331,7 @@ pub(crate) fn run(role: &WorkerRole) -> Result<(), Fail> {
         WorkerRole::SharedState(a) => shared_state(a),
         WorkerRole::Attach(a) => attach(a),
         WorkerRole::Gc(a) => gc(a),
+        WorkerRole::ChurnSub(a) => churn_sub(a),
     }
 }
 
@@ -945,5 +948,73 @@ fn gc(a: &GcArgs) -> Result<(), Fail> {
         std::thread::sleep(Duration::from_micros(rng.range(5_000, 50_000)));
     }
     println!("final rounds={rounds} removed={removed}");
+    Ok(())
+}
+
+/// Subscribers that come and go: each join takes a few messages (checked as a stream of its
+/// own), then leaves. `kind` `pod` or `frames`.
+fn churn_sub(a: &TopicSubArgs) -> Result<(), Fail> {
+    let p = policy(&a.policy)?;
+    ready();
+    let mut rng = Rng::from_seed(u64::from(std::process::id()));
+    let (mut joins, mut received) = (0u64, 0u64);
+    let mut beat = Beat::new();
+    while !stopping() {
+        let want = rng.range(1, 40);
+        let until = Instant::now() + Duration::from_millis(rng.range(20, 300));
+        let mut check = StreamCheck::new(p);
+        let take = |got: Result<Got, RecvError>, check: &mut StreamCheck| -> Result<bool, Fail> {
+            match got {
+                Ok((seq, producer, index, intact)) => {
+                    for f in check.message(seq, producer, index, intact) {
+                        report(f, &format!("churn-p{producer}-i{index}-s{seq}"));
+                    }
+                    Ok(true)
+                }
+                Err(RecvError::Lagged(n)) => {
+                    if let Some(f) = check.lag(n) {
+                        report(f, "churn-lag");
+                    }
+                    Ok(true)
+                }
+                Err(RecvError::Timeout | RecvError::Disconnected) => Ok(false),
+                Err(RecvError::BadDescriptor { .. }) => {
+                    println!("baddesc n=1");
+                    Ok(true)
+                }
+                Err(e) => Err(Fail::new("recv", e)),
+            }
+        };
+        match a.kind.as_str() {
+            "pod" => {
+                let t = topic_builder(&a.topic, p, a.max_pubs);
+                let sub = join("subscriber", || t.subscriber::<Msg>())?;
+                while check.received < want && Instant::now() < until {
+                    let got = timed("recv", SLICE, || {
+                        sub.recv_timeout(SLICE).map(|s| pod_got(&s))
+                    });
+                    take(got, &mut check)?;
+                }
+            }
+            "frames" => {
+                let t = frames_builder(&a.topic, p);
+                let sub = join("array subscriber", || t.array_subscriber::<ChaosFrame>())?;
+                while check.received < want && Instant::now() < until {
+                    let got = timed("recv", SLICE, || {
+                        sub.recv_timeout(SLICE).map(|s| frame_got(&s))
+                    });
+                    take(got, &mut check)?;
+                }
+            }
+            k => return Err(Fail::new("usage", format!("kind {k:?}"))),
+        }
+        joins += 1;
+        received += check.received;
+        if beat.due() {
+            println!("prog joins={joins} received={received}");
+        }
+        std::thread::sleep(Duration::from_micros(rng.range(0, 20_000)));
+    }
+    println!("final joins={joins} received={received}");
     Ok(())
 }
