@@ -194,3 +194,75 @@ fn killing_the_stalled_subscriber_releases_a_blocked_publisher() {
     assert_eq!(done.num("sent"), 50);
     s.assert_gone(&name);
 }
+
+/// Found by the chaos harness: on a topic with several publishers, a publisher whose publish
+/// timeout runs out while another one holds the publish lock (here a publisher process held
+/// back by a stalled subscriber, waiting for room under the lock) gets `Timeout`, like a wait
+/// for room, not a lock failure; and it publishes once the other lets go.
+#[test]
+fn a_publisher_waiting_for_the_publish_lock_times_out_with_timeout() {
+    let mut s = scope!("bplocktimeout");
+    let name = s.name();
+    let topic = [
+        "--topic",
+        &name,
+        "--overflow",
+        "back-pressure",
+        "--capacity",
+        "4",
+        "--max-publishers",
+        "2",
+    ];
+    let mut stalled = s.spawn(
+        "stalled subscriber",
+        &[&["hold", "--hold", "0"][..], &topic].concat(),
+    );
+    stalled.expect("holding", STEP);
+    // It fills the ring, then waits for room (10 s) holding the publish lock.
+    let mut blocked = s.spawn(
+        "blocked publisher",
+        &[
+            &[
+                "publish",
+                "--count",
+                "5",
+                "--progress",
+                "--publish-timeout-ms",
+                "10000",
+            ][..],
+            &topic,
+        ]
+        .concat(),
+    );
+    while blocked.expect("sent", STEP).num("index") < 3 {}
+    // Let it get into its wait for room.
+    std::thread::sleep(Duration::from_millis(100));
+    let timeout = Duration::from_millis(200);
+    let mut publ = Topic::builder(&name)
+        .overflow(Overflow::BackPressure)
+        .max_publishers(2)
+        .publish_timeout(Some(timeout))
+        .publisher::<Msg>()
+        .expect("second publisher");
+    let started = Instant::now();
+    match publ.send(Msg::new(2, 0)) {
+        Err(e) if matches!(e.reason(), SendFailure::Publish(PublishFailure::Timeout)) => {
+            assert_eq!(e.into_inner(), Msg::new(2, 0), "the message is handed back");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+    // The same through a loan.
+    let mut loan = publ.loan().expect("a slot");
+    *loan = Msg::new(2, 0);
+    match loan.publish() {
+        Err(e) if matches!(e.reason(), PublishFailure::Timeout) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // The stalled subscriber dies: the blocked publisher finishes and lets go of the lock.
+    stalled.kill();
+    assert_eq!(blocked.finish("done", STEP).num("sent"), 5);
+    publ.send(Msg::new(2, 0)).expect("the lock is free again");
+    drop(publ);
+    s.assert_gone(&name);
+}

@@ -4,6 +4,7 @@ fork Pool workers."""
 import multiprocessing as mp
 import os
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -121,3 +122,36 @@ def test_python_bytes_to_rust(prefix, peer):
     out, err = sub.communicate(timeout=20)
     assert sub.returncode == 0, out + err
     assert "summary ok=40 bad=0" in out
+
+
+def test_publish_lock_held_by_a_blocked_rust_publisher_times_out(prefix, peer):
+    """Found by the chaos harness: a publisher whose timeout runs out while another publisher
+    holds the publish lock (a Rust publisher held back by a stalled subscriber, waiting for room
+    under the lock) gets shmbus.Timeout, as for a wait for room, not a generic lock error."""
+    qos = dict(capacity=4, overflow="backpressure", max_publishers=2)
+    stalled = shmbus.Topic(prefix, **qos).subscriber(MSG, type_name=MSG_TYPE)
+    blocked = subprocess.Popen(
+        [peer.path, "publish", "--topic", prefix, "--overflow", "back-pressure", "--capacity",
+         "4", "--max-publishers", "2", "--count", "5", "--progress", "--publish-timeout-ms",
+         "10000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while True:
+            line = blocked.stdout.readline()
+            assert line, blocked.stderr.read()
+            if line.startswith("sent index=3"):
+                break
+        time.sleep(0.1)  # into its wait for room, under the lock
+        pub = shmbus.Topic(prefix, publish_timeout=0.2, **qos).publisher(MSG, type_name=MSG_TYPE)
+        start = time.monotonic()
+        with pytest.raises(shmbus.Timeout):
+            pub.send(msg(7, 0))
+        assert time.monotonic() - start >= 0.2
+        stalled.close()  # room: the blocked publisher finishes and lets go of the lock
+        out, err = blocked.communicate(timeout=20)
+        assert blocked.returncode == 0, err
+        assert "done sent=5" in out
+        pub.send(msg(7, 0))
+    finally:
+        if blocked.poll() is None:
+            blocked.kill()
+            blocked.wait()

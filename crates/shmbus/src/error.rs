@@ -117,10 +117,12 @@ impl OpenError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PublishFailure {
-    /// Back-pressure: the slowest live subscriber did not make room before the timeout.
-    #[error("timed out waiting for a slow subscriber to make room")]
+    /// The publish timeout passed: the slowest live subscriber did not make room before it
+    /// (back-pressure), or another publisher held the multi-publisher lock that long (it may be
+    /// waiting for room itself).
+    #[error("timed out waiting for room, or for the publish lock")]
     Timeout,
-    /// The multi-publisher lock failed.
+    /// The multi-publisher lock failed (not recoverable, or already held by this thread).
     #[error("the publish lock failed: {0}")]
     Lock(shmbus_core::sync::LockError),
     /// The publisher was made before a `fork` and this process is the child.

@@ -158,6 +158,9 @@ enum Role {
 struct GcArgs {
     #[arg(long, default_value_t = 0)]
     for_ms: u64,
+    /// Only names starting with this (`gc_report_prefix`).
+    #[arg(long, default_value = "")]
+    prefix: String,
 }
 
 #[derive(Args)]
@@ -939,9 +942,16 @@ fn open(a: &OpenArgs) -> Result<(), Fail> {
 fn gc(a: &GcArgs) -> Result<(), Fail> {
     let deadline = std::time::Instant::now() + Duration::from_millis(a.for_ms);
     let mut removed = Vec::new();
+    let mut unreadable = 0u64;
     let mut rounds = 0u64;
     loop {
-        removed.extend(shmbus_core::segment::gc().map_err(|e| Fail::new("os", e))?);
+        let r = shmbus_core::segment::gc_report_prefix(&a.prefix, false)
+            .map_err(|e| Fail::new("os", e))?;
+        removed.extend(r.removed);
+        for u in &r.unreadable {
+            eprintln!("unreadable: {u:?}");
+        }
+        unreadable += r.unreadable.len() as u64;
         rounds += 1;
         if std::time::Instant::now() >= deadline {
             break;
@@ -952,7 +962,10 @@ fn gc(a: &GcArgs) -> Result<(), Fail> {
     } else {
         removed.join(",")
     };
-    println!("gc rounds={rounds} count={} removed={list}", removed.len());
+    println!(
+        "gc rounds={rounds} count={} unreadable={unreadable} removed={list}",
+        removed.len()
+    );
     Ok(())
 }
 

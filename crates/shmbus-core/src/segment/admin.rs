@@ -179,6 +179,9 @@ pub fn gc_report_prefix(prefix: &str, remove_unreadable: bool) -> io::Result<GcR
             Mode::empty(),
         ) {
             Ok(fd) => fd,
+            // Its last user removed it since the listing: nothing to collect or report (and
+            // nothing to unlink: the name may already be another file's).
+            Err(rustix::io::Errno::NOENT) => continue,
             Err(e) => {
                 unreadable(format!("cannot open it: {e}"), false, None);
                 continue;

@@ -22,10 +22,11 @@ pub enum LoanError {
 /// Why a publish did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// Back-pressure: the slowest live subscriber did not make room in time.
-    #[error("timed out waiting for a slow subscriber to make room")]
+    /// The publish timeout passed: the slowest live subscriber did not make room in time
+    /// (back-pressure), or another publisher held the multi-publisher lock that long.
+    #[error("timed out waiting for room, or for the publish lock")]
     Timeout,
-    /// The multi-publisher lock could not be taken.
+    /// The multi-publisher lock failed (not recoverable, or already held by this thread).
     #[error("the publish lock failed: {0}")]
     Lock(#[from] sync::LockError),
     /// The publisher was made before a fork; this process is the child.
@@ -291,6 +292,9 @@ impl RawPublisher {
         if multi {
             let acquired = match lock.lock(&holders, timeout) {
                 Ok(a) => a,
+                // The publish timeout ran out while another publisher held the lock (it may
+                // itself be waiting for room): the same timeout as a wait for room.
+                Err(sync::LockError::Timeout) => return Err((PublishError::Timeout, loan)),
                 Err(e) => return Err((e.into(), loan)),
             };
             match acquired {
