@@ -12,7 +12,7 @@ use crate::layout::{Codec, TypeInfo};
 use crate::name::Name;
 use crate::wire::{Kind, Lifetime, FORMAT_VERSION, HEADER_SIZE, MAGIC, STATE_OFFSET};
 
-use super::SegmentError;
+use super::{Expect, SegmentError};
 
 /// The layout of the header at offset 0 of every segment (`docs/architecture.md` §2).
 ///
@@ -131,6 +131,16 @@ impl Header {
         Ok(())
     }
 
+    /// What an opener checks on its first copy, before the header is ready: magic, version
+    /// and lifetime, which decide what the opener does next (wait, reclaim, refuse).
+    pub(crate) fn opening_lifetime(&self, name: &Name) -> Result<Lifetime, SegmentError> {
+        self.validate_identity(name)?;
+        self.lifetime().ok_or_else(|| SegmentError::Corrupt {
+            name: name.clone(),
+            reason: format!("unknown lifetime {}", self.lifetime),
+        })
+    }
+
     /// Checks this copy against the rules of the format and, when given, the length of the file
     /// it came from, and returns what a user of the segment may rely on.
     pub(crate) fn validate(
@@ -212,6 +222,41 @@ pub struct HeaderSnapshot {
     pub created_unix_ns: u64,
     /// Kind-specific figures (see [`crate::wire`]).
     pub params: [u64; 8],
+}
+
+impl HeaderSnapshot {
+    /// Checks a validated snapshot against what the opener expects: the lifetime it saw on its
+    /// first copy (`lifetime`), the kind, and the stored type when the opener names one.
+    pub(crate) fn check_expected(
+        &self,
+        name: &Name,
+        lifetime: Lifetime,
+        expect: &Expect,
+    ) -> Result<(), SegmentError> {
+        if self.lifetime != lifetime {
+            return Err(SegmentError::Corrupt {
+                name: name.clone(),
+                reason: "its lifetime changed while it was opened".into(),
+            });
+        }
+        if self.kind != expect.kind {
+            return Err(SegmentError::WrongKind {
+                name: name.clone(),
+                expected: expect.kind,
+                found: self.kind,
+            });
+        }
+        if let Some(t) = &expect.type_info {
+            if !t.matches(&self.type_info) {
+                return Err(SegmentError::WrongType {
+                    name: name.clone(),
+                    expected: Box::new(t.clone()),
+                    found: Box::new(self.type_info.clone()),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The atomic words of a mapped header.
