@@ -107,6 +107,10 @@ mod spec;
 mod survey;
 mod watch;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -254,7 +258,8 @@ pub(crate) fn note(msg: &str) {
     let _ = writeln!(std::io::stderr(), "shmbus: {msg}");
 }
 
-fn main() -> ExitCode {
+/// Runs the `shmbus` command on this process's arguments (the binary's `main`).
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) | Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
