@@ -163,6 +163,35 @@ fn main() -> Result<(), Error> {
     c.put("edge-name-utf8", &edit(off("name"), &[0xff, 0xfe]))?;
     c.put("edge-codec", &edit(off("codec"), &u32_le(3)))?;
 
+    // payload_layout: the ring headers of real topics, the params of real queues.
+    let c = Corpus::new(&root, "payload_layout")?;
+    for n in ["pose", "status", "frames"] {
+        let bytes = fs::read(segment::shm_path(&Name::new(&name(n))?))?;
+        let ring_at = HEADER_SIZE + shmbus_core::wire::topic::RING_OFFSET;
+        let ring_len = (bytes.len() - ring_at) as u32;
+        let mut input = vec![0u8];
+        input.extend_from_slice(&ring_len.to_le_bytes());
+        input.extend_from_slice(&bytes[ring_at..ring_at + shmbus_core::fuzzing::RING_HEADER_SIZE]);
+        c.put(&format!("real-topic-{n}"), &input)?;
+    }
+    for n in ["jobs", "ticks"] {
+        let info = segment::peek(&Name::new(&name(n))?)?;
+        let mut input = vec![1u8];
+        input.extend_from_slice(&(info.payload_size as u32).to_le_bytes());
+        for w in info.params {
+            input.extend_from_slice(&w.to_le_bytes());
+        }
+        c.put(&format!("real-queue-{n}"), &input)?;
+    }
+
+    let mut short = vec![0u8];
+    short.extend_from_slice(&256u32.to_le_bytes());
+    c.put("edge-topic-short", &short)?;
+    let mut huge = vec![1u8];
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    huge.extend_from_slice(&[0xff; 64]);
+    c.put("edge-queue-max", &huge)?;
+
     // pool_descriptor: the real slot, metadata, payload length and generations, and edits.
     let c = Corpus::new(&root, "pool_descriptor")?;
     let meta = &pool_payload[..shmbus_core::fuzzing::POOL_META_SIZE];

@@ -9,6 +9,8 @@ use std::ptr::NonNull;
 use crate::dtype::Dtype;
 use crate::name::Name;
 use crate::pool::{check_block, read_descriptor, BlockDescriptor, PoolMeta, Shape};
+use crate::queue::QueueLayout;
+use crate::ring::{Ring, RingHeader, RingLayout};
 use crate::segment::{Expect, Header, HeaderSnapshot, SegmentError, SegmentInfo};
 use crate::wire::HEADER_SIZE;
 
@@ -53,6 +55,35 @@ pub fn open_header(
 /// What `segment::peek` (the tools' `ls` and `inspect`) reports of the header `bytes`.
 pub fn peek_header(bytes: &[u8], in_use: bool) -> Result<SegmentInfo, SegmentError> {
     crate::segment::info_from(&name(), &header_of(bytes), in_use)
+}
+
+/// The ring layout a topic opener derives from the ring header `ring` (zero-filled to its
+/// size) at the start of a ring part of `ring_len` bytes (`Ring::read_layout`, as
+/// `RawTopic::open` calls it).
+pub fn ring_layout(ring: &[u8], ring_len: usize) -> Result<RingLayout, String> {
+    // 128-aligned, as the ring part of a payload is.
+    #[repr(C, align(128))]
+    #[derive(Clone, Copy)]
+    struct Line([u8; 128]);
+    let len = ring_len.max(size_of::<RingHeader>());
+    let mut buf = vec![Line([0; 128]); len.div_ceil(128)];
+    // SAFETY: `buf` holds `len.div_ceil(128) * 128 >= len` initialised bytes; viewing them as
+    // bytes is sound (`Line` is a byte array).
+    let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), len) };
+    let n = ring.len().min(size_of::<RingHeader>());
+    bytes[..n].copy_from_slice(&ring[..n]);
+    let base = NonNull::from(&mut bytes[0]);
+    // SAFETY: `base` points to `len >= ring_len` readable bytes, 128-aligned, alive for the
+    // call.
+    unsafe { Ring::read_layout(base, ring_len) }.map_err(|e| e.0)
+}
+
+/// Bytes of a topic's ring header.
+pub const RING_HEADER_SIZE: usize = size_of::<RingHeader>();
+
+/// The queue layout a queue opener derives from a header's `params` and its payload length.
+pub fn queue_layout(params: &[u64; 8], payload_len: usize) -> Result<QueueLayout, String> {
+    QueueLayout::from_header(params, payload_len)
 }
 
 /// The topic whose pool segments [`resolve_descriptor`] names.
