@@ -4,8 +4,13 @@
 //! a few edge cases of each.
 //!
 //! ```text
-//! cargo run --manifest-path fuzz/Cargo.toml --example make_seeds -- fuzz/corpus
+//! cargo run --manifest-path fuzz/Cargo.toml --release --example make_seeds -- fuzz/corpus
+//! cargo run --manifest-path fuzz/Cargo.toml --release --example make_seeds -- --check fuzz/corpus
 //! ```
+//!
+//! `--check` writes nothing: it checks that every `real-*` seed (and each CLI seed of a real
+//! object) is accepted by the code its target runs, so the seeds start the fuzzer on the paths
+//! that succeed.
 //!
 //! Every segment it makes is scoped and private, under a name with this process's id, and is
 //! gone when it exits.
@@ -54,8 +59,116 @@ fn u32_le(v: u32) -> [u8; 4] {
     v.to_le_bytes()
 }
 
+/// The seeds of `target` whose file names start with `prefix`.
+fn seeds(root: &Path, target: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(root.join(target))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) {
+            out.push((name, fs::read(e.path())?));
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("no {prefix}* seeds for {target}").into());
+    }
+    Ok(out)
+}
+
+/// Checks that the real seeds under `root` pass the checks of their targets.
+fn check(root: &Path) -> Result<(), Error> {
+    use shmbus_core::fuzzing::*;
+    let hs = size_of::<Header>();
+    let mut n = 0;
+    for (f, b) in seeds(root, "segment_header", "real-")? {
+        let info = peek_header(&b[..hs], true).map_err(|e| format!("{f}: {e}"))?;
+        let len = u64::from_le_bytes(b[hs..hs + 8].try_into()?) as usize;
+        let expect = shmbus_core::segment::Expect {
+            type_info: Some(info.type_info.clone()),
+            ..shmbus_core::segment::Expect::new(info.kind, info.type_info.clone())
+        };
+        open_header(&b[..hs], len, &expect).map_err(|e| format!("{f}: {e}"))?;
+        n += 1;
+    }
+    for (f, b) in seeds(root, "pool_descriptor", "real")? {
+        let (slot, rest) = b.split_at(shmbus_core::pool::DESCRIPTOR_SIZE);
+        let (meta, rest) = rest.split_at(POOL_META_SIZE);
+        let len = u64::from_le_bytes(rest[..8].try_into()?) as usize;
+        let gens: Vec<u64> = rest[8..]
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        resolve_descriptor(slot, meta, len, &gens).map_err(|e| format!("{f}: {e}"))?;
+        n += 1;
+    }
+    for (f, b) in seeds(root, "array_item", "real-")? {
+        let meta_size = usize::from(u16::from_le_bytes([b[0], b[1]]));
+        let index = u32::from_le_bytes(b[2..6].try_into()?);
+        let layout = ArrayItemLayout::from_slot(meta_size, b.len() - 6).ok_or("layout")?;
+        layout
+            .read(&b[6..], index)
+            .map_err(|e| format!("{f}: {e}"))?;
+        n += 1;
+    }
+    for (f, b) in seeds(root, "serde_frame", "real-")? {
+        use shmbus::fuzzing::decode;
+        let ok = match b[0] {
+            serde_op::DECODE_STATUS => decode::<Status>(&b[1..]).is_ok(),
+            serde_op::DECODE_STRING => decode::<String>(&b[1..]).is_ok(),
+            serde_op::DECODE_VEC => decode::<Vec<u64>>(&b[1..]).is_ok(),
+            serde_op::DECODE_TUPLE => decode::<(u8, Option<i32>, Mode)>(&b[1..]).is_ok(),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("serde_frame/{f} does not decode").into());
+        }
+        n += 1;
+    }
+    for (f, b) in seeds(root, "payload_layout", "real-")? {
+        let len = u32::from_le_bytes(b[1..5].try_into()?) as usize;
+        if b[0] % 2 == 0 {
+            ring_layout(&b[5..], len).map_err(|e| format!("{f}: {e}"))?;
+        } else {
+            let mut p = [0u64; 8];
+            for (w, c) in p.iter_mut().zip(b[5..].chunks_exact(8)) {
+                *w = u64::from_le_bytes(c.try_into()?);
+            }
+            queue_layout(&p, len).map_err(|e| format!("{f}: {e}"))?;
+        }
+        n += 1;
+    }
+    for name in [
+        "pose-known",
+        "pose-as",
+        "status-as",
+        "frames",
+        "frames-as",
+        "jobs",
+        "count",
+    ] {
+        let b = fs::read(root.join("cli_decode").join(name))?;
+        let info = peek_header(&b[..hs], false).map_err(|e| format!("{name}: {e}"))?;
+        let flags = b[hs];
+        let len = usize::from(u16::from_le_bytes([b[hs + 1], b[hs + 2]]));
+        let text = std::str::from_utf8(&b[hs + 3..hs + 3 + len])?;
+        let slot = &b[hs + 3 + len..];
+        let as_spec = (flags & 1 == 1).then_some(text);
+        let (json, _) = shmbus_cli::fuzzing::echo(&info, as_spec, slot)?;
+        if json.contains("\"error\"") {
+            return Err(format!("cli_decode/{name} does not decode: {json}").into());
+        }
+        n += 1;
+    }
+    println!("{n} real seeds pass their targets' checks");
+    Ok(())
+}
+
 fn main() -> Result<(), Error> {
-    let root = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "corpus".into()));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--check") {
+        return check(Path::new(args.get(1).map_or("corpus", String::as_str)));
+    }
+    let root = PathBuf::from(args.first().map_or("corpus", String::as_str));
     let p = format!("fuzzseed{}", std::process::id());
     let name = |s: &str| format!("{p}.{s}");
 
