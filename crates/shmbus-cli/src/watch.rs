@@ -51,7 +51,7 @@ fn subscribe(typed: &str, budget: &Budget) -> Result<(Name, SegmentInfo, RawSubs
 
 /// How `echo` turns a slot into output.
 #[derive(Debug)]
-enum Decoder {
+pub(crate) enum Decoder {
     /// An array topic: the block descriptor, then metadata (decoded with a layout, or hex).
     Array { meta: Option<Ty>, meta_len: usize },
     /// In-memory bytes of a known layout of this size.
@@ -62,7 +62,7 @@ enum Decoder {
     Hex(String),
 }
 
-fn decoder(info: &SegmentInfo, as_spec: Option<&str>) -> Result<Decoder, CliError> {
+pub(crate) fn decoder(info: &SegmentInfo, as_spec: Option<&str>) -> Result<Decoder, CliError> {
     let t = &info.type_info;
     let user = as_spec.map(spec::parse).transpose()?;
     let mismatch = |source| CliError::SpecMismatch {
@@ -123,7 +123,7 @@ fn decoder(info: &SegmentInfo, as_spec: Option<&str>) -> Result<Decoder, CliErro
 
 /// One echoed message, as `--json` prints it.
 #[derive(Debug, Serialize)]
-struct EchoMsg {
+pub(crate) struct EchoMsg {
     seq: u64,
     /// Decoded value.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,7 +164,12 @@ impl EchoMsg {
 }
 
 /// The message of one slot. Never panics: the slot comes from another process.
-fn echo_msg(seq: u64, slot: &[u8], d: &Decoder, info: &SegmentInfo) -> (EchoMsg, Vec<u8>) {
+pub(crate) fn echo_msg(
+    seq: u64,
+    slot: &[u8],
+    d: &Decoder,
+    info: &SegmentInfo,
+) -> (EchoMsg, Vec<u8>) {
     let mut m = EchoMsg::new(seq);
     let mut raw = Vec::new();
     match d {
@@ -246,7 +251,7 @@ fn echo_msg(seq: u64, slot: &[u8], d: &Decoder, info: &SegmentInfo) -> (EchoMsg,
     (m, raw)
 }
 
-fn render_echo(m: &EchoMsg, raw: &[u8]) -> String {
+pub(crate) fn render_echo(m: &EchoMsg, raw: &[u8]) -> String {
     let json = |v: &Value| serde_json::to_string(v).unwrap_or_default();
     let mut s = format!("#{}", m.seq);
     if let Some(v) = &m.value {

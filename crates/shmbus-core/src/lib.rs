@@ -38,6 +38,9 @@ pub mod array;
 pub mod dtype;
 pub mod fork;
 pub mod futex;
+#[cfg(all(feature = "fuzzing", not(loom)))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod layout;
 pub mod liveness;
 pub mod name;

@@ -55,6 +55,10 @@ mod error;
 mod frames;
 pub mod identity;
 mod queue;
+mod serde_slot;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use serde_slot::fuzzing;
 mod shared;
 mod sync;
 mod topic;

@@ -19,9 +19,9 @@ use shmbus_core::queue::{
 };
 use shmbus_core::segment::Lifetime;
 use shmbus_core::sync::LockError;
-use shmbus_core::wire::frame;
 
 use crate::error::{OpenError, SendError};
+use crate::serde_slot::{self, EncodeFailure};
 
 /// Items up to this size are put and got in one lock hold each (the copy holds the lock);
 /// larger ones are written and read outside the lock, between two holds.
@@ -614,21 +614,14 @@ impl<T: Serialize> SerdeQueue<T> {
             Ok(r) => r,
             Err(e) => return Err(SendError::new(value, e)),
         };
-        let slot = r.bytes_mut();
-        let capacity = frame::capacity(slot.len());
-        let used = match postcard::to_slice(&value, frame::body_mut(slot)) {
-            Ok(used) => used.len(),
-            Err(postcard::Error::SerializeBufferFull) => {
-                let size = postcard::experimental::serialized_size(&value).unwrap_or(usize::MAX);
-                return Err(SendError::new(
-                    value,
-                    PutFailure::TooLarge { size, capacity },
-                ));
-            }
-            Err(e) => return Err(SendError::new(value, PutFailure::Encode(e.to_string()))),
-        };
-        if let Err(e) = frame::set_len(slot, used) {
-            return Err(SendError::new(value, PutFailure::Encode(e.to_string())));
+        if let Err(f) = serde_slot::encode(&value, r.bytes_mut()) {
+            let f = match f {
+                EncodeFailure::TooLarge { size, capacity } => {
+                    PutFailure::TooLarge { size, capacity }
+                }
+                EncodeFailure::Encode(e) => PutFailure::Encode(e),
+            };
+            return Err(SendError::new(value, f));
         }
         r.commit().map_err(|e| SendError::new(value, e))
     }
@@ -657,9 +650,7 @@ impl<T: Serialize> SerdeQueue<T> {
 impl<T: DeserializeOwned> SerdeQueue<T> {
     fn receive_with(&self, timeout: Option<Duration>) -> Result<SerdeDelivery<'_, T>, GetError> {
         let raw = self.raw.take(timeout)?;
-        let decoded = frame::message(raw.bytes())
-            .map_err(|e| e.to_string())
-            .and_then(|m| postcard::from_bytes(m).map_err(|e| e.to_string()));
+        let decoded = serde_slot::decode(raw.bytes()).map_err(|e| e.to_string());
         match decoded {
             Ok(value) => Ok(SerdeDelivery {
                 value,

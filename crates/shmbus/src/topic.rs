@@ -17,10 +17,11 @@ use shmbus_core::topic::{
     Held, Loan as RawLoan, LoanError, RawPublisher, RawSubscriber, RawTopic, ReceiveError,
     Received, TopicError, TopicOptions,
 };
-use shmbus_core::wire::{counter, frame, type_name::ARRAY_TOPIC_PREFIX};
+use shmbus_core::wire::{counter, type_name::ARRAY_TOPIC_PREFIX};
 
 use crate::error::{OpenError, PublishError, PublishFailure, RecvError, SendError, SendFailure};
 use crate::frames::{self, ArrayPublisher, ArraySubscriber};
+use crate::serde_slot::{self, DecodeFailure, EncodeFailure};
 
 /// Builds publishers and subscribers of one topic.
 ///
@@ -636,22 +637,14 @@ impl<T: Serialize> SerdePublisher<T> {
             Ok(l) => l,
             Err(e) => return Err(SendError::new(value, e)),
         };
-        let slot = self.raw.slot_mut(&loan);
-        let capacity = frame::capacity(slot.len());
-        let encoded = postcard::to_slice(&value, frame::body_mut(slot)).map(|used| used.len());
-        let failure = match encoded {
-            Ok(len) => match frame::set_len(slot, len) {
-                Ok(()) => None,
-                Err(e) => Some(SendFailure::Encode(e.to_string())),
-            },
-            Err(postcard::Error::SerializeBufferFull) => Some(SendFailure::TooLarge {
-                size: postcard::experimental::serialized_size(&value).unwrap_or(usize::MAX),
-                capacity,
-            }),
-            Err(e) => Some(SendFailure::Encode(e.to_string())),
-        };
-        if let Some(f) = failure {
+        if let Err(f) = serde_slot::encode(&value, self.raw.slot_mut(&loan)) {
             self.raw.cancel(loan);
+            let f = match f {
+                EncodeFailure::TooLarge { size, capacity } => {
+                    SendFailure::TooLarge { size, capacity }
+                }
+                EncodeFailure::Encode(e) => SendFailure::Encode(e),
+            };
             return Err(SendError::new(value, f));
         }
         match self.raw.publish(loan, self.timeout) {
@@ -685,17 +678,11 @@ impl<T: DeserializeOwned> fmt::Debug for SerdeSubscriber<T> {
 
 impl<T: DeserializeOwned> SerdeSubscriber<T> {
     fn decode(&self, held: Held) -> Result<(u64, T), RecvError> {
-        let bytes = self.raw.slot(&held);
         let seq = held.seq();
-        // Copy the message out once, then decode the copy: the framing is checked against the
-        // slot, and a writer that breaks the protocol cannot change bytes under the decoder.
-        let r = match frame::message(bytes) {
-            Ok(msg) => {
-                let msg = msg.to_vec();
-                postcard::from_bytes(&msg).map_err(|e| RecvError::Decode(e.to_string()))
-            }
-            Err(e) => Err(RecvError::Corrupt(e.to_string())),
-        };
+        let r = serde_slot::decode(self.raw.slot(&held)).map_err(|e| match e {
+            DecodeFailure::Frame(e) => RecvError::Corrupt(e.to_string()),
+            DecodeFailure::Decode(e) => RecvError::Decode(e),
+        });
         self.raw.release(held);
         r.map(|v| (seq, v))
     }

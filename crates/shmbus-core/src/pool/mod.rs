@@ -66,7 +66,11 @@ mod subscriber;
 pub use descriptor::{BlockDescriptor, Shape};
 pub use publisher::{BlockLoan, PoolPublisher};
 pub(crate) use segment_file::pool_type;
+#[cfg(feature = "fuzzing")]
+pub(crate) use segment_file::{data_offset, PoolMeta};
 pub use segment_file::{segment_name, PoolSegment};
+#[cfg(feature = "fuzzing")]
+pub(crate) use subscriber::{check_block, read_descriptor};
 pub use subscriber::{BlockReceiveError, BlockReceived, DetachedBlock, HeldBlock, PoolSubscriber};
 
 /// Bytes at the start of a slot reserved for the [`BlockDescriptor`]; the caller's metadata

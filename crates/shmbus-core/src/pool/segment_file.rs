@@ -28,6 +28,56 @@ pub(crate) struct PoolMeta {
 
 const _: () = assert!(size_of::<PoolMeta>() <= GENERATIONS_OFFSET);
 
+/// Where a pool segment's blocks lie, from its validated [`PoolMeta`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockLayout {
+    pub(crate) block_count: u32,
+    pub(crate) block_size: usize,
+    pub(crate) data_offset: usize,
+}
+
+impl PoolMeta {
+    /// Checks a copy of a segment's metadata against the pool and index the descriptor names
+    /// and against the payload's length `len`: at least one block of whole pages, the
+    /// generation table before `data_offset`, every block inside the payload.
+    pub(crate) fn validate(
+        &self,
+        pool_id: u64,
+        index: u32,
+        len: usize,
+    ) -> Result<BlockLayout, String> {
+        if len < GENERATIONS_OFFSET {
+            return Err(format!("pool segment payload of {len} bytes"));
+        }
+        if self.pool_id != pool_id || self.index != index {
+            return Err(format!(
+                "segment says pool {:016x} segment {}, descriptor says {pool_id:016x} {index}",
+                self.pool_id, self.index
+            ));
+        }
+        let block_size = usize::try_from(self.block_size).map_err(|_| "block size".to_string())?;
+        let fits = data_offset(self.block_count)
+            .filter(|&o| o as u64 == self.data_offset)
+            .and_then(|o| {
+                block_size
+                    .checked_mul(self.block_count as usize)?
+                    .checked_add(o)
+            })
+            .is_some_and(|end| end <= len);
+        if self.block_count == 0 || block_size == 0 || block_size % PAGE != 0 || !fits {
+            return Err(format!(
+                "{} blocks of {} bytes at {} do not fit a payload of {len} bytes",
+                self.block_count, self.block_size, self.data_offset
+            ));
+        }
+        Ok(BlockLayout {
+            block_count: self.block_count,
+            block_size,
+            data_offset: self.data_offset as usize,
+        })
+    }
+}
+
 pub(crate) fn pool_type() -> TypeInfo {
     TypeInfo::new(POOL_TYPE, 0, PAGE as u64, Codec::Bytes).expect("short name")
 }
@@ -116,34 +166,14 @@ impl PoolSegment {
         // was named, copied out here once (volatile: another process may write it).
         let meta =
             unsafe { std::ptr::read_volatile(seg.payload_ptr().cast::<PoolMeta>().as_ptr()) };
-        if meta.pool_id != pool_id || meta.index != index {
-            return Err(format!(
-                "segment says pool {:016x} segment {}, descriptor says {pool_id:016x} {index}",
-                meta.pool_id, meta.index
-            ));
-        }
-        let block_size = usize::try_from(meta.block_size).map_err(|_| "block size".to_string())?;
-        let fits = data_offset(meta.block_count)
-            .filter(|&o| o as u64 == meta.data_offset)
-            .and_then(|o| {
-                block_size
-                    .checked_mul(meta.block_count as usize)?
-                    .checked_add(o)
-            })
-            .is_some_and(|end| end <= len);
-        if meta.block_count == 0 || block_size == 0 || block_size % PAGE != 0 || !fits {
-            return Err(format!(
-                "{} blocks of {} bytes at {} do not fit a payload of {len} bytes",
-                meta.block_count, meta.block_size, meta.data_offset
-            ));
-        }
+        let blocks = meta.validate(pool_id, index, len)?;
         Ok(PoolSegment {
             seg,
             pool_id,
             index,
-            block_count: meta.block_count,
-            block_size,
-            data_offset: meta.data_offset as usize,
+            block_count: blocks.block_count,
+            block_size: blocks.block_size,
+            data_offset: blocks.data_offset,
             _mapper: Some(mapper),
         })
     }

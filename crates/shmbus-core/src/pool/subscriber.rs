@@ -261,35 +261,11 @@ impl PoolSubscriber {
         &self,
         held: &Held,
     ) -> Result<(Arc<PoolSegment>, BlockDescriptor, Dtype, Shape), String> {
-        let slot = self.subscriber.slot(held);
-        // SAFETY: the slot is held (nobody writes it) and at least DESCRIPTOR_SIZE bytes
-        // (checked when joining); BlockDescriptor is plain integers, so any bytes are a value,
-        // read unaligned-tolerantly and copied out.
-        let desc = unsafe { slot.as_ptr().cast::<BlockDescriptor>().read_unaligned() };
-        let (dtype, shape) = desc.array()?;
-        if desc.segment >= MAX_POOL_SEGMENTS {
-            return Err(format!("segment index {} out of range", desc.segment));
-        }
+        let (desc, dtype, shape) = read_descriptor(self.subscriber.slot(held))?;
         let segment = self.segment(desc.pool_id, desc.segment)?;
-        if desc.block >= segment.block_count {
-            return Err(format!(
-                "block {} of a segment of {}",
-                desc.block, segment.block_count
-            ));
-        }
-        if desc.len > segment.block_size as u64 {
-            return Err(format!(
-                "{} bytes overrun a block of {}",
-                desc.len, segment.block_size
-            ));
-        }
-        let current = segment.generation(desc.block).load(Ordering::Acquire);
-        if current != desc.generation {
-            return Err(format!(
-                "stale generation {} (the block is at {current})",
-                desc.generation
-            ));
-        }
+        check_block(&desc, segment.block_count, segment.block_size, |b| {
+            segment.generation(b).load(Ordering::Acquire)
+        })?;
         Ok((segment, desc, dtype, shape))
     }
 
@@ -313,4 +289,48 @@ impl PoolSubscriber {
         cache.push(seg.clone());
         Ok(seg)
     }
+}
+
+/// Copies the descriptor out of the first bytes of a slot and checks what it says on its own:
+/// magic, dtype, shape and length ([`BlockDescriptor::array`]) and a segment index a pool may
+/// have. The segment it names is opened, by a name derived from its numbers, only after this.
+pub(crate) fn read_descriptor(slot: &[u8]) -> Result<(BlockDescriptor, Dtype, Shape), String> {
+    let desc = BlockDescriptor::read_from(slot)
+        .ok_or_else(|| format!("a slot of {} bytes cannot hold a descriptor", slot.len()))?;
+    let (dtype, shape) = desc.array()?;
+    if desc.segment >= MAX_POOL_SEGMENTS {
+        return Err(format!("segment index {} out of range", desc.segment));
+    }
+    Ok((desc, dtype, shape))
+}
+
+/// Checks `desc` against the pool segment it names, a segment of `block_count` blocks of
+/// `block_size` bytes: a block index inside it, a length inside the block, and the block's
+/// current generation (`generation(block)`, read only once the index is known to be in range).
+pub(crate) fn check_block(
+    desc: &BlockDescriptor,
+    block_count: u32,
+    block_size: usize,
+    generation: impl FnOnce(u32) -> u64,
+) -> Result<(), String> {
+    if desc.block >= block_count {
+        return Err(format!(
+            "block {} of a segment of {block_count}",
+            desc.block
+        ));
+    }
+    if desc.len > block_size as u64 {
+        return Err(format!(
+            "{} bytes overrun a block of {block_size}",
+            desc.len
+        ));
+    }
+    let current = generation(desc.block);
+    if current != desc.generation {
+        return Err(format!(
+            "stale generation {} (the block is at {current})",
+            desc.generation
+        ));
+    }
+    Ok(())
 }

@@ -107,6 +107,19 @@ impl QueueLayout {
         p
     }
 
+    /// The layout that a header's `params` record, validated, and checked to fit in the
+    /// segment's payload of `payload_len` bytes.
+    pub(crate) fn from_header(p: &[u64; 8], payload_len: usize) -> Result<QueueLayout, String> {
+        let layout = Self::from_params(p)?;
+        if layout.size > payload_len {
+            return Err(format!(
+                "its configuration needs {} payload bytes, it has {payload_len}",
+                layout.size
+            ));
+        }
+        Ok(layout)
+    }
+
     /// The configuration recorded in a header's `params`, validated.
     fn from_params(p: &[u64; 8]) -> Result<QueueLayout, String> {
         let small = |i: usize, what: &str| {
@@ -310,22 +323,11 @@ impl RawQueue {
         want_slot: u32,
     ) -> Result<RawQueue, QueueOpenError> {
         let name = segment.name().clone();
-        let layout = QueueLayout::from_params(&segment.snapshot().params).map_err(|reason| {
-            QueueOpenError::Corrupt {
+        let layout = QueueLayout::from_header(&segment.snapshot().params, segment.payload_len())
+            .map_err(|reason| QueueOpenError::Corrupt {
                 name: name.clone(),
                 reason,
-            }
-        })?;
-        if layout.size > segment.payload_len() {
-            return Err(QueueOpenError::Corrupt {
-                name,
-                reason: format!(
-                    "its configuration needs {} payload bytes, it has {}",
-                    layout.size,
-                    segment.payload_len()
-                ),
-            });
-        }
+            })?;
         check(&name, opts, &layout.config, want_slot)?;
         let base = segment.payload_ptr();
         let at = |off: usize| {

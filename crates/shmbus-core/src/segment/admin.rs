@@ -78,6 +78,16 @@ pub fn peek(name: &Name) -> Result<SegmentInfo, SegmentError> {
         name: name.clone(),
         reason: "shorter than the header".into(),
     })?;
+    info_from(name, &h, in_use)
+}
+
+/// What [`peek`] reports of the header copy `h`: validated as an opener validates it, without
+/// a file length to compare with (the file may be resized; openers compare).
+pub(crate) fn info_from(
+    name: &Name,
+    h: &Header,
+    in_use: bool,
+) -> Result<SegmentInfo, SegmentError> {
     let s = h.validate(name, None)?;
     Ok(SegmentInfo {
         name: name.clone(),

@@ -12,7 +12,7 @@ use crate::layout::{Codec, TypeInfo};
 use crate::name::Name;
 use crate::wire::{Kind, Lifetime, FORMAT_VERSION, HEADER_SIZE, MAGIC, STATE_OFFSET};
 
-use super::SegmentError;
+use super::{Expect, SegmentError};
 
 /// The layout of the header at offset 0 of every segment (`docs/architecture.md` §2).
 ///
@@ -131,6 +131,16 @@ impl Header {
         Ok(())
     }
 
+    /// What an opener checks on its first copy, before the header is ready: magic, version
+    /// and lifetime, which decide what the opener does next (wait, reclaim, refuse).
+    pub(crate) fn opening_lifetime(&self, name: &Name) -> Result<Lifetime, SegmentError> {
+        self.validate_identity(name)?;
+        self.lifetime().ok_or_else(|| SegmentError::Corrupt {
+            name: name.clone(),
+            reason: format!("unknown lifetime {}", self.lifetime),
+        })
+    }
+
     /// Checks this copy against the rules of the format and, when given, the length of the file
     /// it came from, and returns what a user of the segment may rely on.
     pub(crate) fn validate(
@@ -163,7 +173,17 @@ impl Header {
                 )));
             }
         }
-        let room = self.total_size.saturating_sub(HEADER_SIZE as u64);
+        // Checked, not saturating: a file too short for its own header is corrupt, not a file
+        // with an empty payload (peek and gc have no file length to compare with).
+        let room = self
+            .total_size
+            .checked_sub(HEADER_SIZE as u64)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "header says {} bytes, shorter than the {HEADER_SIZE}-byte header",
+                    self.total_size
+                ))
+            })?;
         let payload_size = usize::try_from(self.payload_size)
             .ok()
             .filter(|&p| p as u64 <= room)
@@ -214,6 +234,41 @@ pub struct HeaderSnapshot {
     pub params: [u64; 8],
 }
 
+impl HeaderSnapshot {
+    /// Checks a validated snapshot against what the opener expects: the lifetime it saw on its
+    /// first copy (`lifetime`), the kind, and the stored type when the opener names one.
+    pub(crate) fn check_expected(
+        &self,
+        name: &Name,
+        lifetime: Lifetime,
+        expect: &Expect,
+    ) -> Result<(), SegmentError> {
+        if self.lifetime != lifetime {
+            return Err(SegmentError::Corrupt {
+                name: name.clone(),
+                reason: "its lifetime changed while it was opened".into(),
+            });
+        }
+        if self.kind != expect.kind {
+            return Err(SegmentError::WrongKind {
+                name: name.clone(),
+                expected: expect.kind,
+                found: self.kind,
+            });
+        }
+        if let Some(t) = &expect.type_info {
+            if !t.matches(&self.type_info) {
+                return Err(SegmentError::WrongType {
+                    name: name.clone(),
+                    expected: Box::new(t.clone()),
+                    found: Box::new(self.type_info.clone()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The atomic words of a mapped header.
 ///
 /// # Safety
@@ -235,4 +290,57 @@ pub(crate) unsafe fn counters<'a>(base: NonNull<u8>) -> &'a [AtomicU64; 8] {
     // SAFETY: COUNTERS_OFFSET is 8-aligned inside the mapped header; `[AtomicU64; 8]` has the
     // layout of `[u64; 8]`, and the counters are only ever accessed atomically.
     unsafe { &*base.as_ptr().add(COUNTERS_OFFSET).cast::<[AtomicU64; 8]>() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A well-formed header of a file of `total_size` bytes and an empty payload.
+    fn header(total_size: u64) -> Header {
+        let t = TypeInfo::new("u8", 1, 1, Codec::Pod).unwrap();
+        let mut type_name = [0u8; TypeInfo::MAX_NAME];
+        type_name[..t.name.len()].copy_from_slice(t.name.as_bytes());
+        Header {
+            magic: MAGIC,
+            state: crate::wire::state::READY,
+            format_version: FORMAT_VERSION,
+            kind: Kind::Topic as u32,
+            lifetime: Lifetime::Scoped as u32,
+            header_size: HEADER_SIZE as u64,
+            total_size,
+            payload_size: 0,
+            creator_pid: 1,
+            mode: 0o600,
+            created_unix_ns: 0,
+            type_size: t.size,
+            type_align: t.align,
+            type_fingerprint: t.fingerprint,
+            type_codec: t.codec as u32,
+            type_name_len: t.name.len() as u32,
+            type_name,
+            params: [0; 8],
+            counters: [0; 8],
+        }
+    }
+
+    // Found by the `segment_header` fuzz target: a header whose `total_size` is below the
+    // header's own size passed `peek`'s validation (no file length to compare with) as a
+    // file with an empty payload.
+    #[test]
+    fn a_total_size_shorter_than_the_header_is_corrupt() {
+        let name = Name::new("header.test").unwrap();
+        for total in [0, 1, HEADER_SIZE as u64 - 1] {
+            let err = header(total).validate(&name, None).unwrap_err();
+            assert!(
+                matches!(&err, SegmentError::Corrupt { reason, .. } if reason.contains("shorter")),
+                "{total}: {err}"
+            );
+        }
+        let s = header(HEADER_SIZE as u64).validate(&name, None).unwrap();
+        assert_eq!((s.total_size, s.payload_size), (HEADER_SIZE as u64, 0));
+        assert!(header(HEADER_SIZE as u64)
+            .validate(&name, Some(HEADER_SIZE))
+            .is_ok());
+    }
 }

@@ -69,6 +69,8 @@ pub mod header;
 mod open;
 
 pub use crate::wire::{Kind, Lifetime, FORMAT_VERSION, HEADER_SIZE, MAGIC, SHM_DIR};
+#[cfg(feature = "fuzzing")]
+pub(crate) use admin::info_from;
 pub use admin::{
     exists, gc, gc_report, gc_report_prefix, list, peek, shm_path, unlink, GcReport, SegmentInfo,
     Unreadable,

@@ -157,10 +157,7 @@ impl Segment {
         let state_word = unsafe { super::header::state_word(map.ptr) };
         // Magic, version and lifetime decide what to do next; the rest is validated below, on a
         // copy taken once the header is ready.
-        first.validate_identity(name)?;
-        let lifetime = first
-            .lifetime()
-            .ok_or_else(|| corrupt(format!("unknown lifetime {}", first.lifetime)))?;
+        let lifetime = first.opening_lifetime(name)?;
 
         if alone {
             let st = state_word.load(Ordering::Acquire);
@@ -251,25 +248,7 @@ impl Segment {
         // The one copy this handle works from.
         // SAFETY: as above: the mapping holds the header.
         let snapshot = unsafe { Header::read(map.ptr) }.validate(name, Some(len))?;
-        if snapshot.lifetime != lifetime {
-            return Err(corrupt("its lifetime changed while it was opened".into()));
-        }
-        if snapshot.kind != expect.kind {
-            return Err(SegmentError::WrongKind {
-                name: name.clone(),
-                expected: expect.kind,
-                found: snapshot.kind,
-            });
-        }
-        if let Some(t) = &expect.type_info {
-            if !t.matches(&snapshot.type_info) {
-                return Err(SegmentError::WrongType {
-                    name: name.clone(),
-                    expected: Box::new(t.clone()),
-                    found: Box::new(snapshot.type_info),
-                });
-            }
-        }
+        snapshot.check_expected(name, lifetime, expect)?;
         tracing::debug!(name = %name, kind = %snapshot.kind, "attached segment");
         let _fork = fork_registration(&fd, &map, expect.read_only);
         Ok(Attempt::Opened(Segment {
