@@ -5,7 +5,8 @@
 //! nothing can leak), laid out as:
 //!
 //! - 64 control lines of 128 bytes each (one word per line: no false sharing);
-//! - from [`DATA_OFFSET`], the floors' data: a ring of 64-byte slots, or bulk blocks.
+//! - from [`DATA_OFFSET`], the floors' data: a ring of 64-byte slots, bulk blocks, or the
+//!   work-queue floor's rings and blocks.
 
 use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -49,6 +50,18 @@ pub(crate) mod line {
     pub(crate) const CONNECTED: usize = 26;
     /// iceoryx2: the consumer has read everything (the producer may drop its publisher).
     pub(crate) const DONE: usize = 27;
+    /// Work queues: items taken, summed over the consumers as each one finishes.
+    pub(crate) const CONSUMED: usize = 28;
+    /// Work queues: consumers that have finished.
+    pub(crate) const FINISHED: usize = 29;
+    /// Work-queue floor: enqueue position of the ring of items (or of full blocks).
+    pub(crate) const Q_ENQ: usize = 30;
+    /// Work-queue floor: dequeue position of that ring.
+    pub(crate) const Q_DEQ: usize = 31;
+    /// Work-queue floor, 4 MiB: enqueue position of the ring of free blocks.
+    pub(crate) const FREE_ENQ: usize = 32;
+    /// Work-queue floor, 4 MiB: dequeue position of the ring of free blocks.
+    pub(crate) const FREE_DEQ: usize = 33;
 }
 
 /// A shared mapping that child processes inherit.
@@ -264,4 +277,22 @@ pub(crate) fn settle() {
     while Instant::now() < until {
         std::hint::spin_loop();
     }
+}
+
+/// A work-queue consumer's last word: it took `count` items and is done.
+pub(crate) fn finish_consumer(shared: &Shared, count: u64) {
+    shared
+        .word(line::CONSUMED)
+        .fetch_add(count, Ordering::Relaxed);
+    shared.word(line::FINISHED).fetch_add(1, Ordering::Release);
+}
+
+/// Waits until `n` work-queue consumers finished ([`finish_consumer`]), polling (the leader's
+/// last window ends here, so a sleep would lengthen it); returns the items they took in all.
+pub(crate) fn wait_consumers(shared: &Shared, n: u64) -> Res<u64> {
+    spin_until(
+        || shared.word(line::FINISHED).load(Ordering::Acquire) >= n,
+        std::thread::yield_now,
+    )?;
+    Ok(shared.word(line::CONSUMED).load(Ordering::Relaxed))
 }

@@ -2,12 +2,13 @@
 //! beat these on the same machine; they tell what the hardware (and kernel) costs.
 
 use std::hint::{black_box, spin_loop};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
 use shmbus_core::futex;
 
-use crate::ctl::{self, line, now_ns, spin_until};
+use crate::ctl::{self, line, now_ns, spin_until, Shared};
 use crate::{Measured, Res, Run};
 
 /// Slots of the floor SPSC ring (64 bytes each).
@@ -221,6 +222,309 @@ pub(crate) fn fanout(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
             spin_until(|| seq.load(Acquire) >= i, yield_now)?;
             ack(run, i, now_ns());
         }
+        Ok(None)
+    }
+}
+
+/// Bytes per cell of the work-queue floor's rings: the sequence word, then the payload (two
+/// cache lines, so that a 64-byte item fits beside its sequence word).
+pub(crate) const CELL_BYTES: usize = 128;
+/// Cells of the 64-byte work-queue floor (as many as shmbus's queue has slots).
+pub(crate) const QUEUE_SLOTS: usize = 256;
+/// Blocks of the 4 MiB work-queue floor (as many as shmbus's array queue has slots).
+pub(crate) const QUEUE_BLOCKS: usize = 8;
+/// Where the free-block ring starts in the data area (the ring of full blocks is at 0).
+const FREE_RING_OFFSET: usize = 64 << 10;
+/// Where the 4 MiB work-queue floor's blocks start in the data area (page-aligned).
+pub(crate) const QUEUE_BLOCKS_OFFSET: usize = 1 << 20;
+/// A payload word no item has: the producer's "no more items" to each consumer.
+const STOP: u64 = u64::MAX;
+/// Polls before a waiting side of the work-queue floor starts yielding its CPU between polls,
+/// when processes share CPUs (with a CPU each, it only spins: yielding would hand the CPU to
+/// whatever else the machine runs).
+const SPINS: u32 = 128;
+
+/// Dmitry Vyukov's bounded multi-producer multi-consumer ring, in the shared mapping: cell `i`
+/// holds a sequence word and a payload; a producer claims position `p` by CAS on the enqueue
+/// position once cell `p % n`'s sequence is `p`, writes, and publishes with sequence `p + 1`; a
+/// consumer claims `p` once the sequence is `p + 1`, reads, and frees the cell with sequence
+/// `p + n`. No lock and no robustness: a process that dies between claim and publish stops
+/// the ring. The best a work queue could do, not a usable one.
+struct Mpmc<'a> {
+    enq: &'a AtomicU64,
+    deq: &'a AtomicU64,
+    cells: &'a [AtomicU64],
+    mask: u64,
+}
+
+impl<'a> Mpmc<'a> {
+    /// `cells` cells (a power of two) from `offset` of the data area, positions on control
+    /// lines `enq` and `deq`.
+    fn new(s: &'a Shared, enq: usize, deq: usize, offset: usize, cells: usize) -> Mpmc<'a> {
+        assert!(cells.is_power_of_two());
+        Mpmc {
+            enq: s.word(enq),
+            deq: s.word(deq),
+            cells: s.data_words(offset, cells * CELL_BYTES),
+            mask: cells as u64 - 1,
+        }
+    }
+
+    /// Makes the ring empty (the leader, before any peer starts).
+    fn init(&self) {
+        for i in 0..=self.mask {
+            self.seq(i).store(i, Relaxed);
+        }
+        self.enq.store(0, Relaxed);
+        self.deq.store(0, Relaxed);
+    }
+
+    fn seq(&self, pos: u64) -> &AtomicU64 {
+        &self.cells[(pos & self.mask) as usize * (CELL_BYTES / 8)]
+    }
+
+    /// The payload words of the cell of position `pos`.
+    fn payload(&self, pos: u64) -> &[AtomicU64] {
+        let base = (pos & self.mask) as usize * (CELL_BYTES / 8);
+        &self.cells[base + 1..base + CELL_BYTES / 8]
+    }
+
+    /// Claims the next position to write, if its cell is free.
+    fn try_claim_push(&self) -> Option<u64> {
+        let mut pos = self.enq.load(Relaxed);
+        loop {
+            let dif = self.seq(pos).load(Acquire).wrapping_sub(pos) as i64;
+            if dif == 0 {
+                match self
+                    .enq
+                    .compare_exchange_weak(pos, pos + 1, Relaxed, Relaxed)
+                {
+                    Ok(_) => return Some(pos),
+                    Err(now) => pos = now,
+                }
+            } else if dif < 0 {
+                return None; // full
+            } else {
+                pos = self.enq.load(Relaxed);
+            }
+        }
+    }
+
+    /// Publishes the item written at the claimed position `pos`.
+    fn publish(&self, pos: u64) {
+        self.seq(pos).store(pos + 1, Release);
+    }
+
+    /// Claims the next position to read, if its item is published.
+    fn try_claim_pop(&self) -> Option<u64> {
+        let mut pos = self.deq.load(Relaxed);
+        loop {
+            let dif = self.seq(pos).load(Acquire).wrapping_sub(pos + 1) as i64;
+            if dif == 0 {
+                match self
+                    .deq
+                    .compare_exchange_weak(pos, pos + 1, Relaxed, Relaxed)
+                {
+                    Ok(_) => return Some(pos),
+                    Err(now) => pos = now,
+                }
+            } else if dif < 0 {
+                return None; // empty
+            } else {
+                pos = self.deq.load(Relaxed);
+            }
+        }
+    }
+
+    /// Frees the cell of the claimed position `pos` once its payload is read.
+    fn free(&self, pos: u64) {
+        self.seq(pos).store(pos + self.mask + 1, Release);
+    }
+
+    /// Waits for a position to write (see [`wait_for`]).
+    fn claim_push(&self, run: &Run<'_>) -> Res<u64> {
+        wait_for(run, || self.try_claim_push())
+    }
+
+    /// Waits for a position to read (see [`wait_for`]).
+    fn claim_pop(&self, run: &Run<'_>) -> Res<u64> {
+        wait_for(run, || self.try_claim_pop())
+    }
+}
+
+/// Retries `attempt` until it gives a value, spinning; when the run's processes share CPUs,
+/// [`SPINS`] polls and then a `sched_yield` before each further one. Fails after
+/// [`ctl::PEER_TIMEOUT`].
+fn wait_for<R>(run: &Run<'_>, mut attempt: impl FnMut() -> Option<R>) -> Res<R> {
+    let spins = if run.shared_cpus { SPINS } else { u32::MAX };
+    let mut got = None;
+    let mut polls = 0u32;
+    spin_until(
+        || {
+            got = attempt();
+            got.is_some()
+        },
+        || {
+            polls = polls.saturating_add(1);
+            if polls < spins {
+                spin_loop();
+            } else {
+                yield_now();
+            }
+        },
+    )?;
+    got.ok_or_else(|| "the ring gave no position".into())
+}
+
+/// A producer's 64-byte item `i`: word `k` is `i ^ k`.
+pub(crate) fn item64(i: u64) -> [u64; 8] {
+    std::array::from_fn(|k| i ^ k as u64)
+}
+
+/// A consumer's check of a 64-byte item: well formed, and later than the one it took before
+/// (one producer, first in first out). Returns the item's number.
+pub(crate) fn check_item64(item: &[u64; 8], last: Option<u64>) -> Res<u64> {
+    let i = item[0];
+    black_box(item.iter().fold(0u64, |a, &b| a.wrapping_add(b)));
+    if *item != item64(i) || last.is_some_and(|l| l >= i) {
+        return Err(format!("work item {i} damaged or out of order (after {last:?})").into());
+    }
+    Ok(i)
+}
+
+/// The leader's end of a work-queue run: waits for every consumer, closes the last window and
+/// checks that the consumers took exactly the `run.total()` items.
+pub(crate) fn end_queue_run(run: &Run<'_>, mut times: Vec<u64>) -> Res<Option<Measured>> {
+    let taken = ctl::wait_consumers(run.shared, run.peers as u64)?;
+    times.push(now_ns());
+    if taken != run.total() {
+        return Err(format!("consumers took {taken} of {} items", run.total()).into());
+    }
+    Ok(Some(Measured::Windows(times)))
+}
+
+/// A work queue of 64-byte items in a Vyukov ring: one producer (the leader), `run.peers`
+/// consumers, each item to exactly one.
+pub(crate) fn queue64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    let s = run.shared;
+    let ring = Mpmc::new(s, line::Q_ENQ, line::Q_DEQ, 0, QUEUE_SLOTS);
+    if leader {
+        ring.init();
+        ctl::leader_ready(s);
+        ctl::wait_ready(s, run.peers as u64)?;
+        let mut times = Vec::new();
+        for i in 0..run.total() {
+            run.mark_window(i, &mut times);
+            let pos = ring.claim_push(run)?;
+            for (w, v) in ring.payload(pos).iter().zip(item64(i)) {
+                w.store(v, Relaxed);
+            }
+            ring.publish(pos);
+        }
+        for _ in 0..run.peers {
+            let pos = ring.claim_push(run)?;
+            ring.payload(pos)[0].store(STOP, Relaxed);
+            ring.publish(pos);
+        }
+        end_queue_run(run, times)
+    } else {
+        ctl::wait_leader(s)?;
+        ctl::announce_ready(s);
+        let (mut count, mut last) = (0u64, None);
+        loop {
+            let pos = ring.claim_pop(run)?;
+            let words = ring.payload(pos);
+            let item: [u64; 8] = std::array::from_fn(|k| words[k].load(Relaxed));
+            ring.free(pos);
+            if item[0] == STOP {
+                break;
+            }
+            last = Some(check_item64(&item, last)?);
+            count += 1;
+        }
+        ctl::finish_consumer(s, count);
+        Ok(None)
+    }
+}
+
+/// A work queue of `run.bytes` blocks: the producer (the leader) takes a free block from one
+/// Vyukov ring, writes every byte in place and puts its index in a second ring; a consumer
+/// takes it from there, reads every byte in place and gives the block back to the free ring.
+pub(crate) fn queue_arrays(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    let s = run.shared;
+    let full = Mpmc::new(s, line::Q_ENQ, line::Q_DEQ, 0, QUEUE_BLOCKS);
+    let free = Mpmc::new(
+        s,
+        line::FREE_ENQ,
+        line::FREE_DEQ,
+        FREE_RING_OFFSET,
+        QUEUE_BLOCKS,
+    );
+    let block_offset = |b: u64| -> Res<usize> {
+        if b >= QUEUE_BLOCKS as u64 {
+            return Err(format!("block index {b} out of range").into());
+        }
+        Ok(QUEUE_BLOCKS_OFFSET + b as usize * run.bytes)
+    };
+    if leader {
+        full.init();
+        free.init();
+        for b in 0..QUEUE_BLOCKS as u64 {
+            let pos = free.try_claim_push().ok_or("the free ring is full")?;
+            free.payload(pos)[0].store(b, Relaxed);
+            free.publish(pos);
+        }
+        ctl::leader_ready(s);
+        ctl::wait_ready(s, run.peers as u64)?;
+        let mut times = Vec::new();
+        for i in 0..run.total() {
+            run.mark_window(i, &mut times);
+            let pos = free.claim_pop(run)?;
+            let b = free.payload(pos)[0].load(Relaxed);
+            free.free(pos);
+            // SAFETY: block `b` came off the free ring: its last consumer finished reading it
+            // before putting it there (Release on the cell's sequence, seen with Acquire), and
+            // nobody touches it until it goes on the full ring below.
+            fill(unsafe { s.block_mut(block_offset(b)?, run.bytes) }, i);
+            let pos = full.claim_push(run)?;
+            full.payload(pos)[0].store(b, Relaxed);
+            full.payload(pos)[1].store(i, Relaxed);
+            full.publish(pos);
+        }
+        for _ in 0..run.peers {
+            let pos = full.claim_push(run)?;
+            full.payload(pos)[1].store(STOP, Relaxed);
+            full.publish(pos);
+        }
+        end_queue_run(run, times)
+    } else {
+        ctl::wait_leader(s)?;
+        ctl::announce_ready(s);
+        let (mut count, mut last) = (0u64, None::<u64>);
+        loop {
+            let pos = full.claim_pop(run)?;
+            let (b, i) = (
+                full.payload(pos)[0].load(Relaxed),
+                full.payload(pos)[1].load(Relaxed),
+            );
+            full.free(pos);
+            if i == STOP {
+                break;
+            }
+            if last.is_some_and(|l| l >= i) {
+                return Err(format!("block {i} out of order (after {last:?})").into());
+            }
+            // SAFETY: the producer wrote block `b` before publishing its index (Release, seen
+            // with Acquire) and neither it nor another consumer touches it until we put it
+            // back on the free ring below.
+            consume(unsafe { s.block_mut(block_offset(b)?, run.bytes) }, i)?;
+            let pos = free.claim_push(run)?;
+            free.payload(pos)[0].store(b, Relaxed);
+            free.publish(pos);
+            last = Some(i);
+            count += 1;
+        }
+        ctl::finish_consumer(s, count);
         Ok(None)
     }
 }

@@ -6,8 +6,10 @@
 //!
 //! For every scenario, each system runs in turn, round after round (interleaved, so that drift
 //! of the host affects them alike), each run in fresh processes pinned to CPUs: the leader (this
-//! process) on CPU 0 and its peers on CPU 1, or on CPU 0 too for `wake_same_core`. The table
-//! gives medians, p99s and the ratio of each median to the floor's and to iceoryx2's.
+//! process) on CPU 0 and its peers on CPU 1, or on CPU 0 too for `wake_same_core`; the work
+//! queues' consumers go round-robin over the CPUs from CPU 1 (on two CPUs, consumers 2 and 4
+//! share CPU 0 with the producer, and 3 shares CPU 1 with consumer 1). The table gives medians,
+//! p99s and the ratio of each median to the floor's and to iceoryx2's.
 //!
 //! | scenario | measures | floor |
 //! |---|---|---|
@@ -16,6 +18,8 @@
 //! | `throughput_64B` | 64-byte messages per second, one producer, one consumer | a bare SPSC ring |
 //! | `bulk_4MiB`, `bulk_64MiB` | GB/s; the producer writes, the consumer reads every byte | block hand-off in a shared mapping |
 //! | `fanout4_latency_busy` | one publisher, four polling subscribers, latency to the last | one word polled by four |
+//! | `queue_64B_c1`, `_c2`, `_c4` | work queue, 64-byte items per second, one producer, 1, 2 or 4 consumer processes | Vyukov's bounded MPMC ring |
+//! | `queue_4MiB_c1`, `_c2`, `_c4` | work queue of 4 MiB arrays, GB/s; the producer writes and a consumer reads every byte in place | MPMC rings of full and free blocks |
 //!
 //! For rates (higher is better) the "p99" column is the rate that 99 % of the windows beat
 //! (the 1st percentile): the bad tail, as for latencies.
@@ -23,7 +27,8 @@
 //! The peers are this binary again (`compare __peer ...`). Systems: `floor` (the bare mechanism,
 //! the best any library could do), `shmbus`, `iceoryx2` (0.10, from crates.io, written as its
 //! examples write it: loan, write, send), `uds` (Unix domain sockets: `SOCK_SEQPACKET` for
-//! messages, `SOCK_STREAM` for bulk).
+//! messages, `SOCK_STREAM` for bulk). iceoryx2 and Unix sockets have no work queue (each item
+//! to exactly one of several consumers): the `queue_*` scenarios run the floor and shmbus only.
 
 mod ctl;
 mod floor;
@@ -71,10 +76,14 @@ pub(crate) enum Scenario {
     Bulk4,
     Bulk64,
     Fanout,
+    /// A work queue of 64-byte items with this many consumer processes.
+    Queue64(usize),
+    /// A work queue of 4 MiB arrays with this many consumer processes.
+    Queue4MiB(usize),
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 13] = [
         Scenario::LatencyBusy,
         Scenario::WakeCross,
         Scenario::WakeSame,
@@ -82,6 +91,12 @@ impl Scenario {
         Scenario::Bulk4,
         Scenario::Bulk64,
         Scenario::Fanout,
+        Scenario::Queue64(1),
+        Scenario::Queue64(2),
+        Scenario::Queue64(4),
+        Scenario::Queue4MiB(1),
+        Scenario::Queue4MiB(2),
+        Scenario::Queue4MiB(4),
     ];
 
     fn name(self) -> &'static str {
@@ -93,6 +108,13 @@ impl Scenario {
             Scenario::Bulk4 => "bulk_4MiB",
             Scenario::Bulk64 => "bulk_64MiB",
             Scenario::Fanout => "fanout4_latency_busy",
+            Scenario::Queue64(1) => "queue_64B_c1",
+            Scenario::Queue64(2) => "queue_64B_c2",
+            // `ALL` has 1, 2 and 4 consumers only.
+            Scenario::Queue64(_) => "queue_64B_c4",
+            Scenario::Queue4MiB(1) => "queue_4MiB_c1",
+            Scenario::Queue4MiB(2) => "queue_4MiB_c2",
+            Scenario::Queue4MiB(_) => "queue_4MiB_c4",
         }
     }
 
@@ -105,7 +127,8 @@ impl Scenario {
             Scenario::LatencyBusy | Scenario::Fanout => "ns",
             Scenario::WakeCross | Scenario::WakeSame => "us",
             Scenario::Throughput => "Mmsg/s",
-            Scenario::Bulk4 | Scenario::Bulk64 => "GB/s",
+            Scenario::Queue64(_) => "Mitems/s",
+            Scenario::Bulk4 | Scenario::Bulk64 | Scenario::Queue4MiB(_) => "GB/s",
         }
     }
 
@@ -117,17 +140,36 @@ impl Scenario {
     }
 
     fn peers(self) -> usize {
-        if self == Scenario::Fanout {
-            4
-        } else {
-            1
+        match self {
+            Scenario::Fanout => 4,
+            Scenario::Queue64(c) | Scenario::Queue4MiB(c) => c,
+            _ => 1,
         }
     }
 
-    /// Bytes per bulk message.
+    /// The CPU of peer `index` (1-based) on a machine of `cpus` CPUs; the leader is on CPU 0.
+    fn peer_cpu(self, index: usize, cpus: usize) -> usize {
+        match self {
+            Scenario::WakeSame => 0,
+            // Round-robin from CPU 1: with more consumers than CPUs, they share.
+            Scenario::Queue64(_) | Scenario::Queue4MiB(_) => index % cpus.max(1),
+            _ => 1,
+        }
+    }
+
+    /// The systems that have this scenario's mechanism (iceoryx2 and Unix sockets have no work
+    /// queue).
+    fn systems(self) -> &'static [System] {
+        match self {
+            Scenario::Queue64(_) | Scenario::Queue4MiB(_) => &[System::Floor, System::Shmbus],
+            _ => &System::ALL,
+        }
+    }
+
+    /// Bytes per bulk message (or array item).
     fn bulk_bytes(self) -> usize {
         match self {
-            Scenario::Bulk4 => 4 << 20,
+            Scenario::Bulk4 | Scenario::Queue4MiB(_) => 4 << 20,
             Scenario::Bulk64 => 64 << 20,
             _ => 0,
         }
@@ -143,6 +185,8 @@ impl Scenario {
             Scenario::Bulk4 => (q(400, 100), 8, 4),
             Scenario::Bulk64 => (q(32, 10), 2, 1),
             Scenario::Fanout => (q(5_000, 1_000), 200, 1),
+            Scenario::Queue64(_) => (q(1_000_000, 100_000), 20_000, 10_000),
+            Scenario::Queue4MiB(_) => (q(400, 64), 16, 8),
         }
     }
 }
@@ -194,6 +238,8 @@ pub(crate) struct Run<'a> {
     pub(crate) bytes: usize,
     /// The socket of each peer (the leader holds one per peer; a peer holds its own).
     pub(crate) socks: Vec<OwnedFd>,
+    /// Whether some processes of the run share a CPU (more processes than CPUs).
+    pub(crate) shared_cpus: bool,
 }
 
 impl Run<'_> {
@@ -248,6 +294,13 @@ fn dispatch(sc: Scenario, sys: System, run: &mut Run<'_>, leader: bool) -> Res<O
         (Fanout, Shmbus) => shm::fanout(run, leader),
         (Fanout, Iceoryx2) => ice::fanout(run, leader),
         (Fanout, Uds) => uds::fanout(run, leader),
+        (Queue64(_), Floor) => floor::queue64(run, leader),
+        (Queue64(_), Shmbus) => shm::queue64(run, leader),
+        (Queue4MiB(_), Floor) => floor::queue_arrays(run, leader),
+        (Queue4MiB(_), Shmbus) => shm::queue_arrays(run, leader),
+        (Queue64(_) | Queue4MiB(_), Iceoryx2 | Uds) => {
+            Err(format!("{} has no work queue", sys.name()).into())
+        }
     }
 }
 
@@ -256,6 +309,10 @@ fn data_bytes(sc: Scenario, sys: System) -> usize {
     match (sc, sys) {
         (Scenario::Throughput, System::Floor) => floor::RING_SLOTS * 64,
         (Scenario::Bulk4 | Scenario::Bulk64, System::Floor) => floor::BULK_BLOCKS * sc.bulk_bytes(),
+        (Scenario::Queue64(_), System::Floor) => floor::QUEUE_SLOTS * floor::CELL_BYTES,
+        (Scenario::Queue4MiB(_), System::Floor) => {
+            floor::QUEUE_BLOCKS_OFFSET + floor::QUEUE_BLOCKS * sc.bulk_bytes()
+        }
         _ => 0,
     }
 }
@@ -295,7 +352,8 @@ impl Drop for Peers {
 }
 
 /// One run: fresh peers, the leader's side here; returns what the leader measured.
-fn run_once(sc: Scenario, sys: System, round: u32, quick: bool, peer_cpu: usize) -> Res<Measured> {
+/// `cpus` is how many CPUs the harness may use (read before the leader pinned itself).
+fn run_once(sc: Scenario, sys: System, round: u32, quick: bool, cpus: usize) -> Res<Measured> {
     let (iters, warmup, window) = sc.sizes(quick);
     let shared = Shared::create(data_bytes(sc, sys))?;
     let tag = format!(
@@ -330,7 +388,8 @@ fn run_once(sc: Scenario, sys: System, round: u32, quick: bool, peer_cpu: usize)
                 warmup.to_string(),
                 window.to_string(),
                 sock.to_string(),
-                peer_cpu.to_string(),
+                sc.peer_cpu(index + 1, cpus).to_string(),
+                cpus.to_string(),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -348,6 +407,7 @@ fn run_once(sc: Scenario, sys: System, round: u32, quick: bool, peer_cpu: usize)
         peers: sc.peers(),
         bytes: sc.bulk_bytes(),
         socks: mine,
+        shared_cpus: sc.peers() + 1 > cpus,
     };
     let measured = dispatch(sc, sys, &mut run, true)?.ok_or("the leader measured nothing")?;
     drop(run);
@@ -355,11 +415,14 @@ fn run_once(sc: Scenario, sys: System, round: u32, quick: bool, peer_cpu: usize)
     Ok(measured)
 }
 
-/// The peer side: `compare __peer SCENARIO SYSTEM FD LEN INDEX TAG ITERS WARMUP WINDOW SOCK CPU`.
+/// The peer side:
+/// `compare __peer SCENARIO SYSTEM FD LEN INDEX TAG ITERS WARMUP WINDOW SOCK CPU CPUS`
+/// (`CPUS`: how many the leader may use; this process, pinned, sees one).
 fn peer_main(args: &[String]) -> Res<()> {
-    let [sc, sys, fd, len, index, tag, iters, warmup, window, sock, cpu] = args else {
+    let [sc, sys, fd, len, index, tag, iters, warmup, window, sock, cpu, cpus] = args else {
         return Err(
-            "usage: compare __peer SCENARIO SYSTEM FD LEN INDEX TAG ITERS WARMUP WINDOW SOCK CPU"
+            "usage: compare __peer SCENARIO SYSTEM FD LEN INDEX TAG ITERS WARMUP \
+                    WINDOW SOCK CPU CPUS"
                 .into(),
         );
     };
@@ -383,6 +446,7 @@ fn peer_main(args: &[String]) -> Res<()> {
         peers: sc.peers(),
         bytes: sc.bulk_bytes(),
         socks,
+        shared_cpus: sc.peers() + 1 > cpus.parse()?,
     };
     dispatch(sc, sys, &mut run, false)?;
     Ok(())
@@ -416,9 +480,9 @@ fn samples(sc: Scenario, m: &Measured) -> Vec<f64> {
             .windows(2)
             .map(|p| {
                 let secs = p[1].saturating_sub(p[0]).max(1) as f64 / 1e9;
-                match sc {
-                    Scenario::Throughput => window as f64 / secs / 1e6,
-                    _ => (window as usize * sc.bulk_bytes()) as f64 / secs / 1e9,
+                match sc.unit() {
+                    "GB/s" => (window as usize * sc.bulk_bytes()) as f64 / secs / 1e9,
+                    _ => window as f64 / secs / 1e6,
                 }
             })
             .collect(),
@@ -528,26 +592,28 @@ fn leader_main(args: Args) -> Res<()> {
             .map(|n| Scenario::parse(n).ok_or_else(|| format!("unknown scenario {n:?}")))
             .collect::<Result<_, _>>()?
     };
-    if ctl::cpus() < 2 {
+    let cpus = ctl::cpus();
+    if cpus < 2 {
         return Err("needs at least 2 CPUs (leader and peers are pinned apart)".into());
     }
     ctl::pin(0)?;
     let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 10 });
     let started = Instant::now();
     println!(
-        "shmbus compare: {} rounds per scenario{}; leader on CPU 0, peers on CPU 1 (CPU 0 for wake_same_core)",
+        "shmbus compare: {} rounds per scenario{}; leader on CPU 0, peers on CPU 1 (CPU 0 for \
+         wake_same_core; queue consumers round-robin from CPU 1)",
         rounds,
         if args.quick { " (quick)" } else { "" }
     );
     let mut all = Vec::new();
     for sc in scenarios {
-        let peer_cpu = if sc == Scenario::WakeSame { 0 } else { 1 };
+        let systems = sc.systems();
         let mut raw: BTreeMap<System, Vec<f64>> = BTreeMap::new();
         for round in 0..rounds {
             // Rotate the order each round so that no system always runs first or last.
-            for k in 0..System::ALL.len() {
-                let sys = System::ALL[(k + round as usize) % System::ALL.len()];
-                let m = run_once(sc, sys, round, args.quick, peer_cpu)
+            for k in 0..systems.len() {
+                let sys = systems[(k + round as usize) % systems.len()];
+                let m = run_once(sc, sys, round, args.quick, cpus)
                     .map_err(|e| format!("{} / {}: {e}", sc.name(), sys.name()))?;
                 raw.entry(sys).or_default().extend(samples(sc, &m));
             }

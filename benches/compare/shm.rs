@@ -3,10 +3,13 @@
 use std::hint::{black_box, spin_loop};
 use std::time::{Duration, Instant};
 
-use shmbus::{Overflow, RecvError, Subscriber, Topic};
+use shmbus::{GetError, Overflow, QueueBuilder, RecvError, Subscriber, Topic};
 
 use crate::ctl::{self, now_ns, PEER_TIMEOUT};
-use crate::floor::{ack, collect_acks, yield_now};
+use crate::floor::{
+    ack, check_item64, collect_acks, consume, end_queue_run, fill, item64, yield_now, QUEUE_BLOCKS,
+    QUEUE_SLOTS,
+};
 use crate::{Measured, Res, Run};
 
 /// A 64-byte message.
@@ -210,6 +213,105 @@ pub(crate) fn fanout(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
             }
             ack(run, i, t);
         }
+        Ok(None)
+    }
+}
+
+/// A work queue of 64-byte items, `put` and `get` (one lock hold each; at most once, the
+/// default): one producer (the leader), `run.peers` consumers.
+pub(crate) fn queue64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    let name = format!("{}.queue", run.tag);
+    if leader {
+        let q = QueueBuilder::new(&name)
+            .capacity(QUEUE_SLOTS as u32)
+            .open::<[u64; 8]>()?;
+        ctl::leader_ready(run.shared);
+        ctl::wait_ready(run.shared, run.peers as u64)?;
+        let mut times = Vec::new();
+        for i in 0..run.total() {
+            run.mark_window(i, &mut times);
+            q.put_timeout(item64(i), PEER_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+        }
+        q.close()?;
+        let end = end_queue_run(run, times)?;
+        let done = q.stats().done;
+        if done != run.total() {
+            return Err(format!("the queue counted {done} of {} items done", run.total()).into());
+        }
+        Ok(end)
+    } else {
+        ctl::wait_leader(run.shared)?;
+        let q = QueueBuilder::new(&name).existing().open::<[u64; 8]>()?;
+        ctl::announce_ready(run.shared);
+        let (mut count, mut last) = (0u64, None);
+        loop {
+            match q.get_timeout(PEER_TIMEOUT) {
+                Ok(item) => last = Some(check_item64(&item, last)?),
+                Err(GetError::Closed) => break,
+                Err(e) => return Err(e.into()),
+            }
+            count += 1;
+        }
+        ctl::finish_consumer(run.shared, count);
+        Ok(None)
+    }
+}
+
+/// A work queue of `run.bytes` arrays of `u64` with the item number as metadata
+/// ([`shmbus::ArrayQueue`], acknowledged): the producer loans a slot and writes every byte in
+/// place, then commits; a consumer receives it, reads every byte in place, then acknowledges
+/// (two lock holds on each side).
+pub(crate) fn queue_arrays(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    let name = format!("{}.arrays", run.tag);
+    let words = run.bytes / 8;
+    if leader {
+        let q = QueueBuilder::new(&name)
+            .capacity(QUEUE_BLOCKS as u32)
+            .array_bytes(run.bytes)
+            .acknowledged(3)
+            .open_arrays::<u64>()?;
+        ctl::leader_ready(run.shared);
+        ctl::wait_ready(run.shared, run.peers as u64)?;
+        let mut times = Vec::new();
+        for i in 0..run.total() {
+            run.mark_window(i, &mut times);
+            let mut loan = q
+                .loan_timeout::<u64>(&[words], PEER_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+            let (data, meta) = loan.parts_mut();
+            fill(data, i);
+            *meta = i;
+            loan.commit().map_err(|e| e.to_string())?;
+        }
+        q.close()?;
+        let end = end_queue_run(run, times)?;
+        let done = q.stats().done;
+        if done != run.total() {
+            return Err(format!("the queue counted {done} of {} items done", run.total()).into());
+        }
+        Ok(end)
+    } else {
+        ctl::wait_leader(run.shared)?;
+        let q = QueueBuilder::new(&name).existing().open_arrays::<u64>()?;
+        ctl::announce_ready(run.shared);
+        let (mut count, mut last) = (0u64, None::<u64>);
+        loop {
+            let d = match q.receive_timeout(PEER_TIMEOUT) {
+                Ok(d) => d,
+                Err(GetError::Closed) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let i = *d.meta();
+            if last.is_some_and(|l| l >= i) {
+                return Err(format!("array {i} out of order (after {last:?})").into());
+            }
+            consume(d.as_slice::<u64>()?, i)?;
+            d.ack()?;
+            last = Some(i);
+            count += 1;
+        }
+        ctl::finish_consumer(run.shared, count);
         Ok(None)
     }
 }
