@@ -16,6 +16,22 @@ Scenarios (medians and p99s over every measured message):
     the Rust harness does, so that the receiver has gone to sleep); round trip / 2. Systems: ``shmbus`` (two auto-reset
     events), ``mp_pipe`` (one-byte messages), ``iceoryx2`` (event services, blocking waits).
 
+``queue_64B_c1``, ``_c2``, ``_c4`` (items/s, higher is better)
+    A work queue: one producer puts 64-byte ``bytes`` items, 1, 2 or 4 consumer processes take
+    them, each item to exactly one; the figure is items per second over windows of items put
+    (the queue is bounded, so puts run at the rate consumers take), the last window ending when
+    every consumer has taken its last item. Systems: ``shmbus`` (``Queue.put_bytes`` /
+    ``get_bytes``, at most once, 256 slots), ``mp_queue`` (``multiprocessing.Queue(maxsize=256)``
+    of the same ``bytes``, a ``None`` per consumer to end).
+``queue_4MiB_c1``, ``_c2``, ``_c4`` (items/s, higher is better)
+    The same with 4 MiB float64 arrays: the producer writes every element (``fill``) and a
+    consumer reads every element (``sum``) and checks it. Systems: ``shmbus``
+    (``ArrayQueue``, 8 slots, acknowledged: ``loan``, fill, ``commit``; ``receive``, sum,
+    ``ack``), ``mp_queue`` (``multiprocessing.Queue(maxsize=8)`` of ``(number, array)``: a fresh
+    array filled, pickled and sent through a pipe, unpickled by the consumer). Reported with
+    ratios to ``mp_queue``; no ``rust`` column (the ``compare`` harness's ``queue_*`` scenarios
+    are the Rust figures).
+
 ``rust`` is the same two scenarios written in Rust (``benches/py_matched.rs``: an array topic
 loan/fill/publish with a Pod acknowledgement topic, two auto-reset events), run before the Python
 ones when its binary is found (``SHMBUS_PY_MATCHED`` or ``target/release/py_matched`` above the
@@ -26,7 +42,8 @@ pessimistic for Rust). A system that cannot run is reported with ``"unavailable"
 never with made-up numbers.
 
 Each round runs every system in turn in fresh processes (leader on CPU 0, peer on CPU 1 when
-there are two), so that drift of the host affects them alike.
+there are two; queue consumers round-robin over the CPUs from the second, so on two CPUs
+consumers 2 and 4 share the producer's), so that drift of the host affects them alike.
 """
 
 from __future__ import annotations
@@ -58,10 +75,11 @@ except AttributeError:  # not Linux
 
 
 def _pin(which: int) -> None:
-    """Pins this process to the `which`-th allowed CPU (leader 0, peer 1) when there are two."""
+    """Pins this process to the `which`-th allowed CPU (leader 0, peer 1; round-robin beyond
+    the last) when there are two or more."""
     if len(_CPUS) >= 2:
         try:
-            os.sched_setaffinity(0, {_CPUS[which]})
+            os.sched_setaffinity(0, {_CPUS[which % len(_CPUS)]})
         except OSError:
             pass
 
@@ -377,6 +395,190 @@ def _pingpong(system: str, iters: int, tag: str) -> List[int]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Work queues: one producer (the leader), `consumers` consumer processes. A consumer sends
+# "ready", takes items until the end, then sends (items taken, all well formed and in order).
+# The leader returns its window times: one every `window` measured puts, and the time every
+# consumer had finished.
+
+QA = 4 * 1024 * 1024 // 8  # float64 elements of a queued array (4 MiB)
+CONSUMERS = (1, 2, 4)
+_WAIT = 30.0  # seconds any wait for another process lasts at most
+
+
+def _item64(i: int) -> bytes:
+    """The 64-byte item `i`: its number, eight times."""
+    return i.to_bytes(8, "little") * 8
+
+
+def _ok64(b: bytes, last: int) -> bool:
+    return len(b) == 64 and b == b[:8] * 8 and int.from_bytes(b[:8], "little") > last
+
+
+def _recv(conn: Any) -> Any:
+    """A message from another process, or TimeoutError (a dead peer must not hang the bench)."""
+    if not conn.poll(_WAIT):
+        raise TimeoutError("no word from a peer process")
+    return conn.recv()
+
+
+def _c64_shmbus(name: str, which: int, ctl: Any) -> None:
+    import shmbus
+    _pin(which)
+    q = shmbus.Queue(name, create=False)
+    ctl.send("ready")
+    n, last, ok = 0, -1, True
+    while True:
+        try:
+            b = q.get_bytes(timeout=_WAIT)
+        except shmbus.Closed:
+            break
+        ok = ok and _ok64(b, last)
+        last = int.from_bytes(b[:8], "little")
+        n += 1
+    ctl.send((n, ok))
+
+
+def _c64_mp(q: Any, which: int, ctl: Any) -> None:
+    _pin(which)
+    ctl.send("ready")
+    n, last, ok = 0, -1, True
+    while True:
+        b = q.get(timeout=_WAIT)
+        if b is None:
+            break
+        ok = ok and _ok64(b, last)
+        last = int.from_bytes(b[:8], "little")
+        n += 1
+    ctl.send((n, ok))
+
+
+def _ok_array(a: np.ndarray, k: int, last: int) -> bool:
+    """Reads every element (the sum) and checks the array is item `k`'s, after `last`."""
+    total = float(a.sum())
+    return a.shape == (QA,) and k > last and float(a[0]) == k and total == float(k) * QA
+
+
+def _carr_shmbus(name: str, which: int, ctl: Any) -> None:
+    import shmbus
+    _pin(which)
+    q = shmbus.ArrayQueue(name, meta=np.uint64, create=False)
+    ctl.send("ready")
+    n, last, ok = 0, -1, True
+    while True:
+        try:
+            d = q.receive(timeout=_WAIT)
+        except shmbus.Closed:
+            break
+        a, k = d.array, int(d.meta)
+        ok = ok and _ok_array(a, k, last)
+        del a
+        d.ack()
+        last = k
+        n += 1
+    ctl.send((n, ok))
+
+
+def _carr_mp(q: Any, which: int, ctl: Any) -> None:
+    _pin(which)
+    ctl.send("ready")
+    n, last, ok = 0, -1, True
+    while True:
+        item = q.get(timeout=_WAIT)
+        if item is None:
+            break
+        k, a = item
+        ok = ok and _ok_array(a, k, last)
+        last = k
+        n += 1
+    ctl.send((n, ok))
+
+
+def _queue(system: str, size: str, consumers: int, total: int, warm: int, window: int,
+           tag: str) -> List[int]:
+    """One run; returns the window times in ns (see above)."""
+    name = f"bench-{tag}"
+    ends = [_CTX.Pipe() for _ in range(consumers)]
+    procs: List[Any] = []
+    mpq = None
+    q: Any = None
+    try:
+        if system == "shmbus":
+            import shmbus
+            if size == "64B":
+                q = shmbus.Queue(name, capacity=256, item_size=64)
+                target: Callable[..., None] = _c64_shmbus
+            else:
+                q = shmbus.ArrayQueue(name, capacity=8, array_bytes=QA * 8, meta=np.uint64,
+                                      acknowledged=True)
+                target = _carr_shmbus
+            first: Any = name
+        elif system == "mp_queue":
+            mpq = _CTX.Queue(maxsize=256 if size == "64B" else 8)
+            target = _c64_mp if size == "64B" else _carr_mp
+            first = mpq
+        else:
+            raise ValueError(system)
+        for j, (_, b) in enumerate(ends):
+            p = _CTX.Process(target=target, args=(first, 1 + j, b), daemon=True)
+            p.start()
+            procs.append(p)
+        for a, _ in ends:
+            if _recv(a) != "ready":
+                raise RuntimeError("a consumer did not start")
+        times: List[int] = []
+        for i in range(total):
+            if i >= warm and (i - warm) % window == 0:
+                times.append(time.perf_counter_ns())
+            if system == "shmbus" and size == "64B":
+                q.put_bytes(_item64(i), timeout=_WAIT)
+            elif system == "shmbus":
+                arr = q.loan(QA, np.float64, timeout=_WAIT)
+                arr.fill(float(i))
+                q.commit(arr, i)
+                del arr
+            elif size == "64B":
+                mpq.put(_item64(i), timeout=_WAIT)
+            else:
+                arr = np.empty(QA, dtype=np.float64)
+                arr.fill(float(i))
+                mpq.put((i, arr), timeout=_WAIT)
+        if system == "shmbus":
+            q.close()
+        else:
+            for _ in range(consumers):
+                mpq.put(None, timeout=_WAIT)
+        got = [_recv(a) for a, _ in ends]
+        times.append(time.perf_counter_ns())
+        if not all(ok for _, ok in got):
+            raise RuntimeError(f"{system}: a consumer saw a damaged or out-of-order item")
+        if sum(n for n, _ in got) != total:
+            raise RuntimeError(f"{system}: consumers took {sum(n for n, _ in got)} of {total}")
+        return times
+    finally:
+        for p in procs:
+            _end(p)
+        if mpq is not None:
+            mpq.close()
+            mpq.join_thread()
+        if q is not None:
+            q.close()
+
+
+def _rates(times: List[int], window: int) -> List[float]:
+    """Items per second of each window."""
+    return [window / (max(b - a, 1) / 1e9) for a, b in zip(times, times[1:])]
+
+
+def _rate_stats(xs: List[float]) -> Dict[str, Any]:
+    """Median and the bad tail of rates: "p99" is the rate 99 % of the windows beat (the 1st
+    percentile), as in the Rust harness."""
+    if not xs:
+        return {"median": None, "p99": None, "unavailable": "no samples"}
+    a = np.asarray(xs)
+    return {"median": float(np.median(a)), "p99": float(np.percentile(a, 1))}
+
+
+# ---------------------------------------------------------------------------------------------
 # The Rust figures
 
 def _find_compare() -> Optional[pathlib.Path]:
@@ -456,6 +658,11 @@ def _ice_available() -> Optional[str]:
 def run(quick: bool = False, rust: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
     rounds, h_iters, w_iters = (2, 4, 200) if quick else (5, 40, 4000)
     warm_h, warm_w = (1, 20) if quick else (3, 200)
+    # (measured items, warm-up items, items per window) per queue run.
+    q_sizes = {"64B": (2000, 200, 500) if quick else (40000, 2000, 2000),
+               "4MiB": (8, 2, 4) if quick else (40, 4, 4)}
+    queues = [(f"queue_{size}_c{c}", size, c) for size in ("64B", "4MiB") for c in CONSUMERS]
+    q_systems = ["shmbus", "mp_queue"]
     # First, while this process may use every CPU: compare pins its own processes.
     rust_res = _rust(quick) if rust else {
         s: {"median": None, "p99": None, "unavailable": "not run (--no-rust)"}
@@ -468,6 +675,9 @@ def run(quick: bool = False, rust: bool = True, log: Callable[[str], None] = pri
     samples: Dict[str, Dict[str, List[float]]] = {"handoff_8MiB": {s: [] for s in handoff},
                                                   "wake_pingpong": {s: [] for s in wake}}
     failed: Dict[str, Dict[str, str]] = {"handoff_8MiB": {}, "wake_pingpong": {}}
+    for name, _, _ in queues:
+        samples[name] = {s: [] for s in q_systems}
+        failed[name] = {}
     if ice_missing:
         failed["handoff_8MiB"]["iceoryx2"] = failed["wake_pingpong"]["iceoryx2"] = ice_missing
     for r in range(rounds):
@@ -488,6 +698,18 @@ def run(quick: bool = False, rust: bool = True, log: Callable[[str], None] = pri
                 samples["wake_pingpong"][s] += [x / 1e3 for x in xs[warm_w:]]
             except Exception as e:  # noqa: BLE001
                 failed["wake_pingpong"][s] = f"{type(e).__name__}: {e}"
+        for name, size, c in queues:
+            n, warm, window = q_sizes[size]
+            # Rotate the order each round so that neither system always runs first.
+            for s in q_systems[r % 2:] + q_systems[:r % 2]:
+                if s in failed[name]:
+                    continue
+                try:
+                    times = _queue(s, size, c, warm + n, warm, window,
+                                   f"q{os.getpid()}-{r}-{name}-{s}")
+                    samples[name][s] += _rates(times, window)
+                except Exception as e:  # noqa: BLE001
+                    failed[name][s] = f"{type(e).__name__}: {e}"
     scenarios = []
     for name, unit in (("handoff_8MiB", "ms"), ("wake_pingpong", "us")):
         results: Dict[str, Any] = {}
@@ -498,7 +720,16 @@ def run(quick: bool = False, rust: bool = True, log: Callable[[str], None] = pri
                 results[s] = _stats(xs)
         results["rust"] = rust_res[name]
         scenarios.append({"name": name, "unit": unit, "lower_is_better": True,
-                          "results": results})
+                          "baseline": "shmbus", "results": results})
+    for name, _, _ in queues:
+        results = {}
+        for s, xs in samples[name].items():
+            if s in failed[name]:
+                results[s] = {"median": None, "p99": None, "unavailable": failed[name][s]}
+            else:
+                results[s] = _rate_stats(xs)
+        scenarios.append({"name": name, "unit": "items/s", "lower_is_better": False,
+                          "baseline": "mp_queue", "results": results})
     return {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version(), "numpy": np.__version__},
             "quick": quick, "scenarios": scenarios}
@@ -508,15 +739,17 @@ def table(report: Dict[str, Any]) -> str:
     lines = []
     for sc in report["scenarios"]:
         res = sc["results"]
-        ours = res["shmbus"]["median"]
-        lines.append(f"{sc['name']} ({sc['unit']}, lower is better)")
-        lines.append(f"  {'system':<18}{'median':>12}{'p99':>12}{'ratio to shmbus':>18}")
+        baseline = sc.get("baseline", "shmbus")
+        base = res.get(baseline, {}).get("median")
+        better = "lower" if sc["lower_is_better"] else "higher"
+        lines.append(f"{sc['name']} ({sc['unit']}, {better} is better)")
+        lines.append(f"  {'system':<18}{'median':>12}{'p99':>12}{'ratio to ' + baseline:>20}")
         for s, v in res.items():
             if v.get("median") is None:
                 lines.append(f"  {s:<18}unavailable: {v.get('unavailable')}")
                 continue
-            ratio = f"{v['median'] / ours:.2f}" if ours else "-"
-            lines.append(f"  {s:<18}{v['median']:>12.4g}{v['p99']:>12.4g}{ratio:>18}")
+            ratio = f"{v['median'] / base:.2f}" if base else "-"
+            lines.append(f"  {s:<18}{v['median']:>12.4g}{v['p99']:>12.4g}{ratio:>20}")
     return "\n".join(lines)
 
 
