@@ -62,6 +62,10 @@ pub(crate) mod line {
     pub(crate) const FREE_ENQ: usize = 32;
     /// Work-queue floor, 4 MiB: dequeue position of the ring of free blocks.
     pub(crate) const FREE_DEQ: usize = 33;
+    /// Work-queue floor: the events its waiters sleep on, two lines each (futex word, sleeper
+    /// count): items pushed to and cells freed in the ring of items, the same for the ring of
+    /// free blocks.
+    pub(crate) const Q_EVENTS: usize = 34;
 }
 
 /// A shared mapping that child processes inherit.

@@ -2,8 +2,8 @@
 //! beat these on the same machine; they tell what the hardware (and kernel) costs.
 
 use std::hint::{black_box, spin_loop};
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use shmbus_core::futex;
@@ -239,34 +239,81 @@ const FREE_RING_OFFSET: usize = 64 << 10;
 pub(crate) const QUEUE_BLOCKS_OFFSET: usize = 1 << 20;
 /// A payload word no item has: the producer's "no more items" to each consumer.
 const STOP: u64 = u64::MAX;
-/// Polls before a waiting side of the work-queue floor starts yielding its CPU between polls,
-/// when processes share CPUs (with a CPU each, it only spins: yielding would hand the CPU to
-/// whatever else the machine runs).
+/// Polls a waiting side of the work-queue floor spins through before it yields its CPU...
 const SPINS: u32 = 128;
+/// ...and polls it yields between before it sleeps on a futex.
+const YIELDS: u32 = 64;
+/// How long a floor waiter sleeps at most before it polls again.
+const NAP: Duration = Duration::from_millis(1);
+
+/// Something a floor waiter can sleep until: a futex word bumped when it happens, and the
+/// number of sleepers (so that the fast path makes no system call while nobody sleeps).
+struct Event<'a> {
+    word: &'a AtomicU32,
+    sleepers: &'a AtomicU32,
+}
+
+impl<'a> Event<'a> {
+    /// The event on control lines `l` (word) and `l + 1` (sleepers).
+    fn new(s: &'a Shared, l: usize) -> Event<'a> {
+        Event {
+            word: s.word32(l),
+            sleepers: s.word32(l + 1),
+        }
+    }
+
+    /// After the change a sleeper waits for: wakes the sleepers, if any. Dekker with
+    /// [`wait_for`]: change, fence, read the sleepers; the sleeper counts itself in, fences,
+    /// tries again, and sleeps only while the word is unchanged.
+    fn notify(&self) {
+        fence(SeqCst);
+        if self.sleepers.load(Relaxed) > 0 {
+            self.word.fetch_add(1, Relaxed);
+            futex::wake(self.word, u32::MAX);
+        }
+    }
+}
 
 /// Dmitry Vyukov's bounded multi-producer multi-consumer ring, in the shared mapping: cell `i`
 /// holds a sequence word and a payload; a producer claims position `p` by CAS on the enqueue
 /// position once cell `p % n`'s sequence is `p`, writes, and publishes with sequence `p + 1`; a
 /// consumer claims `p` once the sequence is `p + 1`, reads, and frees the cell with sequence
-/// `p + n`. No lock and no robustness: a process that dies between claim and publish stops
-/// the ring. The best a work queue could do, not a usable one.
+/// `p + n`. Waiters spin, then yield, then sleep on a futex (a floor that only spins slows the
+/// other process's copying on this VM's vCPUs, and one that never yields cannot share a CPU
+/// with a process it waits for; one that sleeps at once pays a wake-up per 64-byte item when it
+/// shares). No lock and no
+/// robustness: a process that dies between claim and publish stops the ring. The best a work
+/// queue could do, not a usable one.
 struct Mpmc<'a> {
     enq: &'a AtomicU64,
     deq: &'a AtomicU64,
     cells: &'a [AtomicU64],
     mask: u64,
+    /// An item was published.
+    pushed: Event<'a>,
+    /// A cell was freed.
+    popped: Event<'a>,
 }
 
 impl<'a> Mpmc<'a> {
     /// `cells` cells (a power of two) from `offset` of the data area, positions on control
-    /// lines `enq` and `deq`.
-    fn new(s: &'a Shared, enq: usize, deq: usize, offset: usize, cells: usize) -> Mpmc<'a> {
+    /// lines `enq` and `deq`, events on the four lines from `events`.
+    fn new(
+        s: &'a Shared,
+        enq: usize,
+        deq: usize,
+        events: usize,
+        offset: usize,
+        cells: usize,
+    ) -> Mpmc<'a> {
         assert!(cells.is_power_of_two());
         Mpmc {
             enq: s.word(enq),
             deq: s.word(deq),
             cells: s.data_words(offset, cells * CELL_BYTES),
             mask: cells as u64 - 1,
+            pushed: Event::new(s, events),
+            popped: Event::new(s, events + 2),
         }
     }
 
@@ -313,6 +360,7 @@ impl<'a> Mpmc<'a> {
     /// Publishes the item written at the claimed position `pos`.
     fn publish(&self, pos: u64) {
         self.seq(pos).store(pos + 1, Release);
+        self.pushed.notify();
     }
 
     /// Claims the next position to read, if its item is published.
@@ -339,41 +387,54 @@ impl<'a> Mpmc<'a> {
     /// Frees the cell of the claimed position `pos` once its payload is read.
     fn free(&self, pos: u64) {
         self.seq(pos).store(pos + self.mask + 1, Release);
+        self.popped.notify();
     }
 
     /// Waits for a position to write (see [`wait_for`]).
-    fn claim_push(&self, run: &Run<'_>) -> Res<u64> {
-        wait_for(run, || self.try_claim_push())
+    fn claim_push(&self) -> Res<u64> {
+        wait_for(&self.popped, || self.try_claim_push())
     }
 
     /// Waits for a position to read (see [`wait_for`]).
-    fn claim_pop(&self, run: &Run<'_>) -> Res<u64> {
-        wait_for(run, || self.try_claim_pop())
+    fn claim_pop(&self) -> Res<u64> {
+        wait_for(&self.pushed, || self.try_claim_pop())
     }
 }
 
-/// Retries `attempt` until it gives a value, spinning; when the run's processes share CPUs,
-/// [`SPINS`] polls and then a `sched_yield` before each further one. Fails after
-/// [`ctl::PEER_TIMEOUT`].
-fn wait_for<R>(run: &Run<'_>, mut attempt: impl FnMut() -> Option<R>) -> Res<R> {
-    let spins = if run.shared_cpus { SPINS } else { u32::MAX };
-    let mut got = None;
-    let mut polls = 0u32;
-    spin_until(
-        || {
-            got = attempt();
-            got.is_some()
-        },
-        || {
-            polls = polls.saturating_add(1);
-            if polls < spins {
-                spin_loop();
-            } else {
-                yield_now();
-            }
-        },
-    )?;
-    got.ok_or_else(|| "the ring gave no position".into())
+/// Retries `attempt` until it gives a value: [`SPINS`] polls spinning, [`YIELDS`] polls
+/// yielding the CPU (a process sharing it runs at once), then sleeps on `event` between tries
+/// (at most [`NAP`] each). Fails after [`ctl::PEER_TIMEOUT`].
+fn wait_for<R>(event: &Event<'_>, mut attempt: impl FnMut() -> Option<R>) -> Res<R> {
+    for k in 0..SPINS + YIELDS {
+        if let Some(r) = attempt() {
+            return Ok(r);
+        }
+        if k < SPINS {
+            spin_loop();
+        } else {
+            yield_now();
+        }
+    }
+    let start = Instant::now();
+    loop {
+        let seen = event.word.load(SeqCst);
+        if let Some(r) = attempt() {
+            return Ok(r);
+        }
+        event.sleepers.fetch_add(1, Relaxed);
+        fence(SeqCst);
+        let got = attempt();
+        if got.is_none() {
+            futex::wait(event.word, seen, Some(NAP));
+        }
+        event.sleepers.fetch_sub(1, Relaxed);
+        if let Some(r) = got {
+            return Ok(r);
+        }
+        if start.elapsed() > ctl::PEER_TIMEOUT {
+            return Err("timed out waiting for a peer process".into());
+        }
+    }
 }
 
 /// A producer's 64-byte item `i`: word `k` is `i ^ k`.
@@ -407,7 +468,7 @@ pub(crate) fn end_queue_run(run: &Run<'_>, mut times: Vec<u64>) -> Res<Option<Me
 /// consumers, each item to exactly one.
 pub(crate) fn queue64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     let s = run.shared;
-    let ring = Mpmc::new(s, line::Q_ENQ, line::Q_DEQ, 0, QUEUE_SLOTS);
+    let ring = Mpmc::new(s, line::Q_ENQ, line::Q_DEQ, line::Q_EVENTS, 0, QUEUE_SLOTS);
     if leader {
         ring.init();
         ctl::leader_ready(s);
@@ -415,14 +476,14 @@ pub(crate) fn queue64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> 
         let mut times = Vec::new();
         for i in 0..run.total() {
             run.mark_window(i, &mut times);
-            let pos = ring.claim_push(run)?;
+            let pos = ring.claim_push()?;
             for (w, v) in ring.payload(pos).iter().zip(item64(i)) {
                 w.store(v, Relaxed);
             }
             ring.publish(pos);
         }
         for _ in 0..run.peers {
-            let pos = ring.claim_push(run)?;
+            let pos = ring.claim_push()?;
             ring.payload(pos)[0].store(STOP, Relaxed);
             ring.publish(pos);
         }
@@ -432,7 +493,7 @@ pub(crate) fn queue64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> 
         ctl::announce_ready(s);
         let (mut count, mut last) = (0u64, None);
         loop {
-            let pos = ring.claim_pop(run)?;
+            let pos = ring.claim_pop()?;
             let words = ring.payload(pos);
             let item: [u64; 8] = std::array::from_fn(|k| words[k].load(Relaxed));
             ring.free(pos);
@@ -452,11 +513,12 @@ pub(crate) fn queue64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> 
 /// takes it from there, reads every byte in place and gives the block back to the free ring.
 pub(crate) fn queue_arrays(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     let s = run.shared;
-    let full = Mpmc::new(s, line::Q_ENQ, line::Q_DEQ, 0, QUEUE_BLOCKS);
+    let full = Mpmc::new(s, line::Q_ENQ, line::Q_DEQ, line::Q_EVENTS, 0, QUEUE_BLOCKS);
     let free = Mpmc::new(
         s,
         line::FREE_ENQ,
         line::FREE_DEQ,
+        line::Q_EVENTS + 4,
         FREE_RING_OFFSET,
         QUEUE_BLOCKS,
     );
@@ -479,20 +541,20 @@ pub(crate) fn queue_arrays(run: &mut Run<'_>, leader: bool) -> Res<Option<Measur
         let mut times = Vec::new();
         for i in 0..run.total() {
             run.mark_window(i, &mut times);
-            let pos = free.claim_pop(run)?;
+            let pos = free.claim_pop()?;
             let b = free.payload(pos)[0].load(Relaxed);
             free.free(pos);
             // SAFETY: block `b` came off the free ring: its last consumer finished reading it
             // before putting it there (Release on the cell's sequence, seen with Acquire), and
             // nobody touches it until it goes on the full ring below.
             fill(unsafe { s.block_mut(block_offset(b)?, run.bytes) }, i);
-            let pos = full.claim_push(run)?;
+            let pos = full.claim_push()?;
             full.payload(pos)[0].store(b, Relaxed);
             full.payload(pos)[1].store(i, Relaxed);
             full.publish(pos);
         }
         for _ in 0..run.peers {
-            let pos = full.claim_push(run)?;
+            let pos = full.claim_push()?;
             full.payload(pos)[1].store(STOP, Relaxed);
             full.publish(pos);
         }
@@ -502,7 +564,7 @@ pub(crate) fn queue_arrays(run: &mut Run<'_>, leader: bool) -> Res<Option<Measur
         ctl::announce_ready(s);
         let (mut count, mut last) = (0u64, None::<u64>);
         loop {
-            let pos = full.claim_pop(run)?;
+            let pos = full.claim_pop()?;
             let (b, i) = (
                 full.payload(pos)[0].load(Relaxed),
                 full.payload(pos)[1].load(Relaxed),
@@ -518,7 +580,7 @@ pub(crate) fn queue_arrays(run: &mut Run<'_>, leader: bool) -> Res<Option<Measur
             // with Acquire) and neither it nor another consumer touches it until we put it
             // back on the free ring below.
             consume(unsafe { s.block_mut(block_offset(b)?, run.bytes) }, i)?;
-            let pos = free.claim_push(run)?;
+            let pos = free.claim_push()?;
             free.payload(pos)[0].store(b, Relaxed);
             free.publish(pos);
             last = Some(i);

@@ -238,8 +238,6 @@ pub(crate) struct Run<'a> {
     pub(crate) bytes: usize,
     /// The socket of each peer (the leader holds one per peer; a peer holds its own).
     pub(crate) socks: Vec<OwnedFd>,
-    /// Whether some processes of the run share a CPU (more processes than CPUs).
-    pub(crate) shared_cpus: bool,
 }
 
 impl Run<'_> {
@@ -389,7 +387,6 @@ fn run_once(sc: Scenario, sys: System, round: u32, quick: bool, cpus: usize) -> 
                 window.to_string(),
                 sock.to_string(),
                 sc.peer_cpu(index + 1, cpus).to_string(),
-                cpus.to_string(),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -407,7 +404,6 @@ fn run_once(sc: Scenario, sys: System, round: u32, quick: bool, cpus: usize) -> 
         peers: sc.peers(),
         bytes: sc.bulk_bytes(),
         socks: mine,
-        shared_cpus: sc.peers() + 1 > cpus,
     };
     let measured = dispatch(sc, sys, &mut run, true)?.ok_or("the leader measured nothing")?;
     drop(run);
@@ -415,14 +411,11 @@ fn run_once(sc: Scenario, sys: System, round: u32, quick: bool, cpus: usize) -> 
     Ok(measured)
 }
 
-/// The peer side:
-/// `compare __peer SCENARIO SYSTEM FD LEN INDEX TAG ITERS WARMUP WINDOW SOCK CPU CPUS`
-/// (`CPUS`: how many the leader may use; this process, pinned, sees one).
+/// The peer side: `compare __peer SCENARIO SYSTEM FD LEN INDEX TAG ITERS WARMUP WINDOW SOCK CPU`.
 fn peer_main(args: &[String]) -> Res<()> {
-    let [sc, sys, fd, len, index, tag, iters, warmup, window, sock, cpu, cpus] = args else {
+    let [sc, sys, fd, len, index, tag, iters, warmup, window, sock, cpu] = args else {
         return Err(
-            "usage: compare __peer SCENARIO SYSTEM FD LEN INDEX TAG ITERS WARMUP \
-                    WINDOW SOCK CPU CPUS"
+            "usage: compare __peer SCENARIO SYSTEM FD LEN INDEX TAG ITERS WARMUP WINDOW SOCK CPU"
                 .into(),
         );
     };
@@ -446,7 +439,6 @@ fn peer_main(args: &[String]) -> Res<()> {
         peers: sc.peers(),
         bytes: sc.bulk_bytes(),
         socks,
-        shared_cpus: sc.peers() + 1 > cpus.parse()?,
     };
     dispatch(sc, sys, &mut run, false)?;
     Ok(())
