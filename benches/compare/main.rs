@@ -1,7 +1,7 @@
 //! `compare`: shmbus side by side with the hardware floor, iceoryx2 and Unix sockets, in one run.
 //!
 //! ```text
-//! cargo run --release --bin compare -- [--quick] [--json PATH] [--only SCENARIO]
+//! cargo run --release --bin compare -- [--quick] [--json PATH] [--only SCENARIO] [--system SYSTEM]
 //! ```
 //!
 //! For every scenario, each system runs in turn, round after round (interleaved, so that drift
@@ -61,6 +61,10 @@ struct Args {
     /// Run only these scenarios (by name; repeatable).
     #[arg(long)]
     only: Vec<String>,
+    /// Run only these systems (floor, shmbus, iceoryx2, uds; repeatable): to profile one, e.g.
+    /// counting its system calls with `perf stat`.
+    #[arg(long)]
+    system: Vec<String>,
     /// Rounds per scenario (default 3 with --quick, else 10).
     #[arg(long)]
     rounds: Option<u32>,
@@ -584,6 +588,11 @@ fn leader_main(args: Args) -> Res<()> {
             .map(|n| Scenario::parse(n).ok_or_else(|| format!("unknown scenario {n:?}")))
             .collect::<Result<_, _>>()?
     };
+    let only_systems: Vec<System> = args
+        .system
+        .iter()
+        .map(|n| System::parse(n).ok_or_else(|| format!("unknown system {n:?}")))
+        .collect::<Result<_, _>>()?;
     let cpus = ctl::cpus();
     if cpus < 2 {
         return Err("needs at least 2 CPUs (leader and peers are pinned apart)".into());
@@ -599,7 +608,15 @@ fn leader_main(args: Args) -> Res<()> {
     );
     let mut all = Vec::new();
     for sc in scenarios {
-        let systems = sc.systems();
+        let systems: Vec<System> = sc
+            .systems()
+            .iter()
+            .copied()
+            .filter(|s| only_systems.is_empty() || only_systems.contains(s))
+            .collect();
+        if systems.is_empty() {
+            continue;
+        }
         let mut raw: BTreeMap<System, Vec<f64>> = BTreeMap::new();
         for round in 0..rounds {
             // Rotate the order each round so that no system always runs first or last.
