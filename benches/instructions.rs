@@ -9,7 +9,8 @@
 //! `scripts/instruction-counts` does that and prints the table. Scenarios: `pod8` (a `u64`),
 //! `serde` (a small struct with a string and a vector), `array` (a 64-byte array through an array
 //! topic's descriptor, in a ring of 8: `pairs` only; `array_long`: in a ring of 4096), `queue64` (a 64-byte `Queue` item: `put`, then `get`; valgrind 3.19
-//! cannot run it: rustix's vDSO lookup for the queue's clock reads memory valgrind does not map).
+//! runs it only in a build with `--cfg rustix_use_libc`: rustix's own vDSO lookup for the
+//! queue's clock reads memory valgrind does not map; `benches/queue_ops.rs` counts the queue).
 //!
 //! Instructions do not move with the noise of a shared machine, so they judge a change to the
 //! hot path where timings cannot; they do not show cache misses between processes (the
