@@ -1668,8 +1668,10 @@ impl Run {
             "leaked_segments": t.leaked,
             "owner_died_recovered": t.recoveries.len(),
             "redelivered": t.redelivered,
-            "python": self.python_note,
         });
+        // The JSON has exactly the nine figures; whether Python processes took part is said
+        // here, on every run (never silently skipped).
+        println!("chaos: python: {}", self.python_note);
         let text = serde_json::to_string_pretty(&json).expect("json");
         println!("{text}");
         if let Some(path) = &self.opts.json {
