@@ -3,7 +3,6 @@
 //! read-only numpy views. The Python package (`shmbus._work.ArrayQueue`) adds metadata dtypes.
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use numpy::PyArrayDescr;
@@ -200,11 +199,13 @@ impl RawArrayQueue {
         let meta = d.bytes()[item.meta.clone()].to_vec();
         Ok(ArrayDelivery {
             deliveries: d.deliveries(),
-            raw: Mutex::new(Some(d)),
+            state: Mutex::new(DeliveryState {
+                raw: Some(d),
+                views: 0,
+                deferred: None,
+            }),
             item,
             meta,
-            views: AtomicUsize::new(0),
-            deferred: Mutex::new(None),
             _queue: self.raw.clone(),
         })
     }
@@ -274,13 +275,6 @@ impl ArrayLoan {
     }
 }
 
-/// What to do with a delivery once its last view is gone.
-#[derive(Clone, Copy)]
-enum Finish {
-    Ack,
-    Refuse,
-}
-
 /// An array taken from a queue, not finished yet. `array(cls)` gives read-only numpy views of
 /// its slot; `ack()`/`refuse()` refuse to run while views are alive (`BufferError`), unless
 /// `deferred`, when the last view's death runs them. Dropped unfinished: given back in an
@@ -288,13 +282,25 @@ enum Finish {
 #[pyclass(frozen, module = "shmbus._shmbus")]
 pub(crate) struct ArrayDelivery {
     // Declared first, so dropped before the queue it borrows.
-    raw: Mutex<Option<RawDelivery<'static>>>,
+    state: Mutex<DeliveryState>,
     item: ArrayItem,
     meta: Vec<u8>,
     deliveries: u32,
-    views: AtomicUsize,
-    deferred: Mutex<Option<Finish>>,
     _queue: Arc<RawQueue>,
+}
+
+/// What a delivery's views and its finishing agree on, under one lock: the delivery is taken
+/// out to be finished only while no view is alive.
+struct DeliveryState {
+    raw: Option<RawDelivery<'static>>,
+    views: usize,
+    deferred: Option<Finish>,
+}
+
+impl DeliveryState {
+    fn lock(m: &Mutex<DeliveryState>) -> std::sync::MutexGuard<'_, DeliveryState> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The base of one numpy view of an [`ArrayDelivery`]: keeps the delivery (so its slot) alive.
@@ -307,45 +313,59 @@ impl Drop for ArrayDeliveryView {
     fn drop(&mut self) {
         Python::attach(|py| {
             let d = self.delivery.bind(py).get();
-            if d.views.fetch_sub(1, Ordering::AcqRel) == 1 {
-                let pending = d.deferred.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(f) = pending {
-                    // Nobody to report an error to: a failure leaves the item to the queue's
-                    // reclaiming (as if this process had died holding it).
-                    let _ = d.run(f);
+            let due = {
+                let mut st = DeliveryState::lock(&d.state);
+                st.views = st.views.saturating_sub(1);
+                match (st.views, st.deferred) {
+                    (0, Some(f)) => st.raw.take().map(|r| (r, f)),
+                    _ => None,
                 }
+            };
+            if let Some((r, f)) = due {
+                // Nobody to report an error to: a failure leaves the item to the queue's
+                // reclaiming (as if this process had died holding it).
+                let _ = finish(r, f);
             }
         });
     }
 }
 
-impl ArrayDelivery {
-    fn run(&self, f: Finish) -> Result<(), shmbus_core::queue::QueueError> {
-        let raw = self.raw.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match (raw, f) {
-            (Some(d), Finish::Ack) => d.ack(),
-            (Some(d), Finish::Refuse) => d.refuse().map(|_| ()),
-            (None, _) => Ok(()),
-        }
-    }
+/// What to do with a delivery once its last view is gone.
+#[derive(Clone, Copy)]
+enum Finish {
+    Ack,
+    Refuse,
+}
 
+fn finish(d: RawDelivery<'_>, f: Finish) -> Result<(), shmbus_core::queue::QueueError> {
+    match f {
+        Finish::Ack => d.ack(),
+        Finish::Refuse => d.refuse().map(|_| ()),
+    }
+}
+
+impl ArrayDelivery {
     fn finish(&self, py: Python<'_>, f: Finish, deferred: bool) -> PyResult<()> {
-        if self.raw.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err(
-                "this delivery was already acknowledged or refused",
-            ));
-        }
-        let n = self.views.load(Ordering::Acquire);
-        if n > 0 {
-            if deferred {
-                *self.deferred.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
-                return Ok(());
+        let r = {
+            let mut st = DeliveryState::lock(&self.state);
+            if st.raw.is_none() {
+                return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "this delivery was already acknowledged or refused",
+                ));
             }
-            return Err(PyBufferError::new_err(format!(
-                "cannot finish: {n} numpy views of this delivery are alive"
-            )));
-        }
-        self.run(f).map_err(|e| queue_error(py, &e))
+            if st.views > 0 {
+                if deferred {
+                    st.deferred = Some(f);
+                    return Ok(());
+                }
+                return Err(PyBufferError::new_err(format!(
+                    "cannot finish: {} numpy views of this delivery are alive",
+                    st.views
+                )));
+            }
+            st.raw.take().expect("checked above")
+        };
+        finish(r, f).map_err(|e| queue_error(py, &e))
     }
 }
 
@@ -356,23 +376,30 @@ impl ArrayDelivery {
     fn array<'py>(slf: &Bound<'py, Self>, cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
-        let g = this.raw.lock().unwrap_or_else(|p| p.into_inner());
-        let d = g
-            .as_ref()
-            .ok_or_else(|| errors::error(py, "Error", "this delivery was finished"))?;
-        let data = &d.bytes()[this.item.data.clone()];
-        let (ptr, len) = (
-            NonNull::new(data.as_ptr().cast_mut()).expect("mapped"),
-            data.len(),
-        );
-        drop(g);
-        this.views.fetch_add(1, Ordering::AcqRel);
+        let (ptr, len) = {
+            let mut st = DeliveryState::lock(&this.state);
+            let d = st
+                .raw
+                .as_ref()
+                .ok_or_else(|| errors::error(py, "Error", "this delivery was finished"))?;
+            let data = &d.bytes()[this.item.data.clone()];
+            let at = (
+                NonNull::new(data.as_ptr().cast_mut()).expect("mapped"),
+                data.len(),
+            );
+            // Counted while the delivery is held under the lock: it cannot be finished
+            // between here and the view's creation.
+            st.views += 1;
+            at
+        };
+        // On failure the view's Drop (which would uncount it) never runs.
         let owner = Bound::new(
             py,
             ArrayDeliveryView {
                 delivery: slf.clone().unbind(),
             },
-        )?;
+        )
+        .inspect_err(|_| DeliveryState::lock(&this.state).views -= 1)?;
         let descr = PyArrayDescr::new(py, this.item.dtype.typestr())?;
         // SAFETY: the slot lies in the queue's mapping, kept alive by the delivery's
         // `Arc<RawQueue>` (the view's base keeps the delivery alive). The slot is TAKEN by this
@@ -407,13 +434,13 @@ impl ArrayDelivery {
     /// numpy views of this delivery alive now.
     #[getter]
     fn views(&self) -> usize {
-        self.views.load(Ordering::Acquire)
+        DeliveryState::lock(&self.state).views
     }
 
     /// Whether neither `ack()` nor `refuse()` has run yet.
     #[getter]
     fn pending(&self) -> bool {
-        self.raw.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        DeliveryState::lock(&self.state).raw.is_some()
     }
 
     /// The array is done: its slot is free again. `BufferError` while views are alive, unless
