@@ -11,6 +11,8 @@ use shmbus_core::pool::{
     PoolSubscriber, DESCRIPTOR_SIZE,
 };
 use shmbus_core::topic::ReceiveError;
+#[cfg(feature = "async")]
+use shmbus_core::topic::Received;
 
 pub use shmbus_core::pool::PoolLoanError;
 
@@ -261,6 +263,42 @@ impl<M: Pod> ArraySubscriber<M> {
                 Err(RecvError::UsedAfterFork)
             }
         }
+    }
+
+    /// The next array, read in place, awaited: [`recv`](Self::recv) for async code, on any
+    /// executor (feature `async`; see [`Subscriber::recv_async`](crate::Subscriber::recv_async)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus::Topic;
+    ///
+    /// # let name = format!("doc-array-recv-async-{}", std::process::id());
+    /// let mut publisher = Topic::builder(&name).array_publisher::<()>()?;
+    /// let mut subscriber = Topic::builder(&name).array_subscriber::<()>()?;
+    /// publisher.send(&[3], &[1u16, 2, 3], ())?;
+    /// let sample = futures::executor::block_on(subscriber.recv_async())?;
+    /// assert_eq!(sample.as_slice::<u16>()?, [1, 2, 3]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "async")]
+    pub fn recv_async(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<ArraySample<'_, M>, RecvError>> + Send + '_ {
+        let interest =
+            shmbus_core::waitset::reactor::Interest::topic(self.pool.subscriber().topic().clone());
+        crate::aio::Op::new(self, interest, |s: &mut ArraySubscriber<M>| {
+            match s.pool.subscriber().poll_receive() {
+                Ok(Received::Empty) => Err(s),
+                r => {
+                    let s: &ArraySubscriber<M> = s;
+                    let r = r
+                        .map_err(BlockReceiveError::Receive)
+                        .and_then(|r| s.pool.resolve_received(r));
+                    Ok(Self::wrap(r, false))
+                }
+            }
+        })
     }
 
     /// The next array, if there is one now.

@@ -50,6 +50,8 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 
+#[cfg(feature = "async")]
+pub mod aio;
 pub mod array;
 mod error;
 mod frames;
@@ -94,5 +96,7 @@ pub use sync::{Event, EventMode, Mutex, MutexGuard, Semaphore, SyncOptions};
 pub use topic::{
     Loan, Publisher, Sample, SerdePublisher, SerdeSubscriber, Subscriber, Topic, TopicStats,
 };
+#[cfg(feature = "async")]
+pub use topic::{Samples, SerdeSubscriberStream, SubscriberStream};
 pub use value::{Barrier, Value, ValueInt};
 pub use waitset::{Key, Readiness, Ready, WaitSet, WaitSetError, Waitable};

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytemuck::Pod;
@@ -250,7 +251,7 @@ impl QueueBuilder {
             });
         }
         Ok(Queue {
-            raw: self.raw(&TypeInfo::pod::<T>())?,
+            raw: Arc::new(self.raw(&TypeInfo::pod::<T>())?),
             _t: PhantomData,
         })
     }
@@ -273,7 +274,7 @@ impl QueueBuilder {
             this.opts.slot_size = Some(if self.create { 256 } else { 1 });
         }
         Ok(SerdeQueue {
-            raw: this.raw(&info)?,
+            raw: Arc::new(this.raw(&info)?),
             _t: PhantomData,
         })
     }
@@ -329,7 +330,7 @@ fn common(raw: &RawQueue) -> (u32, bool) {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Queue<T: Pod> {
-    raw: RawQueue,
+    raw: Arc<RawQueue>,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -592,7 +593,7 @@ impl<T: Pod> Delivery<'_, T> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct SerdeQueue<T> {
-    raw: RawQueue,
+    raw: Arc<RawQueue>,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -767,6 +768,8 @@ impl<T> SerdeDelivery<'_, T> {
 }
 
 // After `queue_common!`, which it uses.
+#[cfg(feature = "async")]
+mod aio;
 mod arrays;
 pub use arrays::{ArrayDelivery, ArrayQueue, ArrayQueueLoan, DEFAULT_ARRAY_BYTES};
 

@@ -803,7 +803,7 @@ impl Semaphore {
 /// ```
 #[derive(Debug)]
 pub struct Event {
-    raw: RawEvent,
+    raw: std::sync::Arc<RawEvent>,
 }
 
 impl Event {
@@ -870,7 +870,9 @@ impl Event {
             opts.mode,
             opts.lifetime(),
         )?;
-        Ok(Event { raw })
+        Ok(Event {
+            raw: std::sync::Arc::new(raw),
+        })
     }
 
     /// Opens the existing event `name`, whichever its mode (see [`mode`](Self::mode)).
@@ -893,7 +895,9 @@ impl Event {
     /// ```
     pub fn open(name: &str) -> Result<Self, OpenError> {
         let raw = RawEvent::open(&Name::new(name)?)?;
-        Ok(Event { raw })
+        Ok(Event {
+            raw: std::sync::Arc::new(raw),
+        })
     }
 
     /// Sets the event and wakes waiters, in any process: one (auto-reset) or all (manual-reset).
@@ -1004,6 +1008,41 @@ impl Event {
     /// ```
     pub fn try_wait(&self) -> bool {
         self.raw.try_wait()
+    }
+
+    /// Waits until the event is set, awaited: [`wait`](Self::wait) for async code, on any
+    /// executor (feature `async`). In auto-reset mode the set is consumed by the future that
+    /// completes; a future dropped before it completed consumed nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus::{Event, EventMode};
+    ///
+    /// let name = format!("doc-event-wait-async-{}", std::process::id());
+    /// let e = Event::open_or_create(&name, EventMode::AutoReset, false)?;
+    /// let setter = {
+    ///     let name = name.clone();
+    ///     std::thread::spawn(move || {
+    ///         std::thread::sleep(std::time::Duration::from_millis(20));
+    ///         Event::open(&name).unwrap().set();
+    ///     })
+    /// };
+    /// futures::executor::block_on(e.wait_async());
+    /// assert!(!e.try_wait()); // consumed by the wait
+    /// setter.join().unwrap();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "async")]
+    pub fn wait_async(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        let interest = shmbus_core::waitset::reactor::Interest::event(self.raw.clone());
+        crate::aio::Op::new(self, interest, |e: &Event| {
+            if e.raw.try_wait() {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
     }
 
     /// The event's mode.

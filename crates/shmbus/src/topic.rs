@@ -19,6 +19,11 @@ use shmbus_core::topic::{
 };
 use shmbus_core::wire::{counter, type_name::ARRAY_TOPIC_PREFIX};
 
+#[cfg(feature = "async")]
+mod aio;
+#[cfg(feature = "async")]
+pub use aio::{Samples, SerdeSubscriberStream, SubscriberStream};
+
 use crate::error::{OpenError, PublishError, PublishFailure, RecvError, SendError, SendFailure};
 use crate::frames::{self, ArrayPublisher, ArraySubscriber};
 use crate::serde_slot::{self, DecodeFailure, EncodeFailure};
@@ -493,10 +498,22 @@ fn receive(raw: &RawSubscriber, timeout: Option<Option<Duration>>) -> Result<Hel
         None => raw.try_receive(),
         Some(t) => raw.receive(t),
     };
+    let empty = if timeout.is_none() {
+        RecvError::Empty
+    } else {
+        RecvError::Timeout
+    };
+    to_held(r, empty)
+}
+
+/// What a receive found, as the typed API reports it (`empty`: what nothing is).
+pub(crate) fn to_held(
+    r: Result<Received, ReceiveError>,
+    empty: RecvError,
+) -> Result<Held, RecvError> {
     match r {
         Ok(Received::Message(h)) => Ok(h),
-        Ok(Received::Empty) if timeout.is_none() => Err(RecvError::Empty),
-        Ok(Received::Empty) => Err(RecvError::Timeout),
+        Ok(Received::Empty) => Err(empty),
         Ok(Received::Lagged(n)) => Err(RecvError::Lagged(n)),
         Ok(Received::Disconnected) => Err(RecvError::Disconnected),
         Err(ReceiveError::TooManyHeld(n)) => Err(RecvError::TooManyHeld(n)),

@@ -218,6 +218,13 @@ impl PoolSubscriber {
         self.resolve_received(r)
     }
 
+    /// Takes the next array without waiting, and when there is none tells whether one can
+    /// still come, as [`RawSubscriber::poll_receive`] does.
+    pub fn poll_receive(&self) -> Result<BlockReceived<'_>, BlockReceiveError> {
+        let r = self.subscriber.poll_receive()?;
+        self.resolve_received(r)
+    }
+
     /// Takes the next array, waiting up to `timeout` (`None`: no limit).
     pub fn receive(
         &self,
@@ -227,10 +234,10 @@ impl PoolSubscriber {
         self.resolve_received(r)
     }
 
-    pub(crate) fn resolve_received(
-        &self,
-        r: Received,
-    ) -> Result<BlockReceived<'_>, BlockReceiveError> {
+    /// Turns what the topic subscriber ([`subscriber`](Self::subscriber)) received into an
+    /// array: a message's descriptor is checked and its block mapped; a bad descriptor is
+    /// refused (the message is released).
+    pub fn resolve_received(&self, r: Received) -> Result<BlockReceived<'_>, BlockReceiveError> {
         match r {
             Received::Message(held) => {
                 let seq = held.seq();

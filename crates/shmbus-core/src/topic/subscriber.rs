@@ -203,6 +203,29 @@ impl RawSubscriber {
         }
     }
 
+    /// Takes the next message without waiting, as [`try_receive`](Self::try_receive), and when
+    /// there is none tells whether one can still come: [`Received::Disconnected`] when every
+    /// publisher this subscriber saw has left or was reclaimed. Dead publishers are not looked
+    /// for here (that costs a system call per publisher): whoever waits reclaims them now and
+    /// then ([`RawTopic::reclaim_dead`]), as the async waiter thread does every 50 ms.
+    pub fn poll_receive(&self) -> Result<Received, ReceiveError> {
+        match self.try_receive()? {
+            Received::Empty => {}
+            r => return Ok(r),
+        }
+        let topic = &*self.topic;
+        if topic.has_publisher() || topic.ring.publisher_joins() != self.joins_at_start {
+            self.saw_publisher.set(true);
+        }
+        if self.saw_publisher.get()
+            && !topic.has_publisher()
+            && !topic.ring.ready(self.cursor.get())
+        {
+            return Ok(Received::Disconnected);
+        }
+        Ok(Received::Empty)
+    }
+
     /// Whether every publisher this subscriber saw is gone (reclaiming dead ones first).
     pub(crate) fn publishers_gone(&self) -> bool {
         let topic = &*self.topic;

@@ -103,3 +103,127 @@ fn waiter_on_two_words_gets_a_publish_on_the_first() {
 fn waiter_on_two_words_gets_a_publish_on_the_second() {
     waiter_gets_a_publish_on(1);
 }
+
+/// The async waiter thread's hand-off (`reactor.rs`), on the real ring: a task arms (counts in,
+/// fences, records the word), re-checks, and hands what it recorded to the waiter thread, which
+/// sleeps on the recorded value (and its own word) and wakes the task when the word moved. A
+/// publish racing any step of that must wake the task: the task sleeps without a timeout, so a
+/// lost wake-up is a deadlock loom reports.
+fn waiter_thread_wakes_the_task(publish_first: bool) {
+    use crate::futex::Notifier;
+    use crate::primitive::{fence, AtomicU32, Ordering};
+    use loom::sync::Mutex;
+
+    struct World {
+        ring: HeapRing,
+        futex: MockFutex,
+        /// What the task handed to the waiter thread: the word's value it recorded.
+        armed: Mutex<Option<u32>>,
+        /// The waiter thread's own word, changed by a hand-off.
+        control: AtomicU32,
+        /// The task's "waker": set by the waiter thread.
+        woken: AtomicU32,
+    }
+    model(move || {
+        let w = Arc::new(World {
+            ring: ring(),
+            futex: MockFutex::default(),
+            armed: Mutex::new(None),
+            control: AtomicU32::new(0),
+            woken: AtomicU32::new(0),
+        });
+        let ring = || w.ring.ring();
+        let mut cursor = ring().join_subscriber(0, 1, 0);
+        let publish = {
+            let w = w.clone();
+            move || {
+                let mut hint = 0;
+                let slot = w.ring.ring().loan(0, &mut hint).unwrap();
+                // SAFETY: one publishing thread; the slot is our loan.
+                let _ = unsafe { w.ring.ring().publish(slot, &w.futex) };
+            }
+        };
+        if publish_first {
+            publish();
+        }
+        let p = (!publish_first).then(|| thread::spawn(publish));
+        // The waiter thread: one registration, then it ends.
+        let waiter = {
+            let w = w.clone();
+            thread::spawn(move || loop {
+                let control = w.control.load(Ordering::SeqCst);
+                let armed = *w.armed.lock().unwrap();
+                let words = w.ring.ring().notify_words();
+                match armed {
+                    None => w.futex.wait(&w.control, control, None),
+                    Some(seen) if words.word.load(Ordering::Acquire) != seen => {
+                        words.sleepers.fetch_sub(1, Ordering::SeqCst);
+                        w.woken.store(1, Ordering::SeqCst);
+                        w.futex.wake_all(&w.woken);
+                        return;
+                    }
+                    Some(seen) => {
+                        w.futex
+                            .wait_many(&[(&w.control, control), (words.word, seen)], None)
+                            .unwrap();
+                    }
+                }
+            })
+        };
+        // The task's poll.
+        let mut fired = false;
+        if !ring().ready(cursor) {
+            let words = ring().notify_words();
+            words.sleepers.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            let seen = words.word.load(Ordering::Acquire);
+            if ring().ready(cursor) {
+                // The re-check found it: disarm (the waiter thread never heard of it).
+                words.sleepers.fetch_sub(1, Ordering::SeqCst);
+            } else {
+                *w.armed.lock().unwrap() = Some(seen);
+                w.control.fetch_add(1, Ordering::SeqCst);
+                w.futex.wake_all(&w.control);
+                // Pending, until the waker runs.
+                while w.woken.load(Ordering::SeqCst) == 0 {
+                    w.futex.wait(&w.woken, 0, None);
+                }
+                fired = true;
+            }
+        }
+        match ring().try_acquire(0, &mut cursor, &w.futex).unwrap() {
+            Acquired::Message { seq, slot } => {
+                assert_eq!(seq, 0);
+                ring().release(0, slot);
+            }
+            other => panic!("woken without the message: {other:?}"),
+        }
+        if let Some(p) = p {
+            p.join().unwrap();
+        }
+        if !fired {
+            // Nothing was handed over: end the waiter thread with a registration that fires.
+            let words = ring().notify_words();
+            words.sleepers.fetch_add(1, Ordering::SeqCst);
+            *w.armed.lock().unwrap() = Some(words.word.load(Ordering::SeqCst).wrapping_add(1));
+            w.control.fetch_add(1, Ordering::SeqCst);
+            w.futex.wake_all(&w.control);
+        }
+        waiter.join().unwrap();
+        assert_eq!(
+            ring().notify_words().sleepers.load(Ordering::SeqCst),
+            0,
+            "counted out again"
+        );
+    });
+}
+
+#[test]
+fn waiter_thread_wakes_a_task_that_armed_while_a_publish_raced() {
+    waiter_thread_wakes_the_task(false);
+}
+
+#[test]
+fn waiter_thread_is_not_needed_when_the_message_came_first() {
+    waiter_thread_wakes_the_task(true);
+}

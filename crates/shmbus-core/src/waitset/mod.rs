@@ -15,6 +15,8 @@
 //! a set sleeps.
 //!
 //! [`RawWaitSet`] attaches subscribers, array subscribers, queue consumers, events and timers.
+//! [`reactor`] does the same for async tasks: one waiter thread per process sleeps on the words
+//! of everything some task awaits and wakes the tasks' wakers.
 //!
 //! # Examples
 //!
@@ -45,6 +47,8 @@ use crate::primitive::{fence, AtomicU32, Ordering};
 mod loom_tests;
 #[cfg(not(loom))]
 mod raw;
+#[cfg(not(loom))]
+pub mod reactor;
 #[cfg(not(loom))]
 pub use raw::{Key, RawWaitSet, Readiness, Source, WaitSetError, MAX_ATTACHMENTS};
 

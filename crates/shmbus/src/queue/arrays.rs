@@ -91,7 +91,7 @@ impl QueueBuilder {
             })
         })?;
         Ok(ArrayQueue {
-            raw,
+            raw: std::sync::Arc::new(raw),
             layout,
             _m: PhantomData,
         })
@@ -139,7 +139,7 @@ impl QueueBuilder {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct ArrayQueue<M: Pod = ()> {
-    raw: RawQueue,
+    pub(super) raw: std::sync::Arc<RawQueue>,
     layout: ArrayItemLayout,
     _m: PhantomData<fn(M) -> M>,
 }
