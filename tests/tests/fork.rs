@@ -145,3 +145,25 @@ fn a_forked_child_neither_inherits_the_lease_nor_acts_as_its_parent() {
         "the scoped array is removed once its last user (the child) is gone"
     );
 }
+
+#[test]
+fn a_forked_child_awaits_through_a_waiter_thread_of_its_own() {
+    let mut s = scope!("fork-async");
+    let (parent_topic, child_topic) = (s.name(), s.name());
+    let mut peer = s.spawn(
+        "forker",
+        &[
+            "fork-async",
+            "--topic",
+            &parent_topic,
+            "--child-topic",
+            &child_topic,
+        ],
+    );
+    let child = peer.expect("child-async", STEP);
+    assert_eq!(child.get("inherited"), "used-after-fork", "{}", child.raw);
+    assert_eq!(child.get("own"), "received", "{}", child.raw);
+    let done = peer.expect("parent-done", STEP);
+    assert_eq!(done.num("status"), 0, "{}", done.raw);
+    assert!(peer.wait(STEP).success());
+}

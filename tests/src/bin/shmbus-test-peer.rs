@@ -93,6 +93,8 @@ enum Role {
     ArrayAttach(arrays::ArrayAttachArgs),
     /// Make handles, fork, and report what parent and child can do with them.
     Fork(fork::ForkArgs),
+    /// Await through the async waiter thread, fork, and report what the child can await.
+    ForkAsync(fork::ForkAsyncArgs),
     /// Print the name and layout fingerprint of this binary's `shmbus::Message` types.
     IdentLayouts,
     /// Join a topic with one of this binary's `shmbus::Message` types (publishing with
@@ -1059,6 +1061,7 @@ fn main() -> ExitCode {
         Role::ArrayCreate(a) => arrays::array_create(a),
         Role::ArrayAttach(a) => arrays::array_attach(a),
         Role::Fork(a) => fork::fork(a),
+        Role::ForkAsync(a) => fork::fork_async(a),
         Role::IdentLayouts => identity::ident_layouts(),
         Role::IdentOpen(a) => identity::ident_open(a),
         Role::HTopic(a) => hostile::h_topic(a),

@@ -143,3 +143,91 @@ pub(crate) fn fork(a: &ForkArgs) -> Result<(), Fail> {
     let _ = std::io::stdout().flush();
     std::process::exit(code);
 }
+
+/// Arguments of `fork-async`.
+#[derive(Args)]
+pub(crate) struct ForkAsyncArgs {
+    /// A topic the parent makes and awaits before forking.
+    #[arg(long)]
+    topic: String,
+    /// A topic the child makes and awaits after the fork.
+    #[arg(long)]
+    child_topic: String,
+}
+
+/// Sends `value` on `publisher` from another thread after a moment, while the caller awaits.
+fn send_soon(mut publisher: shmbus::Publisher<u64>, value: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        publisher.send(value).expect("send");
+        std::thread::sleep(Duration::from_millis(200));
+    })
+}
+
+/// The async waiter thread across a fork: the parent awaits a message (starting its waiter
+/// thread), then forks with that thread running. The child's inherited subscriber refuses at
+/// once (`used-after-fork`, no hang on a thread it does not have); a subscriber the child makes
+/// is served by a waiter thread of its own. Prints `child-async inherited=.. own=..` (from the
+/// child), then `parent-done status=<child's exit code>`.
+pub(crate) fn fork_async(a: &ForkAsyncArgs) -> Result<(), Fail> {
+    let publisher = Topic::builder(&a.topic).publisher::<u64>()?;
+    let mut subscriber = Topic::builder(&a.topic).subscriber::<u64>()?;
+    let feeder = send_soon(publisher, 1);
+    let got = futures::executor::block_on(subscriber.recv_async()).map(|s| *s);
+    if got.as_ref().ok() != Some(&1) {
+        return Err(Fail::new("parent-recv", format!("{got:?}")));
+    }
+    feeder.join().expect("feeder");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+
+    // SAFETY: the child only allocates, starts threads and uses its own handles; glibc's fork
+    // handlers leave the allocator usable in the child although the parent has other threads
+    // (the waiter thread, which may have held its own lock: the child never touches that lock,
+    // it makes a waiter of its own). The child exits from this function.
+    #[allow(unsafe_code)]
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Fail::new("fork", std::io::Error::last_os_error()));
+    }
+    if pid > 0 {
+        let status = rustix::process::waitpid(
+            rustix::process::Pid::from_raw(pid),
+            rustix::process::WaitOptions::empty(),
+        )
+        .map_err(|e| Fail::new("waitpid", e))?
+        .and_then(|(_, s)| s.exit_status());
+        println!("parent-done status={}", status.map_or(-1, i64::from));
+        return Ok(());
+    }
+    let inherited = match futures::executor::block_on(subscriber.recv_async()) {
+        Err(RecvError::UsedAfterFork) => "used-after-fork",
+        Err(_) => "other-error",
+        Ok(_) => "received",
+    };
+    let own = (|| -> Result<&'static str, Fail> {
+        let publisher = Topic::builder(&a.child_topic).publisher::<u64>()?;
+        let mut own = Topic::builder(&a.child_topic).subscriber::<u64>()?;
+        let feeder = send_soon(publisher, 2);
+        let got = futures::executor::block_on(own.recv_async()).map(|s| *s);
+        feeder.join().expect("feeder");
+        Ok(if got.ok() == Some(2) {
+            "received"
+        } else {
+            "wrong"
+        })
+    })();
+    let code = match own {
+        Ok(own) => {
+            println!("child-async inherited={inherited} own={own}");
+            0
+        }
+        Err(Fail(code, msg)) => {
+            println!("error code={code} msg={msg}");
+            2
+        }
+    };
+    drop(subscriber);
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}
