@@ -200,6 +200,9 @@ pub(crate) fn fork_async(a: &ForkAsyncArgs) -> Result<(), Fail> {
         println!("parent-done status={}", status.map_or(-1, i64::from));
         return Ok(());
     }
+    // A child that hangs (the bug this role looks for) dies with its parent, which the test
+    // kills, rather than outliving the test.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let inherited = match futures::executor::block_on(subscriber.recv_async()) {
         Err(RecvError::UsedAfterFork) => "used-after-fork",
         Err(_) => "other-error",
