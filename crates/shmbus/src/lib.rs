@@ -45,6 +45,12 @@
 //! to exactly one consumer, shared values ([`Value`]), barriers ([`Barrier`]) and shared serde
 //! state ([`Shared`]). One thread waits on many subscribers, queues and events at once with a
 //! [`WaitSet`].
+//!
+//! # Features
+//!
+//! - `async`: `recv_async` on subscribers, `receive_async`/`get_async` on queues,
+//!   `Event::wait_async` and `Stream`s of samples, for any executor (see the `aio` module).
+//! - `fuzzing`: entry points for the fuzz targets (not an API).
 // Unsafe code is denied everywhere but at the in-place accessors of named arrays (`array.rs`,
 // `#[allow(unsafe_code)]` on each), whose callers take on the aliasing contract.
 #![deny(unsafe_code)]
