@@ -77,8 +77,9 @@ struct Args {
     /// Run only these scenarios (by name; repeatable).
     #[arg(long)]
     only: Vec<String>,
-    /// Run only these systems (floor, shmbus, iceoryx2, uds; repeatable): to profile one, e.g.
-    /// counting its system calls with `perf stat`.
+    /// Run only these systems (floor, shmbus, iceoryx2, uds, and for the scenarios that wait on
+    /// many topics shmbus-recv and shmbus-no-waiter; repeatable): to profile one, e.g. counting
+    /// its system calls with `perf stat`.
     #[arg(long)]
     system: Vec<String>,
     /// Rounds per scenario (default 3 with --quick, else 10).
