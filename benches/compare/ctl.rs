@@ -66,6 +66,13 @@ pub(crate) mod line {
     /// count): items pushed to and cells freed in the ring of items, the same for the ring of
     /// free blocks.
     pub(crate) const Q_EVENTS: usize = 34;
+    /// Waiting on many topics, floor: the send time of the message (the futex words are in the
+    /// data area, [`Shared::data_word32`](super::Shared::data_word32)).
+    pub(crate) const STAMP: usize = 42;
+    /// Idle waiting: the waiter's CPU time (ns) while it waited.
+    pub(crate) const CPU_NS: usize = 43;
+    /// Idle waiting: the wall time (ns) it waited.
+    pub(crate) const WALL_NS: usize = 44;
 }
 
 /// A shared mapping that child processes inherit.
@@ -145,6 +152,22 @@ impl Shared {
         assert!(i < LINES);
         // SAFETY: as for `word`; 4-byte alignment holds a fortiori.
         unsafe { &*self.ptr.as_ptr().add(i * LINE).cast::<AtomicU32>() }
+    }
+
+    /// The 32-bit word at the start of line `i` of the data area (one futex word per
+    /// [`LINE`] bytes, as topics have theirs in separate mappings): the floors of waiting on
+    /// many topics.
+    pub(crate) fn data_word32(&self, i: usize) -> &AtomicU32 {
+        assert!(DATA_OFFSET + (i + 1) * LINE <= self.len);
+        // SAFETY: in bounds (checked), 128-byte aligned (the data area is page-aligned), and
+        // lives as long as `self`; every bit pattern is a valid `AtomicU32`.
+        unsafe {
+            &*self
+                .ptr
+                .as_ptr()
+                .add(DATA_OFFSET + i * LINE)
+                .cast::<AtomicU32>()
+        }
     }
 
     /// `len` bytes of the data area from `offset`, as 64-bit words.
@@ -281,6 +304,46 @@ pub(crate) fn settle() {
     while Instant::now() < until {
         std::hint::spin_loop();
     }
+}
+
+/// How long a sender of the scenarios that wait on many topics leaves between messages: far
+/// longer than any receiver spins before it sleeps (tens of spins), so that every message
+/// finds it asleep. Busy-waited, as [`settle`].
+pub(crate) const WAITSET_GAP: Duration = Duration::from_micros(200);
+
+/// Busy-waits `d`.
+pub(crate) fn busy_wait(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+/// CPU time (user + system, all threads) this process has used, in ns: `CLOCK_PROCESS_CPUTIME_ID`,
+/// the sum `getrusage(RUSAGE_SELF)` gives, at a finer grain.
+pub(crate) fn process_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// An idle waiter's report: it used `cpu_ns` of CPU time in `wall_ns` of waiting.
+pub(crate) fn report_idle(shared: &Shared, cpu_ns: u64, wall_ns: u64) {
+    shared.word(line::CPU_NS).store(cpu_ns, Ordering::Relaxed);
+    shared.word(line::WALL_NS).store(wall_ns, Ordering::Relaxed);
+    signal(shared, line::DONE);
+}
+
+/// The leader's side of an idle wait: waits (sleeping, 1 ms at a time: the leader's own
+/// wake-ups are on another CPU and not counted) for [`report_idle`]; returns the waiter's CPU
+/// time per second of waiting, in µs.
+pub(crate) fn collect_idle(shared: &Shared) -> Res<f64> {
+    spin_until(
+        || shared.word(line::DONE).load(Ordering::Acquire) == 1,
+        || std::thread::sleep(Duration::from_millis(1)),
+    )?;
+    let cpu = shared.word(line::CPU_NS).load(Ordering::Relaxed) as f64;
+    let wall = shared.word(line::WALL_NS).load(Ordering::Relaxed).max(1) as f64;
+    Ok(cpu / 1e3 / (wall / 1e9))
 }
 
 /// A work-queue consumer's last word: it took `count` items and is done.

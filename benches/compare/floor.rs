@@ -590,3 +590,153 @@ pub(crate) fn queue_arrays(run: &mut Run<'_>, leader: bool) -> Res<Option<Measur
         Ok(None)
     }
 }
+
+/// The leader's side of the wake-up scenarios that wait on many topics, for every system:
+/// before message `i` it busy-waits [`ctl::WAITSET_GAP`] (the receiver falls asleep), then
+/// calls `send(i, topic, now)` for topic `i % topics`, and waits (polling) for the receiver's
+/// acknowledgement, which carries the latency the receiver measured from the send time in the
+/// message to its wake-up.
+pub(crate) fn wake_leader(
+    run: &Run<'_>,
+    topics: usize,
+    mut send: impl FnMut(u64, usize, u64) -> Res<()>,
+) -> Res<Measured> {
+    let mut lat = Vec::with_capacity(run.iters as usize);
+    for i in 1..=run.total() {
+        ctl::busy_wait(ctl::WAITSET_GAP);
+        send(i, i as usize % topics, now_ns())?;
+        let l = collect_acks(run, i)?;
+        if i > run.warmup {
+            lat.push(l);
+        }
+    }
+    Ok(Measured::Latencies(lat))
+}
+
+/// The receiver's acknowledgement of message `i`, sent at `sent_ns` (read from the message):
+/// the latency from then to now.
+pub(crate) fn ack_wake(run: &Run<'_>, i: u64, sent_ns: u64) {
+    ack(run, i, now_ns().saturating_sub(sent_ns));
+}
+
+/// Waiting on `topics` topics, the bare mechanism: one futex word per topic (each on its own
+/// line), the receiver sleeping on all of them with one `futex_waitv`; the sender stores the
+/// send time, bumps the word of the topic and wakes it (always: a floor keeps no count of
+/// sleepers).
+pub(crate) fn wake_many(run: &mut Run<'_>, leader: bool, topics: usize) -> Res<Option<Measured>> {
+    let s = run.shared;
+    let stamp = s.word(line::STAMP);
+    let words: Vec<&AtomicU32> = (0..topics).map(|j| s.data_word32(j)).collect();
+    if leader {
+        ctl::leader_ready(s);
+        ctl::wait_ready(s, 1)?;
+        let m = wake_leader(run, topics, |i, j, sent| {
+            stamp.store(sent, Relaxed);
+            words[j].store(i as u32, Release);
+            futex::wake(words[j], 1);
+            Ok(())
+        })?;
+        return Ok(Some(m));
+    }
+    ctl::wait_leader(s)?;
+    ctl::announce_ready(s);
+    let mut expected: Vec<u32> = words.iter().map(|w| w.load(Acquire)).collect();
+    for i in 1..=run.total() {
+        let j = i as usize % topics;
+        let deadline = Instant::now() + ctl::PEER_TIMEOUT;
+        loop {
+            let list: Vec<(&AtomicU32, u32)> = words
+                .iter()
+                .copied()
+                .zip(expected.iter().copied())
+                .collect();
+            futex::wait_many(&list, Some(Duration::from_millis(100)))
+                .map_err(|e| format!("futex_waitv: {e:?}"))?;
+            let changed = words
+                .iter()
+                .zip(&expected)
+                .position(|(w, &e)| w.load(Acquire) != e);
+            if let Some(k) = changed {
+                let sent = stamp.load(Relaxed);
+                ack_wake(run, i, sent);
+                if k != j || words[k].load(Relaxed) != i as u32 {
+                    return Err(format!("floor: message {i} on word {k}, expected {j}").into());
+                }
+                expected[k] = i as u32;
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("timed out waiting for a peer process".into());
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Waiting idle on `topics` topics, the bare mechanism: one `futex_waitv` on all their words
+/// with the whole wait as its timeout (nothing is ever sent).
+pub(crate) fn idle_many(run: &mut Run<'_>, leader: bool, topics: usize) -> Res<Option<Measured>> {
+    let s = run.shared;
+    if leader {
+        ctl::leader_ready(s);
+        ctl::wait_ready(s, 1)?;
+        return Ok(Some(Measured::Values(vec![ctl::collect_idle(s)?])));
+    }
+    ctl::wait_leader(s)?;
+    let words: Vec<(&AtomicU32, u32)> = (0..topics).map(|j| (s.data_word32(j), 0)).collect();
+    ctl::announce_ready(s);
+    let wall = Duration::from_millis(run.iters);
+    let (cpu0, t0) = (ctl::process_cpu_ns(), Instant::now());
+    while t0.elapsed() < wall {
+        futex::wait_many(&words, Some(wall.saturating_sub(t0.elapsed())))
+            .map_err(|e| format!("futex_waitv: {e:?}"))?;
+    }
+    let (cpu, elapsed) = (ctl::process_cpu_ns() - cpu0, t0.elapsed());
+    ctl::report_idle(s, cpu, elapsed.as_nanos() as u64);
+    Ok(None)
+}
+
+/// The cost of waking a sleeper, the bare mechanism: the receiver sleeps in one `futex_waitv`
+/// on 16 words, the sender stores to the first and calls `futex_wake` (timed alone, after
+/// [`ctl::WAITSET_GAP`], as shmbus's publish is).
+pub(crate) fn publish_cost(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    const TOPICS: usize = 16;
+    let s = run.shared;
+    let words: Vec<&AtomicU32> = (0..TOPICS).map(|j| s.data_word32(j)).collect();
+    if leader {
+        ctl::leader_ready(s);
+        ctl::wait_ready(s, 1)?;
+        let mut cost = Vec::with_capacity(run.iters as usize);
+        for i in 1..=run.total() {
+            ctl::busy_wait(ctl::WAITSET_GAP);
+            let t = Instant::now();
+            words[0].store(i as u32, Release);
+            futex::wake(words[0], 1);
+            let ns = t.elapsed().as_nanos() as u64;
+            if i > run.warmup {
+                cost.push(ns);
+            }
+        }
+        collect_acks(run, run.total())?;
+        return Ok(Some(Measured::Latencies(cost)));
+    }
+    ctl::wait_leader(s)?;
+    ctl::announce_ready(s);
+    let deadline = Instant::now() + ctl::PEER_TIMEOUT;
+    let mut seen = 0;
+    while u64::from(seen) < run.total() {
+        let list: Vec<(&AtomicU32, u32)> = words
+            .iter()
+            .enumerate()
+            .map(|(j, w)| (*w, if j == 0 { seen } else { 0 }))
+            .collect();
+        futex::wait_many(&list, Some(Duration::from_millis(100)))
+            .map_err(|e| format!("futex_waitv: {e:?}"))?;
+        seen = words[0].load(Acquire);
+        if Instant::now() > deadline {
+            return Err("timed out waiting for a peer process".into());
+        }
+    }
+    ack(run, run.total(), 0);
+    Ok(None)
+}

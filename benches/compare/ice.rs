@@ -12,7 +12,7 @@ use iceoryx2::prelude::*;
 use iceoryx2::sample::Sample;
 
 use crate::ctl::{self, now_ns, PEER_TIMEOUT};
-use crate::floor::{ack, collect_acks, yield_now};
+use crate::floor::{ack, ack_wake, collect_acks, wake_leader, yield_now};
 use crate::{Measured, Res, Run};
 
 /// A 64-byte message.
@@ -21,6 +21,14 @@ use crate::{Measured, Res, Run};
 struct Msg64 {
     seq: u64,
     body: [u64; 7],
+}
+
+/// A message of the scenarios that wait on many topics: its number and its send time.
+#[derive(Debug, Clone, Copy, ZeroCopySend)]
+#[repr(C)]
+struct Stamp {
+    seq: u64,
+    sent_ns: u64,
 }
 
 fn node() -> Res<Node<ipc::Service>> {
@@ -420,4 +428,190 @@ pub(crate) fn fanout(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         }
         Ok(None)
     }
+}
+
+/// The event service of topic `j` of the scenarios that wait on many topics.
+fn many_events(
+    node: &Node<ipc::Service>,
+    run: &Run<'_>,
+    j: usize,
+) -> Res<iceoryx2::service::port_factory::event::PortFactory<ipc::Service>> {
+    node.service_builder(&service_name(run, &format!("many{j}.event"))?)
+        .event()
+        .open_or_create()
+        .map_err(err("event service"))
+}
+
+/// The publish-subscribe service of topic `j`.
+fn many_topic(
+    node: &Node<ipc::Service>,
+    run: &Run<'_>,
+    j: usize,
+) -> Res<iceoryx2::service::port_factory::publish_subscribe::PortFactory<ipc::Service, Stamp, ()>> {
+    node.service_builder(&service_name(run, &format!("many{j}"))?)
+        .publish_subscribe::<Stamp>()
+        .open_or_create()
+        .map_err(err("service"))
+}
+
+/// Wake-up latency through iceoryx2's WaitSet holding the listeners of `topics` topics (a
+/// publish-subscribe service and an event service each, as its examples pair them: send,
+/// then notify); the receiver, told which listener fired, drains its notifications and takes
+/// the sample.
+pub(crate) fn wake_waitset(
+    run: &mut Run<'_>,
+    leader: bool,
+    topics: usize,
+) -> Res<Option<Measured>> {
+    let node = node()?;
+    if !leader {
+        ctl::wait_leader(run.shared)?;
+    }
+    let services = (0..topics)
+        .map(|j| many_topic(&node, run, j))
+        .collect::<Res<Vec<_>>>()?;
+    let events = (0..topics)
+        .map(|j| many_events(&node, run, j))
+        .collect::<Res<Vec<_>>>()?;
+    if leader {
+        let pubs = services
+            .iter()
+            .map(|s| s.publisher_builder().create().map_err(err("publisher")))
+            .collect::<Res<Vec<_>>>()?;
+        let notifiers = events
+            .iter()
+            .map(|e| e.notifier_builder().create().map_err(err("notifier")))
+            .collect::<Res<Vec<_>>>()?;
+        ctl::leader_ready(run.shared);
+        ctl::wait_ready(run.shared, 1)?;
+        let m = wake_leader(run, topics, |seq, j, sent_ns| {
+            let sample = pubs[j].loan_uninit().map_err(err("loan"))?;
+            sample
+                .write_payload(Stamp { seq, sent_ns })
+                .send()
+                .map_err(err("send"))?;
+            notifiers[j].notify().map_err(err("notify"))?;
+            Ok(())
+        })?;
+        return Ok(Some(m));
+    }
+    let subs = services
+        .iter()
+        .map(|s| s.subscriber_builder().create().map_err(err("subscriber")))
+        .collect::<Res<Vec<_>>>()?;
+    let listeners = events
+        .iter()
+        .map(|e| e.listener_builder().create().map_err(err("listener")))
+        .collect::<Res<Vec<_>>>()?;
+    let waitset = WaitSetBuilder::new()
+        .signal_handling_mode(SignalHandlingMode::Disabled)
+        .create::<ipc::Service>()
+        .map_err(err("waitset"))?;
+    let guards = listeners
+        .iter()
+        .map(|l| waitset.attach_notification(l).map_err(err("attach")))
+        .collect::<Res<Vec<_>>>()?;
+    ctl::announce_ready(run.shared);
+    for i in 1..=run.total() {
+        let deadline = Instant::now() + PEER_TIMEOUT;
+        let mut got: Option<Res<(Stamp, usize)>> = None;
+        while got.is_none() {
+            waitset
+                .wait_and_process_once_with_timeout(
+                    |id| {
+                        let Some(j) = guards.iter().position(|g| id.has_event_from(g)) else {
+                            return CallbackProgression::Continue;
+                        };
+                        let step = || -> Res<Option<(Stamp, usize)>> {
+                            listeners[j].try_wait(|_| {}).map_err(err("try_wait"))?;
+                            Ok(subs[j]
+                                .receive()
+                                .map_err(err("receive"))?
+                                .map(|s| (*s.payload(), j)))
+                        };
+                        match step() {
+                            Ok(None) => CallbackProgression::Continue,
+                            Ok(Some(m)) => {
+                                got = Some(Ok(m));
+                                CallbackProgression::Stop
+                            }
+                            Err(e) => {
+                                got = Some(Err(e));
+                                CallbackProgression::Stop
+                            }
+                        }
+                    },
+                    Duration::from_millis(100),
+                )
+                .map_err(err("wait"))?;
+            if got.is_none() && Instant::now() > deadline {
+                return Err("timed out waiting for a peer process".into());
+            }
+        }
+        let (m, j) = got.ok_or("nothing received")??;
+        ack_wake(run, i, m.sent_ns);
+        if m.seq != i || j != i as usize % topics {
+            return Err(format!("expected message {i}, got {} on topic {j}", m.seq).into());
+        }
+    }
+    Ok(None)
+}
+
+/// CPU time of iceoryx2's WaitSet waiting on the listeners of `topics` idle event services for
+/// `run.iters` ms (the leader holds a notifier on each; no publish-subscribe services: they take
+/// no part in waiting).
+pub(crate) fn idle_waitset(
+    run: &mut Run<'_>,
+    leader: bool,
+    topics: usize,
+) -> Res<Option<Measured>> {
+    let node = node()?;
+    if !leader {
+        ctl::wait_leader(run.shared)?;
+    }
+    let events = (0..topics)
+        .map(|j| many_events(&node, run, j))
+        .collect::<Res<Vec<_>>>()?;
+    if leader {
+        let _notifiers = events
+            .iter()
+            .map(|e| e.notifier_builder().create().map_err(err("notifier")))
+            .collect::<Res<Vec<_>>>()?;
+        ctl::leader_ready(run.shared);
+        ctl::wait_ready(run.shared, 1)?;
+        return Ok(Some(Measured::Values(vec![ctl::collect_idle(run.shared)?])));
+    }
+    let listeners = events
+        .iter()
+        .map(|e| e.listener_builder().create().map_err(err("listener")))
+        .collect::<Res<Vec<_>>>()?;
+    let waitset = WaitSetBuilder::new()
+        .signal_handling_mode(SignalHandlingMode::Disabled)
+        .create::<ipc::Service>()
+        .map_err(err("waitset"))?;
+    let _guards = listeners
+        .iter()
+        .map(|l| waitset.attach_notification(l).map_err(err("attach")))
+        .collect::<Res<Vec<_>>>()?;
+    ctl::announce_ready(run.shared);
+    let wall = Duration::from_millis(run.iters);
+    let (cpu0, t0) = (ctl::process_cpu_ns(), Instant::now());
+    let mut fired = false;
+    while t0.elapsed() < wall {
+        waitset
+            .wait_and_process_once_with_timeout(
+                |_| {
+                    fired = true;
+                    CallbackProgression::Continue
+                },
+                wall.saturating_sub(t0.elapsed()),
+            )
+            .map_err(err("wait"))?;
+    }
+    let (cpu, elapsed) = (ctl::process_cpu_ns() - cpu0, t0.elapsed());
+    if fired {
+        return Err("an idle listener fired".into());
+    }
+    ctl::report_idle(run.shared, cpu, elapsed.as_nanos() as u64);
+    Ok(None)
 }

@@ -20,9 +20,25 @@
 //! | `fanout4_latency_busy` | one publisher, four polling subscribers, latency to the last | one word polled by four |
 //! | `queue_64B_c1`, `_c2`, `_c4` | work queue, 64-byte items per second, one producer, 1, 2 or 4 consumer processes | Vyukov's bounded MPMC ring |
 //! | `queue_4MiB_c1`, `_c2`, `_c4` | work queue of 4 MiB arrays, GB/s; the producer writes and a consumer reads every byte in place | MPMC rings of full and free blocks |
+//! | `waitset_wake_1`, `waitset_wake_16` | a receiver asleep on 1 or 16 topics (a message on one of them, rotating, 200 µs apart): latency from the send time in the message to the receiver holding it | one `futex_waitv` on 1 or 16 futex words |
+//! | `waitset_idle_100` | CPU time (user + system) of a process asleep on 100 idle topics for 2 s (1 s with `--quick`), µs per second of waiting | one `futex_waitv` on 100 words for the whole wait |
+//! | `publish_with_waitset` | one 8-byte publish, ns, each timed alone (200 µs apart), with a WaitSet asleep in another process on that topic and 15 others, or with nobody asleep | `futex_wake` of a sleeper in `futex_waitv` on 16 words |
 //!
 //! For rates (higher is better) the "p99" column is the rate that 99 % of the windows beat
 //! (the 1st percentile): the bad tail, as for latencies.
+//!
+//! The last four scenarios (waiting on many topics) have rows of their own. `shmbus` is
+//! [`shmbus::WaitSet`] (subscribers attached, one per topic); `shmbus-recv` is shmbus without
+//! it: one subscriber blocked in `recv` (the wake-up scenarios, where it has one topic whatever
+//! the set holds) or one thread blocked in `recv` per topic (`waitset_idle_100`); `iceoryx2` is
+//! its `WaitSet` with one event listener per topic attached, the sender publishing and then
+//! notifying (its examples' pattern); Unix sockets are left out (their multiplexer is `epoll`,
+//! which iceoryx2's WaitSet already is). `waitset_idle_100` has no "× floor" ratio (the floor
+//! is near 0; its figure is the cost of one call, spread over the wait). In
+//! `publish_with_waitset`, `shmbus` is the publish that finds the set asleep (and makes the
+//! wake-up system call), `shmbus-no-waiter` the same publish while the other process polls
+//! the topic instead (nobody asleep: no system call), and the second ratio column divides by
+//! the latter; it has no iceoryx2 row (iceoryx2's notify is a separate, explicit call).
 //!
 //! The peers are this binary again (`compare __peer ...`). Systems: `floor` (the bare mechanism,
 //! the best any library could do), `shmbus`, `iceoryx2` (0.10, from crates.io, written as its
@@ -61,8 +77,9 @@ struct Args {
     /// Run only these scenarios (by name; repeatable).
     #[arg(long)]
     only: Vec<String>,
-    /// Run only these systems (floor, shmbus, iceoryx2, uds; repeatable): to profile one, e.g.
-    /// counting its system calls with `perf stat`.
+    /// Run only these systems (floor, shmbus, iceoryx2, uds, and for the scenarios that wait on
+    /// many topics shmbus-recv and shmbus-no-waiter; repeatable): to profile one, e.g. counting
+    /// its system calls with `perf stat`.
     #[arg(long)]
     system: Vec<String>,
     /// Rounds per scenario (default 3 with --quick, else 10).
@@ -84,10 +101,16 @@ pub(crate) enum Scenario {
     Queue64(usize),
     /// A work queue of 4 MiB arrays with this many consumer processes.
     Queue4MiB(usize),
+    /// Wake-up latency of a receiver asleep on this many topics.
+    WaitsetWake(usize),
+    /// CPU time of a process asleep on 100 idle topics.
+    WaitsetIdle,
+    /// The cost of a publish, with and without a WaitSet asleep on the topic.
+    PublishWaitset,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 13] = [
+    const ALL: [Scenario; 17] = [
         Scenario::LatencyBusy,
         Scenario::WakeCross,
         Scenario::WakeSame,
@@ -101,7 +124,14 @@ impl Scenario {
         Scenario::Queue4MiB(1),
         Scenario::Queue4MiB(2),
         Scenario::Queue4MiB(4),
+        Scenario::WaitsetWake(1),
+        Scenario::WaitsetWake(16),
+        Scenario::WaitsetIdle,
+        Scenario::PublishWaitset,
     ];
+
+    /// Topics of `waitset_idle_100`.
+    const IDLE_TOPICS: usize = 100;
 
     fn name(self) -> &'static str {
         match self {
@@ -119,6 +149,11 @@ impl Scenario {
             Scenario::Queue4MiB(1) => "queue_4MiB_c1",
             Scenario::Queue4MiB(2) => "queue_4MiB_c2",
             Scenario::Queue4MiB(_) => "queue_4MiB_c4",
+            Scenario::WaitsetWake(1) => "waitset_wake_1",
+            // `ALL` has 1 and 16 topics only.
+            Scenario::WaitsetWake(_) => "waitset_wake_16",
+            Scenario::WaitsetIdle => "waitset_idle_100",
+            Scenario::PublishWaitset => "publish_with_waitset",
         }
     }
 
@@ -128,8 +163,9 @@ impl Scenario {
 
     fn unit(self) -> &'static str {
         match self {
-            Scenario::LatencyBusy | Scenario::Fanout => "ns",
-            Scenario::WakeCross | Scenario::WakeSame => "us",
+            Scenario::LatencyBusy | Scenario::Fanout | Scenario::PublishWaitset => "ns",
+            Scenario::WakeCross | Scenario::WakeSame | Scenario::WaitsetWake(_) => "us",
+            Scenario::WaitsetIdle => "CPU-us/s",
             Scenario::Throughput => "Mmsg/s",
             Scenario::Queue64(_) => "Mitems/s",
             Scenario::Bulk4 | Scenario::Bulk64 | Scenario::Queue4MiB(_) => "GB/s",
@@ -139,7 +175,13 @@ impl Scenario {
     fn lower_is_better(self) -> bool {
         matches!(
             self,
-            Scenario::LatencyBusy | Scenario::WakeCross | Scenario::WakeSame | Scenario::Fanout
+            Scenario::LatencyBusy
+                | Scenario::WakeCross
+                | Scenario::WakeSame
+                | Scenario::Fanout
+                | Scenario::WaitsetWake(_)
+                | Scenario::WaitsetIdle
+                | Scenario::PublishWaitset
         )
     }
 
@@ -162,11 +204,38 @@ impl Scenario {
     }
 
     /// The systems that have this scenario's mechanism (iceoryx2 and Unix sockets have no work
-    /// queue).
+    /// queue); the scenarios that wait on many topics have rows of their own (see [`System`]).
+    /// Unix sockets are left out of those: waiting on many sockets is `epoll`, which
+    /// iceoryx2's WaitSet already is.
     fn systems(self) -> &'static [System] {
         match self {
             Scenario::Queue64(_) | Scenario::Queue4MiB(_) => &[System::Floor, System::Shmbus],
+            Scenario::WaitsetWake(_) | Scenario::WaitsetIdle => &[
+                System::Floor,
+                System::Shmbus,
+                System::ShmbusRecv,
+                System::Iceoryx2,
+            ],
+            Scenario::PublishWaitset => &[System::Floor, System::Shmbus, System::ShmbusNoWaiter],
             _ => &System::ALL,
+        }
+    }
+
+    /// The two ratio columns of the table: their headings and the system whose median each
+    /// divides by. `waitset_idle_100` has no floor ratio (the floor is about 0);
+    /// `publish_with_waitset` has no iceoryx2 row: its second ratio divides by the publish that
+    /// finds nobody asleep.
+    fn ratio_columns(self) -> [(&'static str, Option<System>); 2] {
+        match self {
+            Scenario::WaitsetIdle => [("× floor", None), ("× iceoryx2", Some(System::Iceoryx2))],
+            Scenario::PublishWaitset => [
+                ("× floor", Some(System::Floor)),
+                ("× no waiter", Some(System::ShmbusNoWaiter)),
+            ],
+            _ => [
+                ("× floor", Some(System::Floor)),
+                ("× iceoryx2", Some(System::Iceoryx2)),
+            ],
         }
     }
 
@@ -191,6 +260,10 @@ impl Scenario {
             Scenario::Fanout => (q(5_000, 1_000), 200, 1),
             Scenario::Queue64(_) => (q(1_000_000, 100_000), 20_000, 10_000),
             Scenario::Queue4MiB(_) => (q(400, 64), 16, 8),
+            Scenario::WaitsetWake(_) => (q(3_000, 500), 100, 1),
+            // The wall time of the wait, in ms.
+            Scenario::WaitsetIdle => (q(2_000, 1_000), 0, 1),
+            Scenario::PublishWaitset => (q(10_000, 1_500), 200, 1),
         }
     }
 }
@@ -200,24 +273,41 @@ impl Scenario {
 pub(crate) enum System {
     Floor,
     Shmbus,
+    /// shmbus without a WaitSet (the scenarios that wait on many topics): one subscriber
+    /// blocked in `recv`, or one thread blocked in `recv` per topic.
+    ShmbusRecv,
+    /// `publish_with_waitset`: the publish that finds nobody asleep.
+    ShmbusNoWaiter,
     Iceoryx2,
     Uds,
 }
 
 impl System {
+    /// The systems of most scenarios.
     const ALL: [System; 4] = [System::Floor, System::Shmbus, System::Iceoryx2, System::Uds];
+    /// Every name `--system` and the peers accept.
+    const NAMED: [System; 6] = [
+        System::Floor,
+        System::Shmbus,
+        System::ShmbusRecv,
+        System::ShmbusNoWaiter,
+        System::Iceoryx2,
+        System::Uds,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             System::Floor => "floor",
             System::Shmbus => "shmbus",
+            System::ShmbusRecv => "shmbus-recv",
+            System::ShmbusNoWaiter => "shmbus-no-waiter",
             System::Iceoryx2 => "iceoryx2",
             System::Uds => "uds",
         }
     }
 
     fn parse(s: &str) -> Option<System> {
-        Self::ALL.into_iter().find(|c| c.name() == s)
+        Self::NAMED.into_iter().find(|c| c.name() == s)
     }
 }
 
@@ -269,6 +359,8 @@ pub(crate) enum Measured {
     /// Times (ns) at which each window of `window` measured messages completed, starting with
     /// the time measuring began.
     Windows(Vec<u64>),
+    /// Samples already in the scenario's unit.
+    Values(Vec<f64>),
 }
 
 fn dispatch(sc: Scenario, sys: System, run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
@@ -282,6 +374,7 @@ fn dispatch(sc: Scenario, sys: System, run: &mut Run<'_>, leader: bool) -> Res<O
                 Shmbus => shm::pingpong(run, leader, blocking),
                 Iceoryx2 => ice::pingpong(run, leader, blocking),
                 Uds => uds::pingpong(run, leader, blocking),
+                ShmbusRecv | ShmbusNoWaiter => Err(no_row(sc, sys)),
             }
         }
         (Throughput, Floor) => floor::stream64(run, leader),
@@ -300,10 +393,28 @@ fn dispatch(sc: Scenario, sys: System, run: &mut Run<'_>, leader: bool) -> Res<O
         (Queue64(_), Shmbus) => shm::queue64(run, leader),
         (Queue4MiB(_), Floor) => floor::queue_arrays(run, leader),
         (Queue4MiB(_), Shmbus) => shm::queue_arrays(run, leader),
+        (WaitsetWake(k), Floor) => floor::wake_many(run, leader, k),
+        (WaitsetWake(k), Shmbus) => shm::wake_waitset(run, leader, k),
+        (WaitsetWake(_), ShmbusRecv) => shm::wake_recv(run, leader),
+        (WaitsetWake(k), Iceoryx2) => ice::wake_waitset(run, leader, k),
+        (WaitsetIdle, Floor) => floor::idle_many(run, leader, Scenario::IDLE_TOPICS),
+        (WaitsetIdle, Shmbus) => shm::idle_waitset(run, leader, Scenario::IDLE_TOPICS),
+        (WaitsetIdle, ShmbusRecv) => shm::idle_threads(run, leader, Scenario::IDLE_TOPICS),
+        (WaitsetIdle, Iceoryx2) => ice::idle_waitset(run, leader, Scenario::IDLE_TOPICS),
+        (PublishWaitset, Floor) => floor::publish_cost(run, leader),
+        (PublishWaitset, Shmbus) => shm::publish_cost(run, leader, true),
+        (PublishWaitset, ShmbusNoWaiter) => shm::publish_cost(run, leader, false),
         (Queue64(_) | Queue4MiB(_), Iceoryx2 | Uds) => {
             Err(format!("{} has no work queue", sys.name()).into())
         }
+        (_, ShmbusRecv | ShmbusNoWaiter)
+        | (PublishWaitset, Iceoryx2)
+        | (WaitsetWake(_) | WaitsetIdle | PublishWaitset, Uds) => Err(no_row(sc, sys)),
     }
+}
+
+fn no_row(sc: Scenario, sys: System) -> Box<dyn std::error::Error + Send + Sync> {
+    format!("{} has no {} row", sc.name(), sys.name()).into()
 }
 
 /// Bytes of floor data each scenario needs in the shared mapping.
@@ -315,6 +426,11 @@ fn data_bytes(sc: Scenario, sys: System) -> usize {
         (Scenario::Queue4MiB(_), System::Floor) => {
             floor::QUEUE_BLOCKS_OFFSET + floor::QUEUE_BLOCKS * sc.bulk_bytes()
         }
+        // One futex word per 128-byte line.
+        (
+            Scenario::WaitsetWake(_) | Scenario::WaitsetIdle | Scenario::PublishWaitset,
+            System::Floor,
+        ) => Scenario::IDLE_TOPICS * 128,
         _ => 0,
     }
 }
@@ -471,7 +587,11 @@ fn samples(sc: Scenario, m: &Measured) -> Vec<f64> {
             let scale = if sc.unit() == "us" { 2000.0 } else { 2.0 };
             rt.iter().map(|&t| t as f64 / scale).collect()
         }
-        Measured::Latencies(l) => l.iter().map(|&t| t as f64).collect(),
+        Measured::Latencies(l) => {
+            let scale = if sc.unit() == "us" { 1000.0 } else { 1.0 };
+            l.iter().map(|&t| t as f64 / scale).collect()
+        }
+        Measured::Values(v) => v.clone(),
         Measured::Windows(w) => w
             .windows(2)
             .map(|p| {
@@ -512,21 +632,22 @@ fn print_table(sc: Scenario, res: &BTreeMap<System, Summary>) {
         "higher is better"
     };
     println!("\n{} ({}, {better})", sc.name(), sc.unit());
+    let [(head1, base1), (head2, base2)] = sc.ratio_columns();
     println!(
-        "  {:<10} {:>10} {:>10} {:>9} {:>11}",
-        "system", "median", "p99", "× floor", "× iceoryx2"
+        "  {:<16} {:>10} {:>10} {:>11} {:>11}",
+        "system", "median", "p99", head1, head2
     );
-    let floor = res.get(&System::Floor).map(|s| s.median);
-    let ice = res.get(&System::Iceoryx2).map(|s| s.median);
+    let base = |b: Option<System>| b.and_then(|b| res.get(&b)).map(|s| s.median);
+    let (first, second) = (base(base1), base(base2));
     for (sys, s) in res {
         let ratio = |base: Option<f64>| base.map_or("-".into(), |b| format!("{:.2}", s.median / b));
         println!(
-            "  {:<10} {:>10} {:>10} {:>9} {:>11}",
+            "  {:<16} {:>10} {:>10} {:>11} {:>11}",
             sys.name(),
             fmt_num(s.median),
             fmt_num(s.p99),
-            ratio(floor),
-            ratio(ice)
+            ratio(first),
+            ratio(second)
         );
     }
 }

@@ -3,12 +3,12 @@
 use std::hint::{black_box, spin_loop};
 use std::time::{Duration, Instant};
 
-use shmbus::{GetError, Overflow, QueueBuilder, RecvError, Subscriber, Topic};
+use shmbus::{GetError, Overflow, Publisher, QueueBuilder, RecvError, Subscriber, Topic, WaitSet};
 
 use crate::ctl::{self, now_ns, PEER_TIMEOUT};
 use crate::floor::{
-    ack, check_item64, collect_acks, consume, end_queue_run, fill, item64, yield_now, QUEUE_BLOCKS,
-    QUEUE_SLOTS,
+    ack, ack_wake, check_item64, collect_acks, consume, end_queue_run, fill, item64, wake_leader,
+    yield_now, QUEUE_BLOCKS, QUEUE_SLOTS,
 };
 use crate::{Measured, Res, Run};
 
@@ -18,6 +18,14 @@ use crate::{Measured, Res, Run};
 struct Msg64 {
     seq: u64,
     body: [u64; 7],
+}
+
+/// A message of the scenarios that wait on many topics: its number and its send time.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct Stamp {
+    seq: u64,
+    sent_ns: u64,
 }
 
 /// Polls `sub` until a message arrives, calling `idle` between polls.
@@ -314,4 +322,283 @@ pub(crate) fn queue_arrays(run: &mut Run<'_>, leader: bool) -> Res<Option<Measur
         ctl::finish_consumer(run.shared, count);
         Ok(None)
     }
+}
+
+/// The topics of the scenarios that wait on many topics.
+fn many_topics(run: &Run<'_>, n: usize) -> Vec<Topic> {
+    (0..n)
+        .map(|j| Topic::builder(&format!("{}.many{j}", run.tag)).capacity(16))
+        .collect()
+}
+
+/// As [`many_topics`], with rings deep enough that a receiver stalled for a few milliseconds
+/// (this host pauses a vCPU now and then) does not fall a whole ring behind while messages
+/// keep coming every [`ctl::WAITSET_GAP`].
+fn deep_topics(run: &Run<'_>, n: usize) -> Vec<Topic> {
+    (0..n)
+        .map(|j| Topic::builder(&format!("{}.many{j}", run.tag)).capacity(1024))
+        .collect()
+}
+
+/// The leader's side of a wake-up scenario on `topics` topics: a publisher on each, a message
+/// on one of them at a time (rotating).
+fn wake_publish(run: &Run<'_>, topics: usize) -> Res<Measured> {
+    let mut pubs = many_topics(run, topics)
+        .iter()
+        .map(|t| t.publisher::<Stamp>())
+        .collect::<Result<Vec<_>, _>>()?;
+    ctl::leader_ready(run.shared);
+    ctl::wait_ready(run.shared, 1)?;
+    wake_leader(run, topics, |seq, j, sent_ns| {
+        let mut loan = pubs[j].loan()?;
+        *loan = Stamp { seq, sent_ns };
+        loan.publish().map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
+
+/// Checks that message `i` arrived as expected and acknowledges it with its latency.
+fn ack_stamp(run: &Run<'_>, i: u64, got: Stamp, topic: usize, topics: usize) -> Res<()> {
+    ack_wake(run, i, got.sent_ns);
+    if got.seq != i || topic != i as usize % topics {
+        return Err(format!("expected message {i}, got {} on topic {topic}", got.seq).into());
+    }
+    Ok(())
+}
+
+/// Wake-up latency through a [`WaitSet`] holding the subscribers of `topics` topics; the
+/// receiver takes what the ready keys point at, as a user's loop does.
+pub(crate) fn wake_waitset(
+    run: &mut Run<'_>,
+    leader: bool,
+    topics: usize,
+) -> Res<Option<Measured>> {
+    if leader {
+        return Ok(Some(wake_publish(run, topics)?));
+    }
+    ctl::wait_leader(run.shared)?;
+    let subs = many_topics(run, topics)
+        .iter()
+        .map(|t| t.subscriber::<Stamp>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut set = WaitSet::new()?;
+    let keys = subs
+        .iter()
+        .map(|s| set.attach(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    ctl::announce_ready(run.shared);
+    for i in 1..=run.total() {
+        let deadline = Instant::now() + PEER_TIMEOUT;
+        'wait: loop {
+            let ready = set.wait_timeout(Duration::from_millis(100))?;
+            for (key, _) in &ready {
+                let j = keys.iter().position(|&k| k == key).ok_or("unknown key")?;
+                match subs[j].try_recv() {
+                    Ok(m) => {
+                        ack_stamp(run, i, *m, j, topics)?;
+                        break 'wait;
+                    }
+                    Err(RecvError::Empty) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("timed out waiting for a peer process".into());
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Wake-up latency of one subscriber blocked in `recv` (the baseline of the WaitSet rows).
+pub(crate) fn wake_recv(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    if leader {
+        return Ok(Some(wake_publish(run, 1)?));
+    }
+    ctl::wait_leader(run.shared)?;
+    let sub = many_topics(run, 1)[0].subscriber::<Stamp>()?;
+    ctl::announce_ready(run.shared);
+    for i in 1..=run.total() {
+        let m = *sub.recv_timeout(PEER_TIMEOUT)?;
+        ack_stamp(run, i, m, 0, 1)?;
+    }
+    Ok(None)
+}
+
+/// The leader's side of an idle scenario: a publisher on each topic (so that the subscribers
+/// are not told their publishers left), then nothing until the waiter reports.
+fn idle_publishers(run: &Run<'_>, topics: usize) -> Res<Measured> {
+    let _pubs: Vec<Publisher<Stamp>> = many_topics(run, topics)
+        .iter()
+        .map(|t| t.publisher::<Stamp>())
+        .collect::<Result<_, _>>()?;
+    ctl::leader_ready(run.shared);
+    ctl::wait_ready(run.shared, 1)?;
+    Ok(Measured::Values(vec![ctl::collect_idle(run.shared)?]))
+}
+
+/// CPU time of a [`WaitSet`] waiting on `topics` idle subscribers for `run.iters` ms.
+pub(crate) fn idle_waitset(
+    run: &mut Run<'_>,
+    leader: bool,
+    topics: usize,
+) -> Res<Option<Measured>> {
+    if leader {
+        return Ok(Some(idle_publishers(run, topics)?));
+    }
+    ctl::wait_leader(run.shared)?;
+    let subs = many_topics(run, topics)
+        .iter()
+        .map(|t| t.subscriber::<Stamp>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut set = WaitSet::new()?;
+    for s in &subs {
+        set.attach(s)?;
+    }
+    ctl::announce_ready(run.shared);
+    let wall = Duration::from_millis(run.iters);
+    let (cpu0, t0) = (ctl::process_cpu_ns(), Instant::now());
+    while t0.elapsed() < wall {
+        if !set
+            .wait_timeout(wall.saturating_sub(t0.elapsed()))?
+            .is_empty()
+        {
+            return Err("an idle topic was ready".into());
+        }
+    }
+    let (cpu, elapsed) = (ctl::process_cpu_ns() - cpu0, t0.elapsed());
+    ctl::report_idle(run.shared, cpu, elapsed.as_nanos() as u64);
+    Ok(None)
+}
+
+/// CPU time of `topics` threads, each blocked in `recv` on its own idle subscriber, for
+/// `run.iters` ms (the way to wait on many topics without a [`WaitSet`]).
+pub(crate) fn idle_threads(
+    run: &mut Run<'_>,
+    leader: bool,
+    topics: usize,
+) -> Res<Option<Measured>> {
+    if leader {
+        return Ok(Some(idle_publishers(run, topics)?));
+    }
+    ctl::wait_leader(run.shared)?;
+    let topics = many_topics(run, topics);
+    let wall = Duration::from_millis(run.iters);
+    // Each thread opens its subscriber; all are open before the clock starts, and each then
+    // waits `wall` from there.
+    let start = std::sync::Barrier::new(topics.len() + 1);
+    let (cpu, elapsed) = std::thread::scope(|scope| -> Res<(u64, Duration)> {
+        let threads: Vec<_> = topics
+            .iter()
+            .map(|topic| {
+                let start = &start;
+                scope.spawn(move || -> Result<(), String> {
+                    let sub = topic.subscriber::<Stamp>();
+                    start.wait();
+                    let sub = sub.map_err(|e| e.to_string())?;
+                    let t0 = Instant::now();
+                    while t0.elapsed() < wall {
+                        match sub.recv_timeout(wall.saturating_sub(t0.elapsed())) {
+                            Err(RecvError::Timeout) => {}
+                            Ok(_) => return Err("an idle topic had a message".into()),
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        start.wait();
+        ctl::announce_ready(run.shared);
+        let (cpu0, t0) = (ctl::process_cpu_ns(), Instant::now());
+        for t in threads {
+            t.join().map_err(|_| "a waiting thread panicked")??;
+        }
+        Ok((ctl::process_cpu_ns() - cpu0, t0.elapsed()))
+    })?;
+    ctl::report_idle(run.shared, cpu, elapsed.as_nanos() as u64);
+    Ok(None)
+}
+
+/// The cost of one publish on the first of 16 topics whose subscribers are in another
+/// process: with that process asleep in a [`WaitSet`] on all 16 (`sleeper`: the publish finds
+/// a sleeper and wakes it), or polling the one topic (nobody sleeps: no system call). Each
+/// send is timed alone, after [`ctl::WAITSET_GAP`] (the sleeper is back asleep).
+pub(crate) fn publish_cost(
+    run: &mut Run<'_>,
+    leader: bool,
+    sleeper: bool,
+) -> Res<Option<Measured>> {
+    const TOPICS: usize = 16;
+    if leader {
+        let mut pubs = deep_topics(run, TOPICS)
+            .iter()
+            .map(|t| t.publisher::<u64>())
+            .collect::<Result<Vec<_>, _>>()?;
+        ctl::leader_ready(run.shared);
+        ctl::wait_ready(run.shared, 1)?;
+        let mut cost = Vec::with_capacity(run.iters as usize);
+        for i in 1..=run.total() {
+            ctl::busy_wait(ctl::WAITSET_GAP);
+            let t = Instant::now();
+            let mut loan = pubs[0].loan()?;
+            *loan = i;
+            loan.publish().map_err(|e| e.to_string())?;
+            let ns = t.elapsed().as_nanos() as u64;
+            if i > run.warmup {
+                cost.push(ns);
+            }
+        }
+        // The receiver has read the last message before the topics go.
+        let lags = collect_acks(run, run.total())?;
+        if lags > 0 {
+            eprintln!(
+                "  note: {}: the receiver fell a whole ring behind {lags} times",
+                if sleeper {
+                    "shmbus"
+                } else {
+                    "shmbus-no-waiter"
+                }
+            );
+        }
+        return Ok(Some(Measured::Latencies(cost)));
+    }
+    ctl::wait_leader(run.shared)?;
+    let subs = deep_topics(run, TOPICS)
+        .iter()
+        .map(|t| t.subscriber::<u64>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut set = WaitSet::new()?;
+    if sleeper {
+        for s in &subs {
+            set.attach(s)?;
+        }
+    }
+    ctl::announce_ready(run.shared);
+    // The receiver takes every message it can; if it falls a whole ring behind (it was not
+    // running for a thousand messages), it counts that and goes on from the oldest one left:
+    // what is measured is the publisher.
+    let (mut next, mut lags) = (1, 0);
+    let deadline = Instant::now() + PEER_TIMEOUT;
+    while next <= run.total() {
+        if sleeper {
+            set.wait_timeout(Duration::from_millis(100))?;
+        } else {
+            spin_loop();
+        }
+        loop {
+            match subs[0].try_recv() {
+                Ok(m) if *m >= next => next = *m + 1,
+                Ok(m) => return Err(format!("expected {next} or later, got {}", *m).into()),
+                Err(RecvError::Empty) => break,
+                Err(RecvError::Lagged(_)) => lags += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("timed out waiting for a peer process".into());
+        }
+    }
+    ack(run, run.total(), lags);
+    Ok(None)
 }
