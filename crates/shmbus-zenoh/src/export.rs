@@ -175,13 +175,17 @@ fn open(shared: &Shared, session: &zenoh::Session, name: &Name) -> Option<Export
     if info.kind != Kind::Topic {
         return None;
     }
+    // Only topics someone publishes on here: a topic that only has subscribers on this machine
+    // is one to import, not to export (looked at again at the next scan).
+    let topic = RawTopic::open(name, &info.type_info, &TopicOptions::default()).ok()?;
+    if !topic.has_publisher() {
+        return None;
+    }
     if !shared.claim(name.as_str(), Direction::Export) {
         // This bridge publishes into it (an import): exporting it would send its messages back.
         return None;
     }
     let opened = || -> Result<Exported, String> {
-        let topic = RawTopic::open(name, &info.type_info, &TopicOptions::default())
-            .map_err(|e| e.to_string())?;
         let c = *topic.config();
         let kind = if info.type_info.name.starts_with(ARRAY_TOPIC_PREFIX) {
             TopicKind::Array
