@@ -109,6 +109,11 @@ fn note_cell(e: &Entry) -> String {
     if let Some(t) = &e.topic {
         notes.push(format!("pool of {t}"));
     }
+    match e.bridged {
+        Some("in") => notes.push("bridged in (from another machine)".to_owned()),
+        Some(_) => notes.push("bridged out (to other machines)".to_owned()),
+        None => {}
+    }
     if e.stale {
         notes.push("no live process: gc removes it".to_owned());
     }

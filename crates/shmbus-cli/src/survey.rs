@@ -122,6 +122,33 @@ pub(crate) struct Entry {
     pub(crate) problem: Option<String>,
     /// Why it could not be opened within `--timeout`, when it was stuck ([`stuck_name`]).
     pub(crate) stuck: Option<&'static str>,
+    /// Topics carried by a `shmbus-bridge` of this machine: `out` (a bridge subscribes and
+    /// exports it), `in` (a bridge publishes what it imports), or neither.
+    pub(crate) bridged: Option<&'static str>,
+}
+
+/// The program name a bridge runs as (`/proc/<pid>/comm`).
+const BRIDGE_COMM: &str = "shmbus-bridge";
+
+/// Whether process `pid` is a shmbus bridge.
+fn is_bridge(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == BRIDGE_COMM)
+}
+
+/// How a topic is bridged, from its live rows.
+fn bridged(owners: &[Owner]) -> Option<&'static str> {
+    let by_bridge = |role: &str| {
+        owners
+            .iter()
+            .any(|o| o.alive && o.role == role && is_bridge(o.pid))
+    };
+    if by_bridge("publisher") {
+        Some("in")
+    } else if by_bridge("subscriber") {
+        Some("out")
+    } else {
+        None
+    }
 }
 
 /// Processes that have shmbus files open, by file identity (device, inode), from
@@ -311,6 +338,7 @@ pub(crate) fn entry(name: &Name, holders: &Holders, budget: &Budget) -> Option<E
         topic: None,
         problem: None,
         stuck: None,
+        bridged: None,
     };
     let info = match peek(name) {
         Ok(info) => info,
@@ -339,6 +367,7 @@ pub(crate) fn entry(name: &Name, holders: &Holders, budget: &Budget) -> Option<E
                         e.publishers = Some(p.publishers.len() as u32);
                         e.subscribers = Some(p.subscribers.len() as u32);
                         e.owners = p.owners();
+                        e.bridged = bridged(&e.owners);
                     }
                     Err(err) => {
                         e.owners = holders.of(name);

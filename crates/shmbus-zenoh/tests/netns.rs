@@ -15,6 +15,20 @@ const BRIDGE: &str = env!("CARGO_BIN_EXE_shmbus-bridge");
 const PROBE: &str = env!("CARGO_BIN_EXE_shmbus-bridge-probe");
 const STEP: Duration = Duration::from_secs(20);
 
+/// The `shmbus` command of this build (a binary of the workspace's `shmbus-cli`, beside this
+/// test's own directory).
+fn cli() -> String {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let cli = dir.join("shmbus");
+    assert!(
+        cli.exists(),
+        "{} is missing: build the workspace (cargo build -p shmbus-cli) first",
+        cli.display()
+    );
+    cli.display().to_string()
+}
+
 /// `true` if the test can run; else fails (or, with `SHMBUS_ALLOW_SKIP=1`, says SKIPPED).
 fn can_run(test: &str) -> bool {
     let root = rustix::process::geteuid().is_root();
@@ -187,6 +201,17 @@ impl Machine {
         let mut p = self.spawn(BRIDGE, args);
         p.expect("bridge ready", STEP);
         p
+    }
+
+    /// What `program args` prints, run on this machine.
+    fn output(&self, program: &str, args: &[&str]) -> String {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.holder.id().to_string(), "-m", "-n", program])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn files(&self) -> Vec<String> {
@@ -471,6 +496,11 @@ fn a_killed_bridge_and_a_cut_link_never_hang_publishers_and_forwarding_resumes()
         ],
     );
     assert!(recv.comes("got index=", STEP), "nothing crossed");
+    // `shmbus ls` on each machine says how the topic is bridged.
+    let ls_a = a.output(&cli(), &["ls"]);
+    assert!(ls_a.contains("bridged out"), "{ls_a}");
+    let ls_b = b.output(&cli(), &["ls"]);
+    assert!(ls_b.contains("bridged in"), "{ls_b}");
 
     // The importing bridge is killed: the publisher goes on; a new bridge resumes.
     bb.signal(rustix::process::Signal::KILL);
