@@ -77,7 +77,8 @@
 //!   role `publisher`, `subscriber` or `attached`), `creator_pid`, `topic` (pools: the topic
 //!   they serve), `problem` (`corrupt: ...`, another format version, `cannot be opened: ...`),
 //!   `stuck` (why an open did not finish within `--timeout`: `not_initialised`,
-//!   `closed_while_in_use`, `stale_not_removable`, `locked_exclusively`, `replaced`).
+//!   `closed_while_in_use`, `stale_not_removable`, `locked_exclusively`, `replaced`),
+//!   `bridged` (topics a `shmbus-bridge` of this machine carries: `out` or `in`; else null).
 //! - `inspect`: `name`, `kind`, `format_version`, `type`, `lifetime`, `size`, `payload_size`,
 //!   `mode`, `creator_pid`, `creator_alive`, `created_unix_ns`, `created`, `in_use`, `stale`,
 //!   `owners`, `problem`, `stuck`, and by kind `topic` (`qos` {capacity, slot_size, slots,
