@@ -22,6 +22,7 @@
 //! See [`config`] for the file and flags, and [`wire`] for what travels.
 
 pub mod config;
+mod events;
 mod export;
 mod import;
 pub mod wire;
@@ -123,6 +124,7 @@ pub struct Bridge {
     session: zenoh::Session,
     threads: Vec<std::thread::JoinHandle<()>>,
     _import: Option<import::Importer>,
+    _events: Option<events::EventImporter>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -186,10 +188,27 @@ impl Bridge {
                     .map_err(BridgeError::Thread)?,
             );
         }
-        let importer = if shared.config.import.is_empty() {
-            None
+        let injected = Arc::new(events::Injected::default());
+        if !shared.config.export.is_empty() {
+            let (s, z, i) = (shared.clone(), session.clone(), injected.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("shmbus-bridge-events".into())
+                    .spawn(move || events::watch(&s, &z, &i))
+                    .map_err(BridgeError::Thread)?,
+            );
+        }
+        let (importer, event_importer) = if shared.config.import.is_empty() {
+            (None, None)
         } else {
-            Some(import::Importer::start(shared.clone(), &session)?)
+            (
+                Some(import::Importer::start(shared.clone(), &session)?),
+                Some(events::EventImporter::start(
+                    shared.clone(),
+                    &session,
+                    injected,
+                )?),
+            )
         };
         tracing::info!(zid = %session.zid(), "bridge started");
         Ok(Bridge {
@@ -197,6 +216,7 @@ impl Bridge {
             session,
             threads,
             _import: importer,
+            _events: event_importer,
         })
     }
 
@@ -223,7 +243,9 @@ impl Bridge {
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self._import.take();
+        self._events.take();
         for t in self.threads.drain(..) {
+            t.thread().unpark();
             let _ = t.join();
         }
         let _ = self.session.close().wait();

@@ -437,3 +437,77 @@ mod tests {
         assert!(huge.check(&[0; 20]).is_err());
     }
 }
+
+/// The attachment of a bridged event set: magic `SBE\x01`, the sending bridge's id, the mode
+/// (0 auto-reset, 1 manual-reset). The payload is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventHeader {
+    /// The bridge that sent it.
+    pub bridge: [u8; 16],
+    /// The event's mode where it was set.
+    pub mode: shmbus_core::sync::EventMode,
+}
+
+const EVENT_MAGIC: [u8; 4] = *b"SBE\x01";
+
+impl EventHeader {
+    /// The attachment's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(21);
+        b.extend_from_slice(&EVENT_MAGIC);
+        b.extend_from_slice(&self.bridge);
+        b.push(match self.mode {
+            shmbus_core::sync::EventMode::AutoReset => 0,
+            shmbus_core::sync::EventMode::ManualReset => 1,
+        });
+        b
+    }
+
+    /// Reads an attachment, checking every field.
+    pub fn decode(bytes: &[u8]) -> Result<EventHeader, WireError> {
+        if bytes.len() < 4 || bytes[..4] != EVENT_MAGIC {
+            return Err(WireError::Foreign("not an event set"));
+        }
+        if bytes.len() != 21 {
+            return Err(WireError::Bad {
+                field: "event header length",
+                value: bytes.len() as u64,
+            });
+        }
+        let mode = match bytes[20] {
+            0 => shmbus_core::sync::EventMode::AutoReset,
+            1 => shmbus_core::sync::EventMode::ManualReset,
+            v => {
+                return Err(WireError::Bad {
+                    field: "event mode",
+                    value: v.into(),
+                })
+            }
+        };
+        Ok(EventHeader {
+            bridge: bytes[4..20].try_into().expect("16 bytes"),
+            mode,
+        })
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn event_headers_round_trip_and_refuse_bad_bytes() {
+        let h = EventHeader {
+            bridge: [3; 16],
+            mode: shmbus_core::sync::EventMode::ManualReset,
+        };
+        let b = h.encode();
+        assert_eq!(EventHeader::decode(&b).unwrap(), h);
+        for n in 0..b.len() {
+            assert!(EventHeader::decode(&b[..n]).is_err());
+        }
+        let mut bad = b.clone();
+        bad[20] = 7;
+        assert!(EventHeader::decode(&bad).is_err());
+    }
+}

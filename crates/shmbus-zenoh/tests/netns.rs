@@ -580,3 +580,48 @@ fn a_remote_topic_of_another_type_is_refused_as_a_local_join_would_be() {
     assert_eq!(field(&summary, "imported"), 0, "{summary}");
     assert!(field(&summary, "refused") > 0, "{summary}");
 }
+
+#[test]
+fn event_sets_cross_both_ways_once_each() {
+    if !can_run("events") {
+        return;
+    }
+    let net = Net::new("events", 2);
+    let (a, b) = (&net.machines[0], &net.machines[1]);
+    let listen = a.endpoint();
+    let both = ["--export", "demo.*", "--import", "demo.*"];
+    let mut ba = a.bridge(&[&["--listen", listen.as_str()][..], &both].concat());
+    let mut bb = b.bridge(&[&["--connect", listen.as_str()][..], &both].concat());
+    // A waiter on each machine; the sets are made on B.
+    let mut wait_a = a.spawn(
+        PROBE,
+        &["event-wait", "--name", "demo.stop", "--for-ms", "5000"],
+    );
+    let mut wait_b = b.spawn(
+        PROBE,
+        &["event-wait", "--name", "demo.stop", "--for-ms", "5000"],
+    );
+    wait_a.expect("ready", STEP);
+    wait_b.expect("ready", STEP);
+    // Let both watchers find the event (they scan every 250 ms).
+    std::thread::sleep(Duration::from_millis(800));
+    let mut set = b.spawn(
+        PROBE,
+        &[
+            "event-set",
+            "--name",
+            "demo.stop",
+            "--count",
+            "5",
+            "--interval-ms",
+            "300",
+        ],
+    );
+    set.expect("set n=5", STEP);
+    let (woke_a, woke_b) = (wait_a.expect("woke", STEP), wait_b.expect("woke", STEP));
+    // Each set wakes one waiter on B and, carried once, one on A: never carried back.
+    assert_eq!(field(&woke_a, "n"), 5, "{woke_a}");
+    assert_eq!(field(&woke_b, "n"), 5, "{woke_b}");
+    assert!(set.wait() && wait_a.wait() && wait_b.wait());
+    assert!(ba.stop() && bb.stop());
+}

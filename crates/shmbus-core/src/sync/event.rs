@@ -170,18 +170,25 @@ impl Event {
     /// Everything written before `set` is visible to a waiter that returns `true` because of it.
     /// Makes no system call when nobody sleeps.
     pub fn set(&self) {
+        self.set_counted();
+    }
+
+    /// Sets the event, as [`set`](Self::set), and returns the number of sets so far (wrapping,
+    /// 31 bits), this one included: what [`sets`](Self::sets) reads from now on until the
+    /// next set.
+    pub fn set_counted(&self) -> u32 {
         // Bump the generation even if already set, so that sleepers' futex words always change.
         let mut cur = self.state.load(Ordering::Relaxed);
-        loop {
+        let new = loop {
             let new = (cur & !SET).wrapping_add(GENERATION_STEP) | SET;
             match self
                 .state
                 .compare_exchange_weak(cur, new, Ordering::SeqCst, Ordering::Relaxed)
             {
-                Ok(_) => break,
+                Ok(_) => break new,
                 Err(actual) => cur = actual,
             }
-        }
+        };
         // Dekker: this SeqCst load comes after the SeqCst update of the state.
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             let n = match self.effective_mode() {
@@ -190,6 +197,14 @@ impl Event {
             };
             futex::wake(&self.state, n);
         }
+        generation(new)
+    }
+
+    /// How many times the event was set (wrapping, 31 bits): every set adds one, whether or not
+    /// the event was already set, and a wait or reset does not change it. A watcher that sees
+    /// it move knows a set happened without consuming it.
+    pub fn sets(&self) -> u32 {
+        generation(self.state.load(Ordering::SeqCst))
     }
 
     /// The word waiters sleep on and their count, for a wait set (see [`crate::waitset`]).

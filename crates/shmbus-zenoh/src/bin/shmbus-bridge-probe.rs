@@ -118,6 +118,23 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         settle_ms: u64,
     },
+    /// Set the auto-reset event `--name` `--count` times, `--interval-ms` apart; print `set n=..`.
+    EventSet {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+    },
+    /// Count the wakes of a waiter on the auto-reset event `--name` for `--for-ms`; print
+    /// `woke n=..`.
+    EventWait {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 5000)]
+        for_ms: u64,
+    },
     /// Receive and verify `--count` messages (or for `--for-ms`); print `got ...`.
     Recv {
         #[command(flatten)]
@@ -304,8 +321,44 @@ fn recv(c: &Common, count: u64, timeout: Duration, for_ms: Option<u64>, progress
     Ok(())
 }
 
+fn event_set(name: &str, count: u64, interval: Duration) -> Res<()> {
+    let e = shmbus::Event::open_or_create(name, shmbus::EventMode::AutoReset, false)?;
+    println!("ready");
+    for _ in 0..count {
+        std::thread::sleep(interval);
+        e.set();
+    }
+    println!("set n={count}");
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(())
+}
+
+fn event_wait(name: &str, for_ms: u64) -> Res<()> {
+    let e = shmbus::Event::open_or_create(name, shmbus::EventMode::AutoReset, false)?;
+    println!("ready");
+    let until = Instant::now() + Duration::from_millis(for_ms);
+    let mut n = 0u64;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if e.wait_timeout(left) {
+            n += 1;
+        }
+    }
+    println!("woke n={n}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let r = match Cli::parse().cmd {
+        Cmd::EventSet {
+            name,
+            count,
+            interval_ms,
+        } => event_set(&name, count, Duration::from_millis(interval_ms)),
+        Cmd::EventWait { name, for_ms } => event_wait(&name, for_ms),
         Cmd::Send {
             c,
             count,
