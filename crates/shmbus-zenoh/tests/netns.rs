@@ -625,3 +625,80 @@ fn event_sets_cross_both_ways_once_each() {
     assert!(set.wait() && wait_a.wait() && wait_b.wait());
     assert!(ba.stop() && bb.stop());
 }
+
+#[test]
+fn a_config_file_sets_endpoints_and_a_rate_limit_for_large_arrays() {
+    if !can_run("rates") {
+        return;
+    }
+    let net = Net::new("rates", 2);
+    let (a, b) = (&net.machines[0], &net.machines[1]);
+    let dir = std::env::temp_dir().join(format!("shmbus-bridge-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("a.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen = [\"{}\"]\n\n[[export]]\ntopics = \"frames.*\"\nmax_rate_hz = 20.0\n",
+            a.endpoint()
+        ),
+    )
+    .unwrap();
+    let conf_path = conf.display().to_string();
+    let mut ba = a.bridge(&["--config", &conf_path]);
+    let listen = a.endpoint();
+    let mut bb = b.bridge(&["--connect", &listen, "--import", "frames.*"]);
+    let mut recv = b.spawn(
+        PROBE,
+        &[
+            "recv",
+            "--topic",
+            "frames.cam",
+            "--kind",
+            "array",
+            "--side",
+            "256",
+            "--for-ms",
+            "4500",
+        ],
+    );
+    recv.expect("ready", STEP);
+    // 256 x 256 u32 arrays (256 KiB) every 5 ms for 2 s: about 400 frames, 20 a second pass.
+    let mut send = a.spawn(
+        PROBE,
+        &[
+            "send",
+            "--topic",
+            "frames.cam",
+            "--kind",
+            "array",
+            "--side",
+            "256",
+            "--count",
+            "400",
+            "--interval-ms",
+            "5",
+            "--wait-subscribers",
+            "1",
+            "--settle-ms",
+            "500",
+        ],
+    );
+    send.expect("sent n=400", STEP);
+    let got = recv.expect("got", STEP);
+    let n = field(&got, "n");
+    assert!(
+        (10..=80).contains(&n),
+        "20 a second for about 2 s, got {got}"
+    );
+    assert_eq!(field(&got, "bad"), 0, "{got}");
+    assert_eq!(field(&got, "dup"), 0, "{got}");
+    assert!(send.wait() && recv.wait());
+    assert!(ba.stop() && bb.stop());
+    let summary = ba.expect("bridge stopped", STEP);
+    assert!(
+        field(&summary, "dropped") > 200,
+        "the rate limit skipped frames: {summary}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
