@@ -52,11 +52,12 @@ impl Exported {
         self.header.qos.overflow == Overflow::BackPressure || last.elapsed() >= iv
     }
 
-    fn put(&mut self, payload: &[u8], seq: u64, stats: &Stats) {
+    /// Puts `payload` (handed to Zenoh as it is: no copy here).
+    fn put(&mut self, payload: Vec<u8>, seq: u64, stats: &Stats) {
         self.header.seq = seq;
         let r = self
             .publisher
-            .put(payload.to_vec())
+            .put(payload)
             .attachment(self.header.encode())
             .wait();
         match r {
@@ -91,7 +92,7 @@ impl Exported {
                         };
                         s.release(held);
                         if allow {
-                            self.put(&payload, seq, stats);
+                            self.put(payload, seq, stats);
                         } else {
                             Stats::bump(&stats.dropped, 1);
                         }
@@ -106,7 +107,7 @@ impl Exported {
                 Sub::Pool(p) => match take_array(p, allow) {
                     Taken::Array(seq, payload, array) => {
                         self.header.array = Some(array);
-                        self.put(&payload, seq, stats);
+                        self.put(payload, seq, stats);
                     }
                     Taken::Skipped => Stats::bump(&stats.dropped, 1),
                     Taken::Lagged(n) => Stats::bump(&stats.lagged, n),

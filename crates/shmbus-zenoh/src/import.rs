@@ -1,8 +1,12 @@
-//! Remote topics in: a Zenoh subscriber hands each message to a thread per local topic, which
-//! publishes it there.
+//! Remote topics in: the Zenoh subscriber's callback publishes each message into the local
+//! topic of its name, in Zenoh's delivery thread (no hand-off to another thread: a message costs
+//! one copy, from Zenoh's buffer into the slot or block).
+//!
+//! A back-pressure topic's publish may wait for its slowest local subscriber (at most 2 s a
+//! message): that holds up Zenoh's delivery and, with `Block` congestion control, the sender,
+//! which is what back-pressure means across the link.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,35 +21,44 @@ use zenoh::Wait;
 use crate::wire::{Header, TopicKind};
 use crate::{BridgeError, Direction, Shared, Stats};
 
-/// Messages waiting for one local topic.
-const QUEUE: usize = 64;
-
 /// How long a publish into a back-pressure topic waits for its slowest subscriber.
 const BACK_PRESSURE_WAIT: Duration = Duration::from_secs(2);
 
 /// How often a topic that could not be joined is tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
-type Job = (Header, Vec<u8>);
+/// One imported topic: its local publisher once joined.
+struct Imported {
+    name: Option<Name>,
+    /// This bridge may import it (not claimed for export).
+    allowed: bool,
+    local: Option<(Local, u64)>,
+    failed_at: Option<Instant>,
+}
+
+type Topics = Mutex<HashMap<String, Arc<Mutex<Imported>>>>;
 
 /// The import side: keeps the Zenoh subscriber (dropping it stops the callbacks) and the
-/// workers' queues (dropping them ends the workers).
+/// topics' publishers (dropping them leaves the local topics).
 pub(crate) struct Importer {
-    _subscriber: zenoh::pubsub::Subscriber<()>,
-    workers: Arc<Mutex<HashMap<String, Option<SyncSender<Job>>>>>,
-    threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    subscriber: Option<zenoh::pubsub::Subscriber<()>>,
+    topics: Arc<Topics>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for Importer {
     fn drop(&mut self) {
-        self.workers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        let threads =
-            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
-        for t in threads {
-            let _ = t.join();
+        if let Some(s) = self.subscriber.take() {
+            let _ = s.undeclare().wait();
+        }
+        let topics =
+            std::mem::take(&mut *self.topics.lock().unwrap_or_else(PoisonError::into_inner));
+        for (name, t) in topics {
+            let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
+            if t.allowed {
+                t.local = None;
+                self.shared.release(&name, Direction::Import);
+            }
         }
     }
 }
@@ -55,19 +68,18 @@ impl Importer {
         shared: Arc<Shared>,
         session: &zenoh::Session,
     ) -> Result<Importer, BridgeError> {
-        let workers: Arc<Mutex<HashMap<String, Option<SyncSender<Job>>>>> = Arc::default();
-        let threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>> = Arc::default();
+        let topics: Arc<Topics> = Arc::default();
         let prefix = format!("{}/", shared.config.key_prefix);
-        let (w, t, s) = (workers.clone(), threads.clone(), shared.clone());
+        let (t, s) = (topics.clone(), shared.clone());
         let subscriber = session
-            .declare_subscriber(format!("{}*", prefix))
+            .declare_subscriber(format!("{prefix}*"))
             // Never this session's own puts (its exports).
             .allowed_origin(Locality::Remote)
             .callback(move |sample| {
                 let Some(topic) = sample.key_expr().as_str().strip_prefix(&prefix) else {
                     return;
                 };
-                if !s.config.imports(topic) {
+                if !s.config.imports(topic) || s.stopped() {
                     return;
                 }
                 let header = match sample.attachment().map(|a| Header::decode(&a.to_bytes())) {
@@ -86,73 +98,78 @@ impl Importer {
                 if header.bridge == s.id {
                     return; // our own (the locality filter already keeps these out)
                 }
-                let payload = sample.payload().to_bytes().into_owned();
-                dispatch(&s, &w, &t, topic, header, payload);
+                let entry = t
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(topic.to_owned())
+                    .or_insert_with(|| {
+                        let allowed = s.claim(topic, Direction::Import);
+                        if !allowed {
+                            tracing::warn!(
+                                topic,
+                                "not imported: this bridge exports it (a topic is bridged one way per machine)"
+                            );
+                        }
+                        Arc::new(Mutex::new(Imported {
+                            name: Name::new(topic).ok(),
+                            allowed,
+                            local: None,
+                            failed_at: None,
+                        }))
+                    })
+                    .clone();
+                let mut entry = entry.lock().unwrap_or_else(PoisonError::into_inner);
+                import(&s, topic, &mut entry, &header, &sample.payload().to_bytes());
             })
             .wait()
             .map_err(|e| BridgeError::Zenoh(e.to_string()))?;
         Ok(Importer {
-            _subscriber: subscriber,
-            workers,
-            threads,
+            subscriber: Some(subscriber),
+            topics,
+            shared,
         })
     }
 }
 
-/// Hands a message to its topic's worker, starting one if needed. Overwrite topics drop a
-/// message when their queue is full; back-pressure topics wait (which holds up Zenoh's delivery,
-/// and so the sender: that is what back-pressure means across the link).
-fn dispatch(
-    shared: &Arc<Shared>,
-    workers: &Mutex<HashMap<String, Option<SyncSender<Job>>>>,
-    threads: &Mutex<Vec<std::thread::JoinHandle<()>>>,
-    topic: &str,
-    header: Header,
-    payload: Vec<u8>,
-) {
-    let tx = {
-        let mut w = workers.lock().unwrap_or_else(PoisonError::into_inner);
-        match w.get(topic) {
-            Some(Some(tx)) => tx.clone(),
-            Some(None) => {
+/// Publishes one message into its local topic, joining it first if needed.
+fn import(shared: &Shared, topic: &str, t: &mut Imported, h: &Header, payload: &[u8]) {
+    let Some(name) = t.name.as_ref().filter(|_| t.allowed) else {
+        Stats::bump(&shared.stats.refused, 1);
+        return;
+    };
+    // Another type than the one joined: join again (and be refused as a local join is).
+    if t.local
+        .as_ref()
+        .is_some_and(|(_, fp)| *fp != h.type_info.fingerprint)
+    {
+        t.local = None;
+    }
+    if t.local.is_none() {
+        if t.failed_at.is_some_and(|at| at.elapsed() < RETRY_EVERY) {
+            Stats::bump(&shared.stats.refused, 1);
+            return;
+        }
+        match join(name, h) {
+            Ok(l) => {
+                tracing::info!(topic, "importing");
+                t.local = Some((l, h.type_info.fingerprint));
+                t.failed_at = None;
+            }
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "cannot publish into the local topic");
+                t.failed_at = Some(Instant::now());
                 Stats::bump(&shared.stats.refused, 1);
                 return;
             }
-            None => {
-                if !shared.claim(topic, Direction::Import) {
-                    tracing::warn!(
-                        topic,
-                        "not imported: this bridge exports it (a topic is bridged one way per machine)"
-                    );
-                    w.insert(topic.to_owned(), None);
-                    Stats::bump(&shared.stats.refused, 1);
-                    return;
-                }
-                let (tx, rx) = sync_channel(QUEUE);
-                let (s, name) = (shared.clone(), topic.to_owned());
-                let spawned = std::thread::Builder::new()
-                    .name(format!("shmbus-bridge-in-{topic}"))
-                    .spawn(move || worker(&s, &name, &rx));
-                match spawned {
-                    Ok(h) => threads
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(h),
-                    Err(e) => {
-                        tracing::error!(topic, error = %e, "cannot start an import thread");
-                        return;
-                    }
-                }
-                w.insert(topic.to_owned(), Some(tx.clone()));
-                tx
-            }
         }
-    };
-    let job = (header, payload);
-    if job.0.qos.overflow == Overflow::BackPressure {
-        let _ = tx.send(job);
-    } else if let Err(TrySendError::Full(_)) = tx.try_send(job) {
-        Stats::bump(&shared.stats.dropped, 1);
+    }
+    let (l, _) = t.local.as_mut().expect("joined above");
+    match publish(l, h, payload) {
+        Ok(()) => Stats::bump(&shared.stats.imported, 1),
+        Err(reason) => {
+            Stats::bump(&shared.stats.refused, 1);
+            tracing::warn!(topic, seq = h.seq, %reason, "a message was not published");
+        }
     }
 }
 
@@ -237,58 +254,4 @@ fn publish(local: &mut Local, h: &Header, payload: &[u8]) -> Result<(), String> 
             })
         }
     }
-}
-
-/// One local topic's import thread: ends when the importer drops its queue.
-fn worker(shared: &Shared, topic: &str, rx: &Receiver<Job>) {
-    let name = match Name::new(topic) {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(topic, error = %e, "not a topic name: not imported");
-            return;
-        }
-    };
-    let mut local: Option<(Local, u64)> = None;
-    let mut failed_at: Option<Instant> = None;
-    while let Ok((h, payload)) = rx.recv() {
-        if shared.stopped() {
-            break;
-        }
-        // Another type than the one joined: join again (and be refused as a local join is).
-        if local
-            .as_ref()
-            .is_some_and(|(_, fp)| *fp != h.type_info.fingerprint)
-        {
-            local = None;
-        }
-        if local.is_none() {
-            if failed_at.is_some_and(|t| t.elapsed() < RETRY_EVERY) {
-                Stats::bump(&shared.stats.refused, 1);
-                continue;
-            }
-            match join(&name, &h) {
-                Ok(l) => {
-                    tracing::info!(topic, "importing");
-                    local = Some((l, h.type_info.fingerprint));
-                    failed_at = None;
-                }
-                Err(e) => {
-                    tracing::warn!(topic, error = %e, "cannot publish into the local topic");
-                    failed_at = Some(Instant::now());
-                    Stats::bump(&shared.stats.refused, 1);
-                    continue;
-                }
-            }
-        }
-        let (l, _) = local.as_mut().expect("joined above");
-        match publish(l, &h, &payload) {
-            Ok(()) => Stats::bump(&shared.stats.imported, 1),
-            Err(reason) => {
-                Stats::bump(&shared.stats.refused, 1);
-                tracing::warn!(topic, seq = h.seq, %reason, "a message was not published");
-            }
-        }
-    }
-    drop(local);
-    shared.release(topic, Direction::Import);
 }
