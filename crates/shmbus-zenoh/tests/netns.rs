@@ -325,6 +325,11 @@ impl Drop for Net {
     }
 }
 
+/// A probe on `m`: `args` split at spaces (no argument holds one).
+fn probe(m: &Machine, args: &str) -> Proc {
+    m.spawn(PROBE, &args.split_whitespace().collect::<Vec<_>>())
+}
+
 /// `count` messages of `kind` from a probe on `from` to a probe on `to`: the summary line.
 fn carry(net: &Net, from: usize, to: usize, topic: &str, kind: &str, count: u64) -> String {
     let n = count.to_string();
@@ -417,35 +422,14 @@ fn bridges_that_carry_a_topic_both_ways_on_three_machines_never_loop() {
         .machines
         .iter()
         .map(|m| {
-            let mut r = m.spawn(
-                PROBE,
-                &[
-                    "recv",
-                    "--topic",
-                    "demo.loop",
-                    "--back-pressure",
-                    "--for-ms",
-                    "6000",
-                ],
-            );
+            let mut r = probe(m, "recv --topic demo.loop --back-pressure --for-ms 6000");
             r.expect("ready", STEP);
             r
         })
         .collect();
-    let mut send = net.machines[0].spawn(
-        PROBE,
-        &[
-            "send",
-            "--topic",
-            "demo.loop",
-            "--count",
-            "200",
-            "--back-pressure",
-            "--wait-subscribers",
-            "2",
-            "--settle-ms",
-            "1000",
-        ],
+    let mut send = probe(
+        &net.machines[0],
+        "send --topic demo.loop --count 200 --back-pressure --wait-subscribers 2 --settle-ms 1000",
     );
     send.expect("sent n=200", STEP);
     for (i, mut r) in receivers.into_iter().enumerate() {
@@ -470,31 +454,10 @@ fn a_killed_bridge_and_a_cut_link_never_hang_publishers_and_forwarding_resumes()
     let mut ba = a.bridge(&["--listen", &listen, "--export", "demo.*"]);
     let importer = ["--connect", listen.as_str(), "--import", "demo.*"];
     let mut bb = b.bridge(&importer);
-    let mut recv = b.spawn(
-        PROBE,
-        &[
-            "recv",
-            "--topic",
-            "demo.live",
-            "--for-ms",
-            "60000",
-            "--progress",
-        ],
-    );
+    let mut recv = probe(b, "recv --topic demo.live --for-ms 60000 --progress");
     recv.expect("ready", STEP);
     // An overwrite topic, sent until killed.
-    let mut send = a.spawn(
-        PROBE,
-        &[
-            "send",
-            "--topic",
-            "demo.live",
-            "--count",
-            "0",
-            "--interval-ms",
-            "2",
-        ],
-    );
+    let mut send = probe(a, "send --topic demo.live --count 0 --interval-ms 2");
     assert!(recv.comes("got index=", STEP), "nothing crossed");
     // `shmbus ls` on each machine says how the topic is bridged.
     let ls_a = a.output(&cli(), &["ls"]);
@@ -544,32 +507,11 @@ fn a_remote_topic_of_another_type_is_refused_as_a_local_join_would_be() {
     let mut ba = a.bridge(&["--listen", &listen, "--export", "demo.*"]);
     let mut bb = b.bridge(&["--connect", &listen, "--import", "demo.*"]);
     // On B the topic holds serde messages; A publishes plain-old-data on it.
-    let mut recv = b.spawn(
-        PROBE,
-        &[
-            "recv",
-            "--topic",
-            "demo.typed",
-            "--kind",
-            "serde",
-            "--for-ms",
-            "3000",
-        ],
-    );
+    let mut recv = probe(b, "recv --topic demo.typed --kind serde --for-ms 3000");
     recv.expect("ready", STEP);
-    let mut send = a.spawn(
-        PROBE,
-        &[
-            "send",
-            "--topic",
-            "demo.typed",
-            "--count",
-            "50",
-            "--wait-subscribers",
-            "1",
-            "--settle-ms",
-            "500",
-        ],
+    let mut send = probe(
+        a,
+        "send --topic demo.typed --count 50 --wait-subscribers 1 --settle-ms 500",
     );
     send.expect("sent n=50", STEP);
     let got = recv.expect("got", STEP);
@@ -593,30 +535,13 @@ fn event_sets_cross_both_ways_once_each() {
     let mut ba = a.bridge(&[&["--listen", listen.as_str()][..], &both].concat());
     let mut bb = b.bridge(&[&["--connect", listen.as_str()][..], &both].concat());
     // A waiter on each machine; the sets are made on B.
-    let mut wait_a = a.spawn(
-        PROBE,
-        &["event-wait", "--name", "demo.stop", "--for-ms", "5000"],
-    );
-    let mut wait_b = b.spawn(
-        PROBE,
-        &["event-wait", "--name", "demo.stop", "--for-ms", "5000"],
-    );
+    let mut wait_a = probe(a, "event-wait --name demo.stop --for-ms 5000");
+    let mut wait_b = probe(b, "event-wait --name demo.stop --for-ms 5000");
     wait_a.expect("ready", STEP);
     wait_b.expect("ready", STEP);
     // Let both watchers find the event (they scan every 250 ms).
     std::thread::sleep(Duration::from_millis(800));
-    let mut set = b.spawn(
-        PROBE,
-        &[
-            "event-set",
-            "--name",
-            "demo.stop",
-            "--count",
-            "5",
-            "--interval-ms",
-            "300",
-        ],
-    );
+    let mut set = probe(b, "event-set --name demo.stop --count 5 --interval-ms 300");
     set.expect("set n=5", STEP);
     let (woke_a, woke_b) = (wait_a.expect("woke", STEP), wait_b.expect("woke", STEP));
     // Each set wakes one waiter on B and, carried once, one on A: never carried back.
@@ -648,42 +573,13 @@ fn a_config_file_sets_endpoints_and_a_rate_limit_for_large_arrays() {
     let mut ba = a.bridge(&["--config", &conf_path]);
     let listen = a.endpoint();
     let mut bb = b.bridge(&["--connect", &listen, "--import", "frames.*"]);
-    let mut recv = b.spawn(
-        PROBE,
-        &[
-            "recv",
-            "--topic",
-            "frames.cam",
-            "--kind",
-            "array",
-            "--side",
-            "256",
-            "--for-ms",
-            "4500",
-        ],
+    let mut recv = probe(
+        b,
+        "recv --topic frames.cam --kind array --side 256 --for-ms 4500",
     );
     recv.expect("ready", STEP);
     // 256 x 256 u32 arrays (256 KiB) every 5 ms for 2 s: about 400 frames, 20 a second pass.
-    let mut send = a.spawn(
-        PROBE,
-        &[
-            "send",
-            "--topic",
-            "frames.cam",
-            "--kind",
-            "array",
-            "--side",
-            "256",
-            "--count",
-            "400",
-            "--interval-ms",
-            "5",
-            "--wait-subscribers",
-            "1",
-            "--settle-ms",
-            "500",
-        ],
-    );
+    let mut send = probe(a, "send --topic frames.cam --kind array --side 256 --count 400 --interval-ms 5 --wait-subscribers 1 --settle-ms 500");
     send.expect("sent n=400", STEP);
     let got = recv.expect("got", STEP);
     let n = field(&got, "n");
