@@ -164,10 +164,8 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
                 spin_until(|| head.load(Acquire) > base + i, spin_loop)?;
                 // SAFETY: the producer published block i (Release on `head`, seen with Acquire)
                 // and does not touch it again until our `tail` store below hands it back.
-                consume(
-                    unsafe { s.block_mut((i as usize % k) * run.bytes, run.bytes) },
-                    i,
-                )?;
+                let block = unsafe { s.block_mut((i as usize % k) * run.bytes, run.bytes) };
+                consume(block, i)?;
                 tail.store(base + i + 1, Release);
             }
             times.push(now_ns());
@@ -188,10 +186,8 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
                 spin_until(|| tail.load(Acquire) + k as u64 > base + i, spin_loop)?;
                 // SAFETY: the consumer handed block i back (Release on `tail`, seen with
                 // Acquire) and does not read it again until our `head` store below.
-                fill(
-                    unsafe { s.block_mut((i as usize % k) * run.bytes, run.bytes) },
-                    i,
-                );
+                let block = unsafe { s.block_mut((i as usize % k) * run.bytes, run.bytes) };
+                fill(block, i);
                 head.store(base + i + 1, Release);
             }
         }
