@@ -555,7 +555,7 @@ pub(crate) fn queue_arrays(run: &mut Run<'_>, leader: bool) -> Res<Option<Measur
         // As few blocks as keep everyone busy (one being filled, one in each consumer's
         // hands): each goes round while still in cache, as the fastest pool would hand them
         // out. All eight in turn left the floor below shmbus's queue in CI (1.3x).
-        let circulating = (run.peers as usize + 1).min(QUEUE_BLOCKS);
+        let circulating = (run.peers + 1).min(QUEUE_BLOCKS);
         for b in 0..circulating as u64 {
             let pos = free.try_claim_push().ok_or("the free ring is full")?;
             free.payload(pos)[0].store(b, Relaxed);
