@@ -322,6 +322,13 @@ impl RawTopic {
 
     /// Reclaims rows of participants that died: frees their loans and holds. Returns how many.
     pub fn reclaim_dead(&self) -> u32 {
+        self.reclaim_dead_publishers() + self.reclaim_dead_subscribers()
+    }
+
+    /// Reclaims the rows of publishers that died (what a waiter needs to learn that a topic
+    /// has no publisher left: one lease test per active publisher row, none per subscriber).
+    /// Returns how many.
+    pub fn reclaim_dead_publishers(&self) -> u32 {
         let fd = self.segment.fd();
         let mut n = 0;
         let c = self.ring.config();
@@ -337,6 +344,14 @@ impl RawTopic {
                 }
             }
         }
+        n
+    }
+
+    /// Reclaims the rows of subscribers that died, freeing their holds. Returns how many.
+    pub fn reclaim_dead_subscribers(&self) -> u32 {
+        let fd = self.segment.fd();
+        let mut n = 0;
+        let c = self.ring.config();
         for k in 0..c.max_subscribers {
             if self.ring.subscriber_active(k)
                 && !liveness::is_held(fd, lease::topic_subscriber(k)).unwrap_or(true)

@@ -494,7 +494,7 @@ impl<'a> RawWaitSet<'a> {
                     } else if checked.is_none_or(|t| now.duration_since(t) >= CHECK_EVERY) {
                         *checked = Some(now);
                         // As `RawSubscriber::receive`: gone, and still nothing to read.
-                        (sub.publishers_gone() && !ring.ready(sub.cursor()))
+                        (sub.publishers_gone_cheaply() && !ring.ready(sub.cursor()))
                             .then_some(Readiness::Disconnected)
                     } else {
                         None

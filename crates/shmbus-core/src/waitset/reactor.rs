@@ -135,7 +135,7 @@ impl Interest {
     fn look_for_dead(&self) {
         match &self.0 {
             Watched::Topic(t) => {
-                t.reclaim_dead();
+                t.reclaim_dead_publishers();
             }
             Watched::Queue(q) => q.look_for_dead(),
             Watched::Event(_) => {}
