@@ -206,10 +206,25 @@ fn wake_one(word: &AtomicU32) {
 #[cfg(loom)]
 fn wake_one(_word: &AtomicU32) {}
 
-/// The calling thread's id, as the kernel knows it.
+/// The calling thread's id, as the kernel knows it: asked once per thread and process
+/// generation (every lock hold needs it; a system call each time was a measurable share of a
+/// small work-queue item). A forked child's thread has another id than the parent's thread it
+/// continues, so the cached one is only used in the generation that asked for it.
 #[cfg(not(loom))]
 fn current_tid() -> u32 {
-    rustix::thread::gettid().as_raw_nonzero().get() as u32
+    use std::cell::Cell;
+    thread_local! {
+        static TID: Cell<Option<(u64, u32)>> = const { Cell::new(None) };
+    }
+    let generation = crate::fork::generation();
+    TID.with(|cached| match cached.get() {
+        Some((g, tid)) if g == generation => tid,
+        _ => {
+            let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+            cached.set(Some((generation, tid)));
+            tid
+        }
+    })
 }
 
 /// Under loom: a distinct id per model thread.
