@@ -59,7 +59,7 @@ pub struct Stats {
     /// Messages refused: malformed, of another type than the local topic, or for a topic
     /// bridged the other way.
     pub refused: AtomicU64,
-    /// Messages dropped: skipped by a rate limit, or an overwrite topic's import queue full.
+    /// Messages dropped: skipped by an export's rate limit.
     pub dropped: AtomicU64,
     /// Messages the exporting subscribers missed (overwrite topics outrun by their publisher).
     pub lagged: AtomicU64,

@@ -298,6 +298,15 @@ impl Net {
         net
     }
 
+    /// The usual pair: machine 0's bridge listens and exports `demo.*`, machine 1's connects
+    /// and imports it.
+    fn one_way(&self) -> (Proc, Proc) {
+        let listen = self.machines[0].endpoint();
+        let a = self.machines[0].bridge(&["--listen", &listen, "--export", "demo.*"]);
+        let b = self.machines[1].bridge(&["--connect", &listen, "--import", "demo.*"]);
+        (a, b)
+    }
+
     fn set_link(&self, machine: usize, up: bool) {
         let m = &self.machines[machine];
         run(&[
@@ -375,10 +384,7 @@ fn pod_serde_and_array_topics_cross_to_another_machine_intact_and_in_order() {
         return;
     }
     let net = Net::new("cross", 2);
-    let (a, b) = (&net.machines[0], &net.machines[1]);
-    let listen = a.endpoint();
-    let mut ba = a.bridge(&["--listen", &listen, "--export", "demo.*"]);
-    let mut bb = b.bridge(&["--connect", &listen, "--import", "demo.*"]);
+    let (mut ba, mut bb) = net.one_way();
     for kind in ["pod", "serde", "array"] {
         let got = carry(&net, 0, 1, &format!("demo.{kind}"), kind, 300);
         assert_all(&got, 300);
@@ -503,9 +509,7 @@ fn a_remote_topic_of_another_type_is_refused_as_a_local_join_would_be() {
     }
     let net = Net::new("types", 2);
     let (a, b) = (&net.machines[0], &net.machines[1]);
-    let listen = a.endpoint();
-    let mut ba = a.bridge(&["--listen", &listen, "--export", "demo.*"]);
-    let mut bb = b.bridge(&["--connect", &listen, "--import", "demo.*"]);
+    let (mut ba, mut bb) = net.one_way();
     // On B the topic holds serde messages; A publishes plain-old-data on it.
     let mut recv = probe(b, "recv --topic demo.typed --kind serde --for-ms 3000");
     recv.expect("ready", STEP);
