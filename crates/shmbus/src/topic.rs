@@ -14,7 +14,7 @@ use shmbus_core::name::Name;
 use shmbus_core::pool::{PoolOptions, PoolPublisher, PoolSubscriber};
 use shmbus_core::ring::Overflow;
 use shmbus_core::topic::{
-    Held, Loan as RawLoan, LoanError, RawPublisher, RawSubscriber, RawTopic, ReceiveError,
+    Copied, Held, Loan as RawLoan, LoanError, RawPublisher, RawSubscriber, RawTopic, ReceiveError,
     Received, TopicError, TopicOptions,
 };
 use shmbus_core::wire::{counter, type_name::ARRAY_TOPIC_PREFIX};
@@ -522,11 +522,61 @@ pub(crate) fn to_held(
     }
 }
 
-/// Receives plain-old-data messages of type `T`, read in place in shared memory.
+/// Copies up to `max` messages out (see [`RawSubscriber::try_copy`]), handing each to `each`
+/// with its sequence number, waiting as [`receive`] does when `timeout` is `Some`.
+fn copy_each<T: Pod>(
+    raw: &RawSubscriber,
+    max: usize,
+    timeout: Option<Option<Duration>>,
+    mut each: impl FnMut(u64, T),
+) -> Result<usize, RecvError> {
+    let mut buf = T::zeroed();
+    let buf = bytemuck::bytes_of_mut(&mut buf);
+    let mut give = |bytes: &[u8], seq: u64, _: Option<u64>| {
+        each(seq, bytemuck::pod_read_unaligned(bytes));
+    };
+    let r = match timeout {
+        None => raw.try_copy(buf, max, &mut give),
+        Some(t) => raw.copy(buf, max, t, &mut give),
+    };
+    match r {
+        Ok(Copied::Messages(n)) => Ok(n),
+        Ok(Copied::Empty) if timeout.is_none() => Err(RecvError::Empty),
+        Ok(Copied::Empty) => Err(RecvError::Timeout),
+        Ok(Copied::Lagged(n)) => Err(RecvError::Lagged(n)),
+        Ok(Copied::Disconnected) => Err(RecvError::Disconnected),
+        Err(ReceiveError::TooManyHeld(n)) => Err(RecvError::TooManyHeld(n)),
+        Err(ReceiveError::Corrupt { reason, .. }) => Err(RecvError::Corrupt(reason)),
+        Err(ReceiveError::UsedAfterFork(_)) => Err(RecvError::UsedAfterFork),
+    }
+}
+
+/// Receives plain-old-data messages of type `T`, read in place in shared memory or copied out.
 ///
 /// What is zero-copy: a [`Sample`] dereferences to the slot the publisher wrote; nothing is
 /// copied, in either overflow mode. While a sample is held its slot is never reused (the
 /// publisher takes another one), so a sample never changes under the reader.
+///
+/// For small messages, copying is cheaper than holding: [`try_recv_copy`](Self::try_recv_copy)
+/// and [`try_recv_many`](Self::try_recv_many) copy the message out and check afterwards that it
+/// was not overwritten meanwhile, so they write nothing shared per message (a held sample costs
+/// two atomic read-modify-writes on a word the publisher also writes); the batch stores the
+/// subscriber's cursor once for all the messages it takes.
+///
+/// ```
+/// # let name = format!("doc-many-{}", std::process::id());
+/// let topic = shmbus::Topic::builder(&name).capacity(64);
+/// let mut publisher = topic.publisher::<u64>()?;
+/// let subscriber = topic.subscriber::<u64>()?;
+/// for i in 0..10 {
+///     publisher.send(i).unwrap();
+/// }
+/// let mut batch = Vec::new();
+/// assert_eq!(subscriber.try_recv_many(&mut batch, 100)?, 10);
+/// assert_eq!(batch, (0..10).collect::<Vec<u64>>());
+/// assert!(matches!(subscriber.try_recv_copy(), Err(shmbus::RecvError::Empty)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Subscriber<T: Pod> {
     raw: RawSubscriber,
     _t: PhantomData<fn() -> T>,
@@ -569,6 +619,66 @@ impl<T: Pod> Subscriber<T> {
             held: Some(held),
             _t: PhantomData,
         })
+    }
+
+    /// The next message, copied out, if there is one now. No slot is held: the copy is checked
+    /// afterwards to be intact (a message overwritten while it was copied is reported as
+    /// `Lagged`), so nothing shared is written but the cursor. Errors: `Empty`, `Lagged`,
+    /// `Corrupt`, `UsedAfterFork`.
+    pub fn try_recv_copy(&self) -> Result<T, RecvError> {
+        let mut got = None;
+        copy_each(&self.raw, 1, None, |_, v| got = Some(v))?;
+        got.ok_or(RecvError::Empty)
+    }
+
+    /// [`try_recv_copy`](Self::try_recv_copy), waiting up to `timeout`. Errors: `Timeout`,
+    /// `Lagged`, `Disconnected`, `Corrupt`, `UsedAfterFork`.
+    pub fn recv_copy_timeout(&self, timeout: Duration) -> Result<T, RecvError> {
+        let mut got = None;
+        copy_each(&self.raw, 1, Some(Some(timeout)), |_, v| got = Some(v))?;
+        got.ok_or(RecvError::Timeout)
+    }
+
+    /// [`try_recv_copy`](Self::try_recv_copy), waiting as long as a publisher lives. Errors:
+    /// `Lagged`, `Disconnected`, `Corrupt`, `UsedAfterFork`.
+    pub fn recv_copy(&self) -> Result<T, RecvError> {
+        let mut got = None;
+        copy_each(&self.raw, 1, Some(None), |_, v| got = Some(v))?;
+        got.ok_or(RecvError::Timeout)
+    }
+
+    /// Appends every message available now, up to `max`, to `out`, copied out as by
+    /// [`try_recv_copy`](Self::try_recv_copy), and returns how many (at least one). The cursor
+    /// is stored once for the whole batch (under back-pressure that is also one fence and one
+    /// check for a waiting publisher, not one per message). A batch ends before a lag: the
+    /// messages read before it are returned, and the next call reports it. Errors: `Empty`,
+    /// `Lagged`, `Corrupt`, `UsedAfterFork`.
+    pub fn try_recv_many(&self, out: &mut Vec<T>, max: usize) -> Result<usize, RecvError> {
+        copy_each(&self.raw, max, None, |_, v| out.push(v))
+    }
+
+    /// [`try_recv_many`](Self::try_recv_many), waiting up to `timeout` for the first message.
+    /// Errors: `Timeout`, `Lagged`, `Disconnected`, `Corrupt`, `UsedAfterFork`.
+    pub fn recv_many_timeout(
+        &self,
+        out: &mut Vec<T>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<usize, RecvError> {
+        copy_each(&self.raw, max, Some(Some(timeout)), |_, v| out.push(v))
+    }
+
+    /// A batch as [`try_recv_many`](Self::try_recv_many) takes it, handed to `each` message by
+    /// message with its sequence number instead of collected; waits up to `timeout` for the
+    /// first message (`None`: as long as a publisher lives; `Some(Duration::ZERO)` does not
+    /// wait, and reports `Timeout` for nothing). Returns how many were handed over.
+    pub fn recv_each(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+        each: impl FnMut(u64, T),
+    ) -> Result<usize, RecvError> {
+        copy_each(&self.raw, max, Some(timeout), each)
     }
 
     /// The topic's counters.

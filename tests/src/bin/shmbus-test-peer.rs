@@ -299,6 +299,10 @@ struct SubscribeArgs {
     /// Print `first seq=..` on the first message.
     #[arg(long)]
     announce_first: bool,
+    /// Pod messages only: receive in batches of up to this many, copied out
+    /// (`Subscriber::recv_each`, no slot held), instead of one held sample at a time.
+    #[arg(long, default_value_t = 0)]
+    batch: usize,
 }
 
 #[derive(Args)]
@@ -717,6 +721,29 @@ fn subscribe(a: &SubscribeArgs) -> Result<(), Fail> {
     let end = loop {
         if a.count.is_some_and(|c| t.received >= c) {
             break "count";
+        }
+        if let (Sub::Pod(pod), true) = (&sub, a.batch > 0) {
+            let left = a
+                .count
+                .map_or(a.batch, |c| (c - t.received).min(a.batch as u64) as usize);
+            let r = pod.recv_each(left, timeout, |seq, m| {
+                t.message(seq, m.producer, m.index, m.is_intact());
+            });
+            match r {
+                Ok(_) => {
+                    if a.sleep_us > 0 {
+                        std::thread::sleep(Duration::from_micros(a.sleep_us));
+                    }
+                }
+                Err(RecvError::Lagged(n)) => t.lag(n),
+                Err(RecvError::Disconnected) => break "disconnected",
+                Err(e @ (RecvError::Timeout | RecvError::Empty)) => break recv_code(&e),
+                Err(e) => {
+                    t.print("error", sub.lost());
+                    return Err(Fail::new(recv_code(&e), e));
+                }
+            }
+            continue;
         }
         match sub.recv(timeout) {
             Ok((seq, producer, index, intact)) => {

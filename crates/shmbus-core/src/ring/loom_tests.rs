@@ -7,9 +7,10 @@
 //! (up to `LOOM_MAX_PREEMPTIONS`). Message payloads live in loom `UnsafeCell`s indexed by slot,
 //! so a slot read while someone writes it is reported as a data race.
 use crate::futex::MockFutex;
-use crate::ring::{Acquired, HeapRing, Overflow, Ring, RingConfig};
+use crate::ring::{Acquired, HeapRing, Overflow, Read, Ring, RingConfig};
 use crate::time::Deadline;
 use loom::cell::UnsafeCell;
+use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 
@@ -27,6 +28,10 @@ fn model<F: Fn() + Sync + Send + 'static>(f: F) {
 struct Model {
     ring: HeapRing,
     data: Vec<UnsafeCell<u64>>,
+    /// The same payload as two words per slot, written and read with relaxed atomics: what a
+    /// reader that copies a slot without holding it sees ([`Ring::try_read`]). Two words, so
+    /// that a copy of half an old and half a new message shows.
+    words: Vec<[AtomicU64; 2]>,
     futex: MockFutex,
 }
 
@@ -46,6 +51,9 @@ impl Model {
         Arc::new(Model {
             ring,
             data: (0..slots).map(|_| UnsafeCell::new(0)).collect(),
+            words: (0..slots)
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .collect(),
             futex: MockFutex::default(),
         })
     }
@@ -65,6 +73,9 @@ impl Model {
             // another is what the model checks (the slot is this thread's loan or hold).
             unsafe { *p = value }
         });
+        for w in &self.words[slot as usize] {
+            w.store(value, Ordering::Relaxed);
+        }
         // SAFETY: one publishing thread per model; the slot is our loan and is written.
         let (_, freed) = unsafe { self.ring().publish(slot, &self.futex) };
         if let Some(f) = freed {
@@ -86,6 +97,30 @@ impl Model {
             }
             Acquired::Lagged { skipped } => Some(Err(skipped)),
             Acquired::Empty => None,
+        }
+    }
+}
+
+impl Model {
+    /// One copying receive ([`Ring::try_read`], no hold), as a batch of `keep_going` decides:
+    /// Some(Ok((seq, value))), Some(Err(skipped)), or None when empty or stopped.
+    fn try_copy(
+        &self,
+        k: u32,
+        cursor: &mut u64,
+        keep_going: bool,
+    ) -> Option<Result<(u64, u64), u64>> {
+        let read = self.ring().try_read(k, cursor, keep_going, |slot| {
+            let [a, b] = &self.words[slot as usize];
+            (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed))
+        });
+        match read.unwrap() {
+            Read::Message { seq, value: (a, b) } => {
+                assert_eq!(a, b, "a copy that passed the check is of one message");
+                Some(Ok((seq, a)))
+            }
+            Read::Lagged { skipped } => Some(Err(skipped)),
+            Read::Empty | Read::Stop => None,
         }
     }
 }
@@ -369,6 +404,93 @@ fn retired_message_is_either_read_intact_or_reported_as_lag() {
             }
         }
         assert_eq!(got.len() as u64 + lagged, 2, "got {got:?}, lagged {lagged}");
+        p.join().unwrap();
+    });
+}
+
+#[test]
+fn copied_message_is_intact_or_reported_as_lag() {
+    // Capacity 1: every publish after the first evicts the message the reader may be copying,
+    // and its slot can be loaned and rewritten at once. A copy that passed the check must be
+    // all of the message its sequence number names.
+    model(|| {
+        let m = Model::new(1, 1, Overflow::Overwrite);
+        let mut cursor = m.ring().join_subscriber(0, 1, 0);
+        const N: u64 = 3;
+        let p = {
+            let m = m.clone();
+            thread::spawn(move || {
+                let mut hint = 0;
+                for seq in 0..N {
+                    m.send(&mut hint, value_of(seq));
+                }
+            })
+        };
+        let (mut received, mut lagged, mut last) = (0u64, 0u64, None);
+        let mut take = |m: &Model, cursor: &mut u64| match m.try_copy(0, cursor, true) {
+            Some(Ok((seq, v))) => {
+                assert_eq!(v, value_of(seq), "a copy holds its own message");
+                assert!(last.is_none_or(|l| seq > l), "sequence numbers increase");
+                last = Some(seq);
+                received += 1;
+                true
+            }
+            Some(Err(s)) => {
+                lagged += s;
+                true
+            }
+            None => false,
+        };
+        for _ in 0..2 {
+            if !take(&m, &mut cursor) {
+                thread::yield_now();
+            }
+        }
+        p.join().unwrap();
+        while take(&m, &mut cursor) {}
+        assert_eq!(
+            received + lagged,
+            N,
+            "every message is received or counted lost"
+        );
+        assert_eq!(last, Some(N - 1), "the newest message is always readable");
+    });
+}
+
+#[test]
+fn batched_copies_under_backpressure_lose_nothing_and_wake_the_publisher() {
+    // The reader copies without holding and stores its cursor once per batch; the publisher,
+    // held back by that cursor, must still be woken, and nothing may be lost or lag.
+    model(|| {
+        let m = Model::new(1, 1, Overflow::BackPressure);
+        let mut cursor = m.ring().join_subscriber(0, 1, 0);
+        const N: u64 = 2;
+        let p = {
+            let m = m.clone();
+            thread::spawn(move || {
+                let mut hint = 0;
+                for seq in 0..N {
+                    assert!(m
+                        .ring()
+                        .wait_for_space(&m.futex, Deadline::never(), None, || {}));
+                    m.send(&mut hint, value_of(seq));
+                }
+            })
+        };
+        let mut next = 0;
+        while next < N {
+            assert!(m
+                .ring()
+                .wait_for_message(cursor, &m.futex, Deadline::never(), None, || true));
+            // One batch: everything there is now, then one cursor store.
+            let mut first = true;
+            while let Some(r) = m.try_copy(0, &mut cursor, first) {
+                assert_eq!(r, Ok((next, value_of(next))), "no loss, no lag");
+                next += 1;
+                first = false;
+            }
+            m.ring().commit_cursor(0, cursor, &m.futex);
+        }
         p.join().unwrap();
     });
 }

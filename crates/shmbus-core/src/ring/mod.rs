@@ -426,6 +426,37 @@ pub enum Acquired {
     },
 }
 
+/// What [`Ring::try_read`] found at a subscriber's cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Read<R> {
+    /// Message `seq`, as `value` (what the read function made of its slot, checked intact).
+    Message {
+        /// Its sequence number.
+        seq: u64,
+        /// What the read function returned.
+        value: R,
+    },
+    /// Nothing new yet.
+    Empty,
+    /// As [`Acquired::Lagged`].
+    Lagged {
+        /// How many messages were missed.
+        skipped: u64,
+    },
+    /// A lag or a damaged entry is next; the cursor was left before it (`keep_going` false).
+    Stop,
+}
+
+/// Where a reader stands whose entry holds another message than the one at its cursor.
+enum Behind {
+    /// The message is not published yet.
+    Empty,
+    /// A stale view of an entry being rewritten: read it again.
+    Retry,
+    /// Messages were overwritten; this is the first one still readable.
+    Resume(u64),
+}
+
 impl Ring {
     /// Writes a fresh topic into zero-filled memory and returns its layout.
     ///
@@ -614,13 +645,37 @@ impl Ring {
 
     /// Start of slot `slot`'s payload (`slot_size` bytes, 64-byte aligned).
     ///
-    /// Whoever holds the slot's loan may write there; whoever holds the slot may read there.
+    /// Whoever holds the slot's loan may write there; whoever holds the slot may read there;
+    /// anyone else reads it only through [`Ring::copy_slot`].
     pub fn slot_ptr(&self, slot: u32) -> NonNull<u8> {
         assert!(slot < self.layout.slots, "slot index out of range");
         // SAFETY: slot < slots, so the offset lies within the data area of `layout.size` bytes.
         unsafe {
             self.data
                 .add(slot as usize * self.layout.config.slot_size as usize)
+        }
+    }
+
+    /// Copies the first `dst.len()` bytes of `slot` (at most its size) into `dst` with relaxed
+    /// atomic loads, a word at a time: the slot may be written by another process meanwhile (a
+    /// reader that does not hold it, [`Ring::try_read`]), so it is never read as plain memory.
+    /// What was copied is only meaningful once `try_read`'s check passed.
+    pub(crate) fn copy_slot(&self, slot: u32, dst: &mut [u8]) {
+        let len = dst.len().min(self.layout.config.slot_size as usize);
+        let src = self.slot_ptr(slot).as_ptr();
+        let (words, tail) = dst[..len].split_at_mut(len / 8 * 8);
+        for (i, chunk) in words.chunks_exact_mut(8).enumerate() {
+            // SAFETY: `src + 8 i .. + 8` lies inside the slot (8 i + 8 <= len <= slot_size), which
+            // lies inside the mapping this ring lives in; slots start 64-aligned and `8 i` is a
+            // multiple of 8, so the word is aligned. The memory is only accessed atomically here.
+            let w = unsafe { std::sync::atomic::AtomicU64::from_ptr(src.add(i * 8).cast()) };
+            chunk.copy_from_slice(&w.load(std::sync::atomic::Ordering::Relaxed).to_ne_bytes());
+        }
+        let base = words.len();
+        for (i, b) in tail.iter_mut().enumerate() {
+            // SAFETY: as above, for the byte at `base + i < len`; bytes need no alignment.
+            let a = unsafe { std::sync::atomic::AtomicU8::from_ptr(src.add(base + i)) };
+            *b = a.load(std::sync::atomic::Ordering::Relaxed);
         }
     }
 

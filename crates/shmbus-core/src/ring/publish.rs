@@ -41,6 +41,11 @@ impl Ring {
                 .compare_exchange(0, owner, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
+                // Release fence: the caller's writes of the slot come after it, so a reader that
+                // copies the slot without holding it ([`Ring::try_read`]) and sees any of them
+                // also sees, after its Acquire fence, the entry rewrite that freed the slot (our
+                // Acquire CAS above made that rewrite happen before us), and drops its copy.
+                fence(Ordering::Release);
                 *hint = (s + 1) % n;
                 return Some(s);
             }

@@ -110,9 +110,7 @@ impl Ring {
                     }
                     *cursor = next;
                     self.store_cursor(k, next, notifier);
-                    self.subscriber(k).lagged.fetch_add(1, Ordering::Relaxed);
-                    self.counter(counter::LAGGED)
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.count_lag(k, 1);
                     return Ok(Acquired::Lagged { skipped: 1 });
                 }
                 if slot >= u64::from(self.layout.slots) {
@@ -189,38 +187,159 @@ impl Ring {
                 }
                 continue; // the entry moved on: the next round reports the lag
             }
-            let resume = if s1 == SEQ_INVALID {
-                // The entry is being rewritten, or this is a stale view of it being written for
-                // message n itself. Acquire `tail`: if message n was published, its entry write
-                // happened before, so a re-read shows it (or something newer).
-                let tail = self.header().tail.load(Ordering::Acquire);
-                if tail <= n {
-                    return Ok(Acquired::Empty);
-                }
-                if e.seq.load(Ordering::Acquire) != SEQ_INVALID {
-                    continue;
-                }
-                // Still invalid after message n was published: it is being overwritten by a
-                // message m >= n + capacity. Entries from tail - capacity on may be intact.
-                tail.saturating_sub(cap).max(next)
-            } else if s1 <= n {
-                // The entry holds an older message: n is not published yet (or we saw a stale
-                // value, which a retry will fix).
-                return Ok(Acquired::Empty);
-            } else {
-                // s1 > next: the entry holds m = s1 - 1 >= n + capacity, so every message
-                // before m + 1 - capacity is gone.
-                s1.saturating_sub(cap).max(next)
+            let resume = match self.behind(n, s1) {
+                Behind::Empty => return Ok(Acquired::Empty),
+                Behind::Retry => continue,
+                Behind::Resume(resume) => resume,
             };
             let skipped = resume.saturating_sub(n);
             *cursor = resume;
             self.store_cursor(k, resume, notifier);
-            self.subscriber(k)
-                .lagged
-                .fetch_add(skipped, Ordering::Relaxed);
-            self.counter(counter::LAGGED)
-                .fetch_add(skipped, Ordering::Relaxed);
+            self.count_lag(k, skipped);
             return Ok(Acquired::Lagged { skipped });
+        }
+    }
+
+    /// Where a reader at message `n` stands when entry `n`'s sequence word reads `s1`, which is
+    /// not `n + 1`: nothing new yet, a stale view to read again, or messages lost to overwrite
+    /// and the first one still readable.
+    fn behind(&self, n: u64, s1: u64) -> Behind {
+        let next = n.wrapping_add(1);
+        let cap = u64::from(self.layout.config.capacity);
+        if s1 == SEQ_INVALID {
+            // The entry is being rewritten, or this is a stale view of it being written for
+            // message n itself. Acquire `tail`: if message n was published, its entry write
+            // happened before, so a re-read shows it (or something newer).
+            let tail = self.header().tail.load(Ordering::Acquire);
+            if tail <= n {
+                return Behind::Empty;
+            }
+            if self.entry(n).seq.load(Ordering::Acquire) != SEQ_INVALID {
+                return Behind::Retry;
+            }
+            // Still invalid after message n was published: it is being overwritten by a
+            // message m >= n + capacity. Entries from tail - capacity on may be intact.
+            Behind::Resume(tail.saturating_sub(cap).max(next))
+        } else if s1 <= n {
+            // The entry holds an older message: n is not published yet (or we saw a stale
+            // value, which a retry will fix).
+            Behind::Empty
+        } else {
+            // s1 > next: the entry holds m = s1 - 1 >= n + capacity, so every message
+            // before m + 1 - capacity is gone.
+            Behind::Resume(s1.saturating_sub(cap).max(next))
+        }
+    }
+
+    /// Counts `skipped` lost messages against subscriber `k` and the topic.
+    fn count_lag(&self, k: u32, skipped: u64) {
+        self.subscriber(k)
+            .lagged
+            .fetch_add(skipped, Ordering::Relaxed);
+        self.counter(counter::LAGGED)
+            .fetch_add(skipped, Ordering::Relaxed);
+    }
+
+    /// Reads the message at `*cursor` for subscriber `k` without holding its slot: `read` is
+    /// called with the slot index and copies what it needs with atomic loads (see
+    /// [`Ring::copy_slot`]), then the entry is checked again. The copy is kept only if the
+    /// entry still names this message and this slot: a slot is loaned again only after its
+    /// entry was rewritten, and a loan is followed by a `Release` fence, so a copy that saw any
+    /// byte of a later message sees the rewrite too (seqlock reader; `read` may run several
+    /// times, and what a failed check read is dropped).
+    ///
+    /// Unlike [`Ring::try_acquire`], the shared cursor is not written: the caller stores it once
+    /// for a batch with [`Ring::commit_cursor`]. With `keep_going` false a lag or a corrupt entry
+    /// is reported as [`Read::Stop`] with the cursor left where it was (a batch that already
+    /// has messages ends before it, and the next call reports it).
+    ///
+    /// # Errors
+    ///
+    /// [`CorruptRing`] if an entry names a slot that does not exist, or keeps changing.
+    pub(crate) fn try_read<R>(
+        &self,
+        k: u32,
+        cursor: &mut u64,
+        keep_going: bool,
+        mut read: impl FnMut(u32) -> R,
+    ) -> Result<Read<R>, CorruptRing> {
+        let cap = u64::from(self.layout.config.capacity);
+        let mut rounds: u64 = cap.saturating_mul(4).saturating_add(ROUND_LIMIT);
+        loop {
+            rounds = match rounds.checked_sub(1) {
+                Some(r) => r,
+                None => {
+                    return Err(CorruptRing(
+                        "its entries keep changing under the reader".into(),
+                    ))
+                }
+            };
+            let n = *cursor;
+            let next = n.wrapping_add(1);
+            let e = self.entry(n);
+            let s1 = e.seq.load(Ordering::Acquire);
+            if s1 != next {
+                let resume = match self.behind(n, s1) {
+                    Behind::Empty => return Ok(Read::Empty),
+                    Behind::Retry => continue,
+                    Behind::Resume(resume) => resume,
+                };
+                if !keep_going {
+                    return Ok(Read::Stop);
+                }
+                let skipped = resume.saturating_sub(n);
+                *cursor = resume;
+                self.count_lag(k, skipped);
+                return Ok(Read::Lagged { skipped });
+            }
+            // Acquire: a newer slot value comes with the writer's INVALID store (pairs with the
+            // Release fence in `publish`), which the check below then sees.
+            let slot = e.slot.load(Ordering::Acquire);
+            if slot == HOLE {
+                if e.seq.load(Ordering::Acquire) == next {
+                    *cursor = next;
+                }
+                continue;
+            }
+            if slot == RETIRED || slot >= u64::from(self.layout.slots) {
+                if e.seq.load(Ordering::Acquire) != next {
+                    continue; // torn read of an entry being rewritten
+                }
+                if !keep_going {
+                    return Ok(Read::Stop);
+                }
+                *cursor = next;
+                if slot == RETIRED {
+                    self.count_lag(k, 1);
+                    return Ok(Read::Lagged { skipped: 1 });
+                }
+                return Err(CorruptRing(format!(
+                    "entry {n} names slot {slot} of {}; message skipped",
+                    self.layout.slots
+                )));
+            }
+            let slot = slot as u32;
+            let value = read(slot);
+            // Acquire fence: pairs with the Release fence after a loan of this slot, so if
+            // `read` saw any byte written under a later loan, the loads below see the entry
+            // rewrite that came before that loan (and `retire`'s RETIRED store, which comes
+            // before it clears RING).
+            fence(Ordering::Acquire);
+            if e.seq.load(Ordering::Relaxed) == next
+                && e.slot.load(Ordering::Relaxed) == u64::from(slot)
+            {
+                *cursor = next;
+                return Ok(Read::Message { seq: n, value });
+            }
+            // The entry moved on while we read: the next round reports the lag.
+        }
+    }
+
+    /// Stores subscriber `k`'s cursor in its row, once for a batch of [`Ring::try_read`]s, and
+    /// wakes a publisher held back by it (back-pressure).
+    pub(crate) fn commit_cursor<N: Notifier>(&self, k: u32, cursor: u64, notifier: &N) {
+        if self.subscriber(k).cursor.load(Ordering::Relaxed) != cursor {
+            self.store_cursor(k, cursor, notifier);
         }
     }
 

@@ -19,7 +19,7 @@ use crate::futex::Futex;
 use crate::layout::TypeInfo;
 use crate::liveness::{self, Lease};
 use crate::name::Name;
-use crate::ring::{Acquired, Overflow, Ring, RingConfig, RingLayout, RoomCache};
+use crate::ring::{Acquired, Overflow, Read, Ring, RingConfig, RingLayout, RoomCache};
 use crate::segment::{CreateOptions, Expect, Kind, Lifetime, Segment, SegmentError};
 use crate::sync::{self, RobustMutex};
 use crate::time::{monotonic_ns, Deadline};
@@ -30,7 +30,7 @@ mod publisher;
 mod subscriber;
 
 pub use publisher::{Loan, LoanError, PublishError, RawPublisher};
-pub use subscriber::{Held, RawSubscriber, ReceiveError, Received};
+pub use subscriber::{Copied, Held, RawSubscriber, ReceiveError, Received};
 
 /// A process-unique id tying loans and holds to the handle that made them.
 fn next_id() -> u64 {

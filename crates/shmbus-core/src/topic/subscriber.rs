@@ -37,6 +37,27 @@ pub enum Received {
     Disconnected,
 }
 
+/// What a copying receive ([`RawSubscriber::try_copy`]) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copied {
+    /// This many messages (at least one) were copied.
+    Messages(usize),
+    /// Nothing new.
+    Empty,
+    /// The subscriber missed `n` messages (overwritten); the next receive resumes at the
+    /// oldest message still there.
+    Lagged(u64),
+    /// No publisher is alive and every message was read.
+    Disconnected,
+}
+
+/// How a blocking wait of a subscriber ended.
+enum Waited<R> {
+    Got(R),
+    TimedOut,
+    Disconnected,
+}
+
 /// Why a receive failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
@@ -169,11 +190,29 @@ impl RawSubscriber {
     /// [`Received::Empty`] on timeout and [`Received::Disconnected`] when every publisher this
     /// subscriber saw is gone (left or died) and nothing is left to read.
     pub fn receive(&self, timeout: Option<Duration>) -> Result<Received, ReceiveError> {
+        let r = self.wait_for(timeout, || match self.try_receive()? {
+            Received::Empty => Ok(None),
+            r => Ok(Some(r)),
+        })?;
+        Ok(match r {
+            Waited::Got(r) => r,
+            Waited::TimedOut => Received::Empty,
+            Waited::Disconnected => Received::Disconnected,
+        })
+    }
+
+    /// Calls `attempt` until it returns something, sleeping on the topic between calls, up to
+    /// `timeout` (`None`: no limit) or until every publisher this subscriber saw is gone and
+    /// nothing is left to read.
+    fn wait_for<R>(
+        &self,
+        timeout: Option<Duration>,
+        mut attempt: impl FnMut() -> Result<Option<R>, ReceiveError>,
+    ) -> Result<Waited<R>, ReceiveError> {
         let deadline = Deadline::after(timeout);
         loop {
-            match self.try_receive()? {
-                Received::Empty => {}
-                r => return Ok(r),
+            if let Some(r) = attempt()? {
+                return Ok(Waited::Got(r));
             }
             let topic = &*self.topic;
             let mut gone = None;
@@ -194,13 +233,88 @@ impl RawSubscriber {
                 // such a caller would never learn that the publishers left.
                 let gone = gone.unwrap_or_else(|| self.publishers_gone());
                 if gone && !topic.ring.ready(self.cursor.get()) {
-                    return Ok(Received::Disconnected);
+                    return Ok(Waited::Disconnected);
                 }
                 if deadline.expired() {
-                    return Ok(Received::Empty);
+                    return Ok(Waited::TimedOut);
                 }
             }
         }
+    }
+
+    /// Copies the next messages out of the topic without holding their slots, up to `max` of
+    /// them: each in turn into `buf` (its first `buf.len()` bytes, at most the slot size), then
+    /// `each(buf, seq, published_at)`. The cursor is stored once for the whole batch, and no
+    /// slot state word is touched: no atomic read-modify-write per message (see
+    /// [`Ring::try_read`]). A batch ends before a lag, which the next call reports. Held
+    /// samples do not count against it.
+    ///
+    /// Meant for small messages (a copy is made of each); large ones are read in place with
+    /// [`try_receive`](Self::try_receive).
+    pub fn try_copy(
+        &self,
+        buf: &mut [u8],
+        max: usize,
+        mut each: impl FnMut(&[u8], u64, Option<u64>),
+    ) -> Result<Copied, ReceiveError> {
+        self.born.check()?;
+        let ring = &self.topic.ring;
+        let stamps = ring.config().timestamps;
+        let mut cursor = self.cursor.get();
+        let mut got = 0;
+        let mut outcome = Ok(Copied::Empty);
+        while got < max {
+            let read = ring.try_read(self.index, &mut cursor, got == 0, |slot| {
+                ring.copy_slot(slot, buf);
+                stamps.then(|| ring.stamp_of(slot)).flatten()
+            });
+            match read {
+                Ok(Read::Message { seq, value }) => {
+                    each(buf, seq, value);
+                    got += 1;
+                }
+                Ok(Read::Empty | Read::Stop) => break,
+                Ok(Read::Lagged { skipped }) => {
+                    outcome = Ok(Copied::Lagged(skipped));
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(ReceiveError::Corrupt {
+                        name: self.topic.name().clone(),
+                        reason: e.0,
+                    });
+                    break;
+                }
+            }
+        }
+        self.cursor.set(cursor);
+        ring.commit_cursor(self.index, cursor, &Futex);
+        if got > 0 {
+            self.saw_publisher.set(true);
+            return Ok(Copied::Messages(got));
+        }
+        outcome
+    }
+
+    /// [`try_copy`](Self::try_copy), waiting up to `timeout` (`None`: no limit) for at least one
+    /// message. Returns [`Copied::Empty`] on timeout and [`Copied::Disconnected`] when every
+    /// publisher this subscriber saw is gone and nothing is left to read.
+    pub fn copy(
+        &self,
+        buf: &mut [u8],
+        max: usize,
+        timeout: Option<Duration>,
+        mut each: impl FnMut(&[u8], u64, Option<u64>),
+    ) -> Result<Copied, ReceiveError> {
+        let r = self.wait_for(timeout, || match self.try_copy(buf, max, &mut each)? {
+            Copied::Empty => Ok(None),
+            r => Ok(Some(r)),
+        })?;
+        Ok(match r {
+            Waited::Got(r) => r,
+            Waited::TimedOut => Copied::Empty,
+            Waited::Disconnected => Copied::Disconnected,
+        })
     }
 
     /// Takes the next message without waiting, as [`try_receive`](Self::try_receive), and when
