@@ -6,7 +6,9 @@
 //! them and then receives them all (`both`), or publishes and receives one at a time
 //! (`pairs`). Run under `valgrind --tool=callgrind` at two values of `iters`, the difference
 //! divided by the difference of `iters` is the cost of one operation, without the setup:
-//! `scripts/instruction-counts` does that and prints the table. Scenarios: `pod8` (a `u64`),
+//! `scripts/instruction-counts` does that and prints the table. Scenarios: `pod8` (a `u64`, a
+//! held sample), `pod8_copy` (the same copied out, `try_recv_copy`), `pod8_many` (copied out in
+//! batches of up to 64, `try_recv_many`),
 //! `serde` (a small struct with a string and a vector), `array` (a 64-byte array through an array
 //! topic's descriptor, in a ring of 8: `pairs` only; `array_long`: in a ring of 4096), `queue64` (a 64-byte `Queue` item: `put`, then `get`; valgrind 3.19
 //! runs it only in a build with `--cfg rustix_use_libc`: rustix's own vDSO lookup for the
@@ -88,6 +90,37 @@ fn run(scenario: &str, phase: Phase, n: u64) -> Result<u64, Box<dyn std::error::
                 || Ok(*sub.try_recv()?),
             )
         }
+        "pod8_copy" => {
+            let sub = topic.subscriber::<u64>()?;
+            let mut publisher = topic.publisher::<u64>()?;
+            rounds(
+                n,
+                phase,
+                |i| Ok(publisher.send(i).map(|_| ()).map_err(|e| e.to_string())?),
+                || Ok(sub.try_recv_copy()?),
+            )
+        }
+        "pod8_many" => {
+            // Receives in batches of up to 64 (`try_recv_many`), handed out one by one: in the
+            // `both` phase the cost per message of a batched receive.
+            let sub = topic.subscriber::<u64>()?;
+            let mut publisher = topic.publisher::<u64>()?;
+            let mut batch = std::collections::VecDeque::new();
+            let mut buf = Vec::with_capacity(64);
+            rounds(
+                n,
+                phase,
+                |i| Ok(publisher.send(i).map(|_| ()).map_err(|e| e.to_string())?),
+                || {
+                    if batch.is_empty() {
+                        buf.clear();
+                        sub.try_recv_many(&mut buf, 64)?;
+                        batch.extend(buf.drain(..));
+                    }
+                    Ok(batch.pop_front().ok_or("a batch of at least one")?)
+                },
+            )
+        }
         "serde" => {
             let topic = topic.slot_size(128);
             let sub = topic.serde_subscriber::<Status>()?;
@@ -154,7 +187,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [scenario, phase, iters] = args.as_slice() else {
         eprintln!(
-            "usage: instructions <pod8|serde|array|queue64> <publish|both|pairs> <iters ≤ 2048>"
+            "usage: instructions <pod8|pod8_copy|pod8_many|serde|array|array_long|queue64> <publish|both|pairs> <iters ≤ 2048>"
         );
         return ExitCode::from(2);
     };

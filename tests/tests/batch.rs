@@ -134,3 +134,46 @@ fn slow_batched_subscriber_lags_and_resumes() {
     assert_eq!(summary.num("last_index"), N - 1, "{}", summary.raw);
     s.assert_gone(&name);
 }
+
+/// Two publisher processes sending in batches (`send_many`, which wakes sleeping subscribers
+/// once per batch and before it waits for room) into a subscriber that sleeps in a blocking
+/// `recv` on a small back-pressure topic: nothing is lost or reordered, and nobody waits
+/// forever on the other (a batch that waited for room without waking the subscriber first
+/// would stall here until the publish timeout).
+#[test]
+fn batched_sends_wake_a_sleeping_subscriber_and_lose_nothing() {
+    const N: u64 = 20_000;
+    let mut s = scope!("sendmany");
+    let name = s.name();
+    let topic = [
+        "--topic",
+        &name,
+        "--overflow",
+        "back-pressure",
+        "--capacity",
+        "8",
+        "--max-publishers",
+        "2",
+    ];
+    let mut sub = s.spawn(
+        "sleeping subscriber",
+        &[&["subscribe", "--timeout-ms", "0"][..], &topic].concat(),
+    );
+    sub.expect("ready", STEP);
+    let count = N.to_string();
+    let mut pubs: Vec<_> = (0..2)
+        .map(|i| {
+            s.spawn(
+                &format!("batch publisher {i}"),
+                &[&["publish", "--count", &count, "--batch", "20"][..], &topic].concat(),
+            )
+        })
+        .collect();
+    for p in &mut pubs {
+        assert_eq!(p.finish("done", BULK).num("sent"), N);
+    }
+    let summary = sub.finish("summary", BULK);
+    let (received, lagged) = check_summary(&summary, 2 * N);
+    assert_eq!((received, lagged), (2 * N, 0), "{}", summary.raw);
+    s.assert_gone(&name);
+}

@@ -14,8 +14,8 @@ use shmbus_core::name::Name;
 use shmbus_core::pool::{PoolOptions, PoolPublisher, PoolSubscriber};
 use shmbus_core::ring::Overflow;
 use shmbus_core::topic::{
-    Copied, Held, Loan as RawLoan, LoanError, RawPublisher, RawSubscriber, RawTopic, ReceiveError,
-    Received, TopicError, TopicOptions,
+    Copied, Held, Loan as RawLoan, LoanError, PublishManyError, RawPublisher, RawSubscriber,
+    RawTopic, ReceiveError, Received, TopicError, TopicOptions,
 };
 use shmbus_core::wire::{counter, type_name::ARRAY_TOPIC_PREFIX};
 
@@ -423,6 +423,40 @@ impl<T: Pod> Publisher<T> {
             self.raw.cancel(loan);
             SendError::new(value, PublishFailure::from(e))
         })
+    }
+
+    /// Publishes every value of `values`, in order, as consecutive messages, and returns the
+    /// sequence number of the first (for no values, the number the next message will have).
+    /// Faster than a `send` per value: the publisher fences and looks for sleeping subscribers
+    /// once for the batch (and before it waits for room), and on a topic with several
+    /// publishers takes the publish lock once.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send)'s; the error's [`value`](SendError::value) is how many of
+    /// `values` were published before it (the first ones; the rest were not).
+    ///
+    /// ```
+    /// # let name = format!("doc-send-many-{}", std::process::id());
+    /// let topic = shmbus::Topic::builder(&name).capacity(16);
+    /// let mut publisher = topic.publisher::<u32>()?;
+    /// let subscriber = topic.subscriber::<u32>()?;
+    /// assert_eq!(publisher.send_many(&[7, 8, 9]).unwrap(), 0);
+    /// let mut got = Vec::new();
+    /// subscriber.try_recv_many(&mut got, 16)?;
+    /// assert_eq!(got, [7, 8, 9]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_many(&mut self, values: &[T]) -> Result<u64, SendError<usize>> {
+        let size = size_of::<T>();
+        self.raw
+            .publish_many(values.len(), self.timeout, |i, slot| {
+                slot[..size].copy_from_slice(bytemuck::bytes_of(&values[i]));
+            })
+            .map_err(|(e, sent)| match e {
+                PublishManyError::Publish(e) => SendError::new(sent, PublishFailure::from(e)),
+                PublishManyError::Loan(e) => SendError::new(sent, e),
+            })
     }
 
     /// The topic's counters.

@@ -281,6 +281,9 @@ struct PublishArgs {
     /// Print `sent index=.. seq=..` after every message.
     #[arg(long)]
     progress: bool,
+    /// Pod messages only: publish in batches of this many (`Publisher::send_many`).
+    #[arg(long, default_value_t = 0)]
+    batch: u64,
 }
 
 #[derive(Args)]
@@ -520,6 +523,20 @@ fn publish(a: &PublishArgs) -> Result<(), Fail> {
     let mut index = 0;
     let mut last_seq = None;
     while a.forever || index < a.count {
+        if let (Pub::Pod(pp), true) = (&mut p, a.batch > 0) {
+            let n = if a.forever {
+                a.batch
+            } else {
+                a.batch.min(a.count - index)
+            };
+            let batch: Vec<Msg> = (index..index + n).map(|i| Msg::new(producer, i)).collect();
+            let first = pp
+                .send_many(&batch)
+                .map_err(|e| Fail::new("send-many", format!("after {}: {e}", e.value())))?;
+            index += n;
+            last_seq = Some(first + n - 1);
+            continue;
+        }
         let seq = p
             .send(producer, index)
             .map_err(|Fail(c, m)| Fail(c, format!("message {index}: {m}")))?;

@@ -323,7 +323,7 @@ fn publisher_stopping_mid_write_is_repaired() {
                         unsafe { *p = value_of(1) }
                     });
                     // SAFETY: the only publisher.
-                    let done = unsafe { m.ring().publish_steps(slot, &m.futex, stop_after) };
+                    let done = unsafe { m.ring().publish_steps(slot, stop_after) };
                     assert!(done.is_none(), "stopped early");
                     // ... the process dies here. Its successor (with publish rights now):
                     m.ring().reclaim_publisher(0);
@@ -489,6 +489,95 @@ fn batched_copies_under_backpressure_lose_nothing_and_wake_the_publisher() {
                 next += 1;
                 first = false;
             }
+            m.ring().commit_cursor(0, cursor, &m.futex);
+        }
+        p.join().unwrap();
+    });
+}
+
+#[test]
+fn a_batch_of_quiet_publishes_and_one_wake_wakes_the_subscriber() {
+    // Two publishes with no wake each, then one: a subscriber asleep on the first message, or
+    // on the second after taking the first, is woken (no deadline: a lost wake-up deadlocks).
+    model(|| {
+        let m = Model::new(2, 1, Overflow::Overwrite);
+        let mut cursor = m.ring().join_subscriber(0, 1, 0);
+        let p = {
+            let m = m.clone();
+            thread::spawn(move || {
+                let mut hint = 0;
+                for seq in 0..2 {
+                    let slot = m.ring().loan(0, &mut hint).unwrap();
+                    for w in &m.words[slot as usize] {
+                        w.store(value_of(seq), Ordering::Relaxed);
+                    }
+                    // SAFETY: the only publisher; the slot is our loan and is written; the
+                    // batch ends with `wake_subscribers` below.
+                    let (_, freed) = unsafe { m.ring().publish_quietly(slot) };
+                    if let Some(f) = freed {
+                        hint = f;
+                    }
+                }
+                m.ring().wake_subscribers(&m.futex);
+            })
+        };
+        for seq in 0..2 {
+            assert!(m
+                .ring()
+                .wait_for_message(cursor, &m.futex, Deadline::never(), None, || true));
+            assert_eq!(
+                m.try_copy(0, &mut cursor, true),
+                Some(Ok((seq, value_of(seq))))
+            );
+        }
+        p.join().unwrap();
+    });
+}
+
+#[test]
+fn a_batch_waiting_for_room_wakes_the_subscriber_first() {
+    // Capacity 1, back-pressure: the second publish of a quiet batch must wait for room, which
+    // the subscriber makes only once woken for the first message. No deadlines: a batch that
+    // waited without waking deadlocks, and loom reports it.
+    model(|| {
+        let m = Model::new(1, 1, Overflow::BackPressure);
+        let mut cursor = m.ring().join_subscriber(0, 1, 0);
+        let p = {
+            let m = m.clone();
+            thread::spawn(move || {
+                let mut hint = 0;
+                let mut room = crate::ring::RoomCache::new();
+                for seq in 0..2 {
+                    if !m.ring().has_room_cached(&mut room) {
+                        assert!(m.ring().wait_for_space_in_batch(
+                            &m.futex,
+                            Deadline::never(),
+                            None,
+                            || {}
+                        ));
+                    }
+                    let slot = m.ring().loan(0, &mut hint).unwrap();
+                    for w in &m.words[slot as usize] {
+                        w.store(value_of(seq), Ordering::Relaxed);
+                    }
+                    // SAFETY: the only publisher; our loan, written; room seen above; the batch
+                    // ends with `wake_subscribers` and waits only through the batch wait.
+                    let (_, freed) = unsafe { m.ring().publish_quietly(slot) };
+                    if let Some(f) = freed {
+                        hint = f;
+                    }
+                }
+                m.ring().wake_subscribers(&m.futex);
+            })
+        };
+        for seq in 0..2 {
+            assert!(m
+                .ring()
+                .wait_for_message(cursor, &m.futex, Deadline::never(), None, || true));
+            assert_eq!(
+                m.try_copy(0, &mut cursor, true),
+                Some(Ok((seq, value_of(seq))))
+            );
             m.ring().commit_cursor(0, cursor, &m.futex);
         }
         p.join().unwrap();

@@ -159,6 +159,20 @@ impl Ring {
         }
     }
 
+    /// [`Ring::wait_for_space`] in the middle of a batch of [`Ring::publish_quietly`]: first
+    /// wakes the subscribers asleep on what the batch published so far (they are the ones who
+    /// make room; unwoken, they would sleep while we wait for them).
+    pub(crate) fn wait_for_space_in_batch<N: Notifier>(
+        &self,
+        notifier: &N,
+        deadline: Deadline,
+        check_every: Option<Duration>,
+        on_slow: impl FnMut(),
+    ) -> bool {
+        self.wake_subscribers(notifier);
+        self.wait_for_space(notifier, deadline, check_every, on_slow)
+    }
+
     /// Publishes loaned `slot` as the next message and returns its sequence number and, if the
     /// message it overwrote left its slot free, that slot (a good hint for the next loan).
     ///
@@ -175,20 +189,48 @@ impl Ring {
         notifier: &N,
     ) -> (u64, Option<u32>) {
         // SAFETY: the caller upholds `publish`'s contract.
-        unsafe { self.publish_steps(slot, notifier, u8::MAX) }.expect("a full publish completes")
+        let r = unsafe { self.publish_quietly(slot) };
+        self.wake_subscribers(notifier);
+        r
     }
 
-    /// [`Ring::publish`] that stops after `stop_after` of its steps, as a publisher killed at
-    /// that point would: for models of crashes. `None` when it stopped early.
+    /// [`Ring::publish`] without waking sleeping subscribers: for a batch of publishes that
+    /// ends with one [`Ring::wake_subscribers`] (one fence and one look at the sleeper count
+    /// for the batch, not one per message).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Ring::publish`]; and the caller calls [`Ring::wake_subscribers`] after the last
+    /// publish of the batch, before it waits for anything (a subscriber asleep on the batch's
+    /// messages is woken only then).
+    pub(crate) unsafe fn publish_quietly(&self, slot: u32) -> (u64, Option<u32>) {
+        // SAFETY: the caller upholds `publish`'s contract.
+        unsafe { self.publish_steps(slot, u8::MAX) }.expect("a full publish completes")
+    }
+
+    /// Wakes the subscribers asleep on this topic, if any, with no system call when there are
+    /// none: the last step of every publish (or of a batch of them).
+    pub(crate) fn wake_subscribers<N: Notifier>(&self, notifier: &N) {
+        let h = self.header();
+        // Dekker pairing: the sleeper counts itself in, fences (SeqCst), then re-checks the
+        // entry; we stored the entry, fence, then read `sleepers`. One of us must see the other.
+        fence(Ordering::SeqCst);
+        if h.notify_sleepers.load(Ordering::Relaxed) > 0 {
+            h.notify_word.fetch_add(1, Ordering::SeqCst);
+            notifier.wake_all(&h.notify_word);
+        }
+    }
+
+    /// [`Ring::publish_quietly`] that stops after `stop_after` of its steps, as a publisher
+    /// killed at that point would: for models of crashes. `None` when it stopped early.
     ///
     /// # Safety
     ///
     /// As for [`Ring::publish`].
     #[doc(hidden)]
-    pub(crate) unsafe fn publish_steps<N: Notifier>(
+    pub(crate) unsafe fn publish_steps(
         &self,
         slot: u32,
-        notifier: &N,
         stop_after: u8,
     ) -> Option<(u64, Option<u32>)> {
         let h = self.header();
@@ -231,14 +273,6 @@ impl Ring {
             }
         }
 
-        // Wake sleepers, with no syscall when there are none. Dekker pairing: the sleeper counts
-        // itself in, fences (SeqCst), then re-checks the entry; we store the entry, fence, then
-        // read `sleepers`. One of us must see the other.
-        fence(Ordering::SeqCst);
-        if h.notify_sleepers.load(Ordering::Relaxed) > 0 {
-            h.notify_word.fetch_add(1, Ordering::SeqCst);
-            notifier.wake_all(&h.notify_word);
-        }
         Some((n, freed))
     }
 

@@ -29,7 +29,7 @@ use crate::wire::topic::RING_OFFSET;
 mod publisher;
 mod subscriber;
 
-pub use publisher::{Loan, LoanError, PublishError, RawPublisher};
+pub use publisher::{Loan, LoanError, PublishError, PublishManyError, RawPublisher};
 pub use subscriber::{Copied, Held, RawSubscriber, ReceiveError, Received};
 
 /// A process-unique id tying loans and holds to the handle that made them.

@@ -34,6 +34,17 @@ pub enum PublishError {
     UsedAfterFork(#[from] UsedAfterFork),
 }
 
+/// Why [`RawPublisher::publish_many`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishManyError {
+    /// Taking publish rights or waiting for room failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// No slot could be loaned for the next message.
+    #[error(transparent)]
+    Loan(#[from] LoanError),
+}
+
 /// The holders of a topic's publish mutex: publisher rows, holder id = row + 1, alive while the
 /// row's lease is held.
 struct PublisherRows<'a> {
@@ -282,32 +293,11 @@ impl RawPublisher {
         let slot = loan.slot;
         let topic = &*self.topic;
         let ring = &topic.ring;
-        let multi = ring.config().max_publishers > 1;
         let deadline = Deadline::after(timeout);
-        let lock = topic.publish_lock();
-        let holders = PublisherRows {
-            topic,
-            me: self.index + 1,
+        let multi = match take_publish_rights(topic, self.index, timeout) {
+            Ok(m) => m,
+            Err(e) => return Err((e, loan)),
         };
-        if multi {
-            let acquired = match lock.lock(&holders, timeout) {
-                Ok(a) => a,
-                // The publish timeout ran out while another publisher held the lock (it may
-                // itself be waiting for room): the same timeout as a wait for room.
-                Err(sync::LockError::Timeout) => return Err((PublishError::Timeout, loan)),
-                Err(e) => return Err((e.into(), loan)),
-            };
-            match acquired {
-                sync::Acquired::Clean => {}
-                sync::Acquired::OwnerDied => {
-                    // SAFETY: we hold the publish mutex, so we have publish rights.
-                    unsafe { ring.repair(&Futex) };
-                    // SAFETY: we hold the mutex after OwnerDied and repaired what it guards.
-                    let _ = unsafe { lock.make_consistent() };
-                    tracing::warn!(topic = %topic.name(), "a publisher died while publishing; repaired the ring");
-                }
-            }
-        }
         let room = ring.has_room_cached(&mut self.room)
             || ring.wait_for_space(&Futex, deadline, CHECK_EVERY, || {
                 topic.reclaim_dead();
@@ -333,11 +323,135 @@ impl RawPublisher {
             Err((PublishError::Timeout, loan))
         };
         if multi {
-            // SAFETY: this thread locked it above.
-            unsafe { lock.unlock(&holders) };
+            give_back_publish_rights(topic, self.index);
         }
         result
     }
+
+    /// Publishes `count` messages in a row, each written by `write(i, slot)` into a slot loaned
+    /// for it, and returns the sequence number of the first (consecutive: publish rights are
+    /// held for the whole batch). The shared stores are batched: one fence and one look at the
+    /// sleeping subscribers for the batch (and before any wait for room), not one per message.
+    /// Waits up to `timeout` in all for room (back-pressure) and for the publish lock.
+    ///
+    /// On error, the number of messages published before it comes with it; the rest were not
+    /// written (`write` is not called for them).
+    pub fn publish_many(
+        &mut self,
+        count: usize,
+        timeout: Option<Duration>,
+        mut write: impl FnMut(usize, &mut [u8]),
+    ) -> Result<u64, (PublishManyError, usize)> {
+        if let Err(e) = self.born.check() {
+            return Err((PublishError::from(e).into(), 0));
+        }
+        if self.loaned {
+            return Err((LoanError::AlreadyLoaned.into(), 0));
+        }
+        let topic = Arc::clone(&self.topic);
+        let ring = &topic.ring;
+        let deadline = Deadline::after(timeout);
+        let multi = take_publish_rights(&topic, self.index, timeout).map_err(|e| (e.into(), 0))?;
+        let stamps = ring.config().timestamps;
+        let size = ring.config().slot_size as usize;
+        let mut first = ring.published();
+        let mut done = 0;
+        let mut failed = None;
+        while done < count {
+            let room = ring.has_room_cached(&mut self.room)
+                || ring.wait_for_space_in_batch(&Futex, deadline, CHECK_EVERY, || {
+                    topic.reclaim_dead();
+                });
+            if !room {
+                failed = Some(PublishError::Timeout.into());
+                break;
+            }
+            let slot = match self.spare.take() {
+                Some(s) => s,
+                None => match ring.loan(self.index, &mut self.hint) {
+                    Some(s) => s,
+                    None => {
+                        topic.reclaim_dead();
+                        match ring.loan(self.index, &mut self.hint) {
+                            Some(s) => s,
+                            None => {
+                                failed =
+                                    Some(LoanError::PoolExhausted(topic.name().clone()).into());
+                                break;
+                            }
+                        }
+                    }
+                },
+            };
+            // SAFETY: the slot is on loan to this publisher (just taken, not handed out), inside
+            // the mapping `topic` keeps alive; `&mut self` keeps any other slice of it away.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(ring.slot_ptr(slot).as_ptr(), size) };
+            write(done, bytes);
+            if stamps {
+                ring.set_stamp(slot, monotonic_ns());
+            }
+            // SAFETY: publish rights as in `publish`; `slot` is our loan, written above; room was
+            // seen above while holding the rights; the batch ends with `wake_subscribers`, and
+            // every wait above is preceded by one.
+            let (seq, freed) = unsafe { ring.publish_quietly(slot) };
+            if done == 0 {
+                first = seq;
+            }
+            if let Some(f) = freed {
+                self.hint = f;
+            }
+            done += 1;
+        }
+        if done > 0 {
+            ring.wake_subscribers(&Futex);
+        }
+        self.spare = ring.loan(self.index, &mut self.hint);
+        if multi {
+            give_back_publish_rights(&topic, self.index);
+        }
+        match failed {
+            Some(e) => Err((e, done)),
+            None => Ok(first),
+        }
+    }
+}
+
+/// Takes publish rights on `topic` for publisher row `me`: with one publisher row its lease is
+/// them (returns `false`); with several, the robust publish mutex is locked (returns `true`),
+/// and the ring repaired if its last holder died.
+fn take_publish_rights(
+    topic: &RawTopic,
+    me: u32,
+    timeout: Option<Duration>,
+) -> Result<bool, PublishError> {
+    if topic.ring.config().max_publishers <= 1 {
+        return Ok(false);
+    }
+    let holders = PublisherRows { topic, me: me + 1 };
+    let lock = topic.publish_lock();
+    match lock.lock(&holders, timeout) {
+        Ok(sync::Acquired::Clean) => {}
+        Ok(sync::Acquired::OwnerDied) => {
+            // SAFETY: we hold the publish mutex, so we have publish rights.
+            unsafe { topic.ring.repair(&Futex) };
+            // SAFETY: we hold the mutex after OwnerDied and repaired what it guards.
+            let _ = unsafe { lock.make_consistent() };
+            tracing::warn!(topic = %topic.name(), "a publisher died while publishing; repaired the ring");
+        }
+        // The publish timeout ran out while another publisher held the lock (it may itself be
+        // waiting for room): the same timeout as a wait for room.
+        Err(sync::LockError::Timeout) => return Err(PublishError::Timeout),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(true)
+}
+
+/// Unlocks the publish mutex that [`take_publish_rights`] locked for row `me`.
+fn give_back_publish_rights(topic: &RawTopic, me: u32) {
+    let holders = PublisherRows { topic, me: me + 1 };
+    // SAFETY: this thread locked it in `take_publish_rights`.
+    unsafe { topic.publish_lock().unlock(&holders) };
 }
 
 impl Drop for RawPublisher {
