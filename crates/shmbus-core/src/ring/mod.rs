@@ -660,22 +660,25 @@ impl Ring {
     /// atomic loads, a word at a time: the slot may be written by another process meanwhile (a
     /// reader that does not hold it, [`Ring::try_read`]), so it is never read as plain memory.
     /// What was copied is only meaningful once `try_read`'s check passed.
+    #[inline]
     pub(crate) fn copy_slot(&self, slot: u32, dst: &mut [u8]) {
+        use std::sync::atomic::{AtomicU64 as StdU64, AtomicU8 as StdU8, Ordering as StdOrdering};
         let len = dst.len().min(self.layout.config.slot_size as usize);
         let src = self.slot_ptr(slot).as_ptr();
-        let (words, tail) = dst[..len].split_at_mut(len / 8 * 8);
-        for (i, chunk) in words.chunks_exact_mut(8).enumerate() {
+        let words = len / 8;
+        let out = dst.as_mut_ptr();
+        for i in 0..words {
             // SAFETY: `src + 8 i .. + 8` lies inside the slot (8 i + 8 <= len <= slot_size), which
             // lies inside the mapping this ring lives in; slots start 64-aligned and `8 i` is a
             // multiple of 8, so the word is aligned. The memory is only accessed atomically here.
-            let w = unsafe { std::sync::atomic::AtomicU64::from_ptr(src.add(i * 8).cast()) };
-            chunk.copy_from_slice(&w.load(std::sync::atomic::Ordering::Relaxed).to_ne_bytes());
+            let w = unsafe { StdU64::from_ptr(src.add(i * 8).cast()) }.load(StdOrdering::Relaxed);
+            // SAFETY: `8 i + 8 <= len <= dst.len()`: inside `dst`, which we borrow mutably; an
+            // unaligned write, as `dst` has no alignment.
+            unsafe { out.add(i * 8).cast::<u64>().write_unaligned(w) };
         }
-        let base = words.len();
-        for (i, b) in tail.iter_mut().enumerate() {
-            // SAFETY: as above, for the byte at `base + i < len`; bytes need no alignment.
-            let a = unsafe { std::sync::atomic::AtomicU8::from_ptr(src.add(base + i)) };
-            *b = a.load(std::sync::atomic::Ordering::Relaxed);
+        for (i, b) in dst[words * 8..len].iter_mut().enumerate() {
+            // SAFETY: as above, for the byte at `8 words + i < len`; bytes need no alignment.
+            *b = unsafe { StdU8::from_ptr(src.add(words * 8 + i)) }.load(StdOrdering::Relaxed);
         }
     }
 

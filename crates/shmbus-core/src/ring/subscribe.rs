@@ -256,6 +256,7 @@ impl Ring {
     /// # Errors
     ///
     /// [`CorruptRing`] if an entry names a slot that does not exist, or keeps changing.
+    #[inline]
     pub(crate) fn try_read<R>(
         &self,
         k: u32,

@@ -293,13 +293,13 @@ impl RawPublisher {
         let slot = loan.slot;
         let topic = &*self.topic;
         let ring = &topic.ring;
-        let deadline = Deadline::after(timeout);
         let multi = match take_publish_rights(topic, self.index, timeout) {
             Ok(m) => m,
             Err(e) => return Err((e, loan)),
         };
+        // The deadline (a clock read) only when there is a wait: not on the common path.
         let room = ring.has_room_cached(&mut self.room)
-            || ring.wait_for_space(&Futex, deadline, CHECK_EVERY, || {
+            || ring.wait_for_space(&Futex, Deadline::after(timeout), CHECK_EVERY, || {
                 topic.reclaim_dead();
             });
         let result = if room {
@@ -350,7 +350,7 @@ impl RawPublisher {
         }
         let topic = Arc::clone(&self.topic);
         let ring = &topic.ring;
-        let deadline = Deadline::after(timeout);
+        let mut deadline = None;
         let multi = take_publish_rights(&topic, self.index, timeout).map_err(|e| (e.into(), 0))?;
         let stamps = ring.config().timestamps;
         let size = ring.config().slot_size as usize;
@@ -359,9 +359,14 @@ impl RawPublisher {
         let mut failed = None;
         while done < count {
             let room = ring.has_room_cached(&mut self.room)
-                || ring.wait_for_space_in_batch(&Futex, deadline, CHECK_EVERY, || {
-                    topic.reclaim_dead();
-                });
+                || ring.wait_for_space_in_batch(
+                    &Futex,
+                    *deadline.get_or_insert_with(|| Deadline::after(timeout)),
+                    CHECK_EVERY,
+                    || {
+                        topic.reclaim_dead();
+                    },
+                );
             if !room {
                 failed = Some(PublishError::Timeout.into());
                 break;
@@ -420,6 +425,7 @@ impl RawPublisher {
 /// Takes publish rights on `topic` for publisher row `me`: with one publisher row its lease is
 /// them (returns `false`); with several, the robust publish mutex is locked (returns `true`),
 /// and the ring repaired if its last holder died.
+#[inline]
 fn take_publish_rights(
     topic: &RawTopic,
     me: u32,

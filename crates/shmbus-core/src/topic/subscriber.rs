@@ -251,6 +251,7 @@ impl RawSubscriber {
     ///
     /// Meant for small messages (a copy is made of each); large ones are read in place with
     /// [`try_receive`](Self::try_receive).
+    #[inline]
     pub fn try_copy(
         &self,
         buf: &mut [u8],
