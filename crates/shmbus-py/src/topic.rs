@@ -22,7 +22,7 @@ use shmbus_core::pool::{
 };
 use shmbus_core::ring::Overflow;
 use shmbus_core::topic::{
-    RawPublisher, RawSubscriber, RawTopic, ReceiveError, Received, TopicOptions,
+    Copied, RawPublisher, RawSubscriber, RawTopic, ReceiveError, Received, TopicOptions,
 };
 use shmbus_core::wire::{frame, type_name::ARRAY_TOPIC_PREFIX};
 
@@ -820,8 +820,62 @@ impl Subscriber {
     }
 }
 
+impl Subscriber {
+    /// `max` checked for a batch: a fixed-size topic, at least 1, at most the ring's capacity
+    /// (a batch cannot hold more).
+    fn batch_max(&self, py: Python<'_>, max: usize) -> PyResult<usize> {
+        if !self.pod {
+            return Err(PyValueError::new_err(
+                "recv_many is for fixed-size (dtype) messages; receive byte strings one by one",
+            ));
+        }
+        if max == 0 {
+            return Err(PyValueError::new_err("max must be at least 1"));
+        }
+        let g = locked(py, &self.inner, "subscriber")?;
+        let cap = g
+            .as_ref()
+            .expect("checked open")
+            .topic()
+            .ring()
+            .config()
+            .capacity;
+        Ok(max.min(cap as usize))
+    }
+
+    /// One batch of copies (see [`RawSubscriber::try_copy`]); `timeout`: wait that long for
+    /// the first. `None` when nothing came.
+    fn copy_batch(
+        &self,
+        sub: &RawSubscriber,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Batch>, RecvError> {
+        let mut buf = vec![0u8; self.size];
+        let mut data = Vec::with_capacity(self.size * max);
+        let mut seqs = Vec::with_capacity(max);
+        let mut each = |bytes: &[u8], seq: u64, _: Option<u64>| {
+            data.extend_from_slice(bytes);
+            seqs.push(seq);
+        };
+        let r = match timeout {
+            None => sub.try_copy(&mut buf, max, &mut each),
+            Some(t) => sub.copy(&mut buf, max, Some(t), &mut each),
+        };
+        match r.map_err(receive_error)? {
+            Copied::Messages(_) => Ok(Some((data, seqs))),
+            Copied::Empty => Ok(None),
+            Copied::Lagged(n) => Err(RecvError::Lagged(n)),
+            Copied::Disconnected => Err(RecvError::Disconnected),
+        }
+    }
+}
+
 /// Sequence number, message bytes, publish time.
 type Got = (u64, Vec<u8>, Option<u64>);
+
+/// A batch of fixed-size messages back to back, and their sequence numbers.
+type Batch = (Vec<u8>, Vec<u64>);
 
 type Message<'py> = (u64, Bound<'py, PyBytes>, Option<u64>);
 
@@ -871,6 +925,43 @@ impl Subscriber {
         let sub = g.as_ref().expect("checked open");
         match self.take(sub, sub.try_receive()) {
             Ok(Some((seq, data, stamp))) => Ok((seq, PyBytes::new(py, &data), stamp)),
+            Ok(None) => Err(errors::recv(py, &RecvError::Empty)),
+            Err(e) => Err(errors::recv(py, &e)),
+        }
+    }
+
+    /// `(bytes, seqs)`: every message there is, up to `max`, copied out back to back (fixed-size
+    /// messages only), with one cursor update; waits up to `timeout` seconds for the first
+    /// (`None`: as long as a publisher lives); GIL released, Ctrl-C honoured.
+    #[pyo3(signature = (max, timeout=None))]
+    fn recv_many<'py>(
+        &self,
+        py: Python<'py>,
+        max: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Vec<u64>)> {
+        let max = self.batch_max(py, max)?;
+        let (data, seqs) = wait(py, timeout, |slice| {
+            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            match g.as_ref() {
+                Some(sub) => self.copy_batch(sub, max, Some(slice)),
+                None => Err(RecvError::Disconnected),
+            }
+        })?;
+        Ok((PyBytes::new(py, &data), seqs))
+    }
+
+    /// [`recv_many`](Self::recv_many) without waiting; raises `Empty` when nothing is there.
+    fn try_recv_many<'py>(
+        &self,
+        py: Python<'py>,
+        max: usize,
+    ) -> PyResult<(Bound<'py, PyBytes>, Vec<u64>)> {
+        let max = self.batch_max(py, max)?;
+        let g = locked(py, &self.inner, "subscriber")?;
+        let sub = g.as_ref().expect("checked open");
+        match self.copy_batch(sub, max, None) {
+            Ok(Some((data, seqs))) => Ok((PyBytes::new(py, &data), seqs)),
             Ok(None) => Err(errors::recv(py, &RecvError::Empty)),
             Err(e) => Err(errors::recv(py, &e)),
         }

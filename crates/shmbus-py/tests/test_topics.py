@@ -300,3 +300,60 @@ def test_frames_then_disconnected_from_a_rust_publisher_that_exits_quickly(prefi
     assert rust.returncode == 0, out + err
     assert time.monotonic() - start < 5
     assert seen == list(range(5))
+
+
+def test_recv_many_takes_a_batch_as_one_array(prefix):
+    t = shmbus.Topic(prefix + ".many", capacity=64, overflow="back-pressure")
+    sub, pub = t.subscriber(POSE, type_name="demo::Pose"), t.publisher(POSE, type_name="demo::Pose")
+    with pytest.raises(shmbus.Empty):
+        sub.try_recv_many()
+    for i in range(50):
+        pub.send((float(i), 2.0 * i, 0.5))
+    values, seqs = sub.recv_many(32, timeout=1, seqs=True)
+    assert values.dtype == POSE and len(values) == 32
+    assert list(values["x"]) == [float(i) for i in range(32)] and list(seqs) == list(range(32))
+    rest = sub.try_recv_many()
+    assert list(rest["y"]) == [2.0 * i for i in range(32, 50)]
+    with pytest.raises(shmbus.Timeout):
+        sub.recv_many(timeout=0.01)
+    with pytest.raises(shmbus.InvalidArgument):
+        t2 = shmbus.Topic(prefix + ".bytes")
+        t2.bytes_subscriber().recv_many()
+
+
+def test_recv_many_stops_before_a_lag_then_reports_it(prefix):
+    t = shmbus.Topic(prefix + ".lag", capacity=4)
+    sub, pub = t.subscriber("<u8"), t.publisher("<u8")
+    for i in range(10):
+        pub.send(i)
+    lagged, got = 0, []
+    with pytest.raises(shmbus.Lagged) as first:
+        sub.try_recv_many()  # a lag comes first, alone (it may come in two parts: see the docs)
+    lagged = first.value.count
+    while True:
+        try:
+            got.extend(sub.try_recv_many().tolist())
+        except shmbus.Lagged as e:
+            lagged += e.count
+        except shmbus.Empty:
+            break
+    assert got == [6, 7, 8, 9] and lagged + len(got) == 10
+
+
+def test_recv_many_from_another_process_loses_nothing(prefix):
+    name = prefix + ".xproc"
+    t = shmbus.Topic(name, capacity=16, overflow="back-pressure")
+    sub = t.subscriber("<u8")
+    child = python_child(
+        "import sys, shmbus\n"
+        "t = shmbus.Topic(sys.argv[1], capacity=16, overflow='back-pressure')\n"
+        "p = t.publisher('<u8')\n"
+        "for i in range(20000):\n"
+        "    p.send(i)\n",
+        name,
+    )
+    got = []
+    while len(got) < 20000:
+        got.extend(sub.recv_many(1000, timeout=10).tolist())
+    assert got == list(range(20000))
+    assert child.wait(10) == 0, child.stderr.read()

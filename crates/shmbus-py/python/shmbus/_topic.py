@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -352,6 +352,29 @@ class Subscriber(_Handle):
     def try_recv(self) -> Message:
         """The next message if there is one now, else :class:`Empty`."""
         return self._wrap(self._native.try_recv())
+
+    def _batch(self, got: Tuple[bytes, List[int]], seqs: bool) -> Any:
+        data, numbers = got
+        values = np.frombuffer(data, dtype=self.dtype)
+        return (values, np.asarray(numbers, dtype=np.uint64)) if seqs else values
+
+    def recv_many(self, max: int = 1024, timeout: Optional[float] = None, *,
+                  seqs: bool = False) -> Any:
+        """Every message there is, up to ``max``, as one numpy array of the dtype (a copy, in
+        this process's memory), taken with one update of this subscriber's cursor: far cheaper
+        per message than ``recv`` in a loop. Waits up to ``timeout`` seconds for the first
+        (``None``: while a publisher lives). With ``seqs=True``, returns ``(values, seq
+        numbers)``. A batch ends before a lag: the next call raises :class:`Lagged`. Raises as
+        ``recv``; fixed-size (dtype) topics only."""
+        if self.dtype is None:
+            raise InvalidArgument("recv_many is for dtype topics; receive bytes one by one")
+        return self._batch(self._native.recv_many(max, timeout), seqs)
+
+    def try_recv_many(self, max: int = 1024, *, seqs: bool = False) -> Any:
+        """``recv_many`` without waiting: :class:`Empty` when nothing is there."""
+        if self.dtype is None:
+            raise InvalidArgument("recv_many is for dtype topics; receive bytes one by one")
+        return self._batch(self._native.try_recv_many(max), seqs)
 
     async def recv_async(self, timeout: Optional[float] = None) -> Message:
         """``recv`` for asyncio: ``await sub.recv_async()`` yields to the event loop while it
