@@ -7,7 +7,7 @@
 //! (up to `LOOM_MAX_PREEMPTIONS`). Message payloads live in loom `UnsafeCell`s indexed by slot,
 //! so a slot read while someone writes it is reported as a data race.
 use crate::futex::MockFutex;
-use crate::ring::{Acquired, HeapRing, Overflow, Read, Ring, RingConfig};
+use crate::ring::{Acquired, Evicted, HeapRing, Overflow, Read, Ring, RingConfig};
 use crate::time::Deadline;
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +32,13 @@ struct Model {
     /// reader that copies a slot without holding it sees ([`Ring::try_read`]). Two words, so
     /// that a copy of half an old and half a new message shows.
     words: Vec<[AtomicU64; 2]>,
+    /// The publisher's next loan when a publish handed it the evicted slot (`NO_SPARE`: none),
+    /// as `RawPublisher` keeps it. Only the publishing thread touches it.
+    spare: AtomicU64,
     futex: MockFutex,
 }
+
+const NO_SPARE: u64 = u64::MAX;
 
 impl Model {
     fn new(capacity: u32, subscribers: u32, overflow: Overflow) -> Arc<Model> {
@@ -54,6 +59,7 @@ impl Model {
             words: (0..slots)
                 .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
                 .collect(),
+            spare: AtomicU64::new(NO_SPARE),
             futex: MockFutex::default(),
         })
     }
@@ -62,12 +68,17 @@ impl Model {
         self.ring.ring()
     }
 
-    /// Loans, writes `value`, publishes. Single publisher: we have publish rights.
+    /// Loans (or takes the slot the last publish handed over), writes `value`, publishes as
+    /// `RawPublisher` does: the evicted slot goes straight to the next loan when nobody holds
+    /// it. Single publisher: we have publish rights.
     fn send(&self, hint: &mut u32, value: u64) {
-        let slot = self
-            .ring()
-            .loan(0, hint)
-            .expect("the pool is sized for every participant");
+        let slot = match self.spare.swap(NO_SPARE, Ordering::Relaxed) {
+            NO_SPARE => self
+                .ring()
+                .loan(0, hint)
+                .expect("the pool is sized for every participant"),
+            s => s as u32,
+        };
         self.data[slot as usize].with_mut(|p| {
             // SAFETY: the cell's pointer is valid in the closure; whether the access races
             // another is what the model checks (the slot is this thread's loan or hold).
@@ -76,10 +87,14 @@ impl Model {
         for w in &self.words[slot as usize] {
             w.store(value, Ordering::Relaxed);
         }
-        // SAFETY: one publishing thread per model; the slot is our loan and is written.
-        let (_, freed) = unsafe { self.ring().publish(slot, &self.futex) };
-        if let Some(f) = freed {
-            *hint = f;
+        // SAFETY: one publishing thread per model; the slot is our loan and is written; the wake
+        // follows.
+        let (_, evicted) = unsafe { self.ring().publish_quietly(slot, Some(0)) };
+        self.ring().wake_subscribers(&self.futex);
+        match evicted {
+            Evicted::Loaned(s) => self.spare.store(u64::from(s), Ordering::Relaxed),
+            Evicted::Free(f) => *hint = f,
+            Evicted::Nothing => {}
         }
     }
 
@@ -323,11 +338,12 @@ fn publisher_stopping_mid_write_is_repaired() {
                         unsafe { *p = value_of(1) }
                     });
                     // SAFETY: the only publisher.
-                    let done = unsafe { m.ring().publish_steps(slot, stop_after) };
+                    let done = unsafe { m.ring().publish_steps(slot, stop_after, None) };
                     assert!(done.is_none(), "stopped early");
                     // ... the process dies here. Its successor (with publish rights now):
                     m.ring().reclaim_publisher(0);
-                    // SAFETY: the dead publisher publishes no more; we are the only publisher.
+                    m.spare.store(NO_SPARE, Ordering::Relaxed); // the dead one's, now freed
+                                                                // SAFETY: the dead publisher publishes no more; we are the only publisher.
                     unsafe { m.ring().repair(&m.futex) };
                     let mut hint = 0;
                     m.send(&mut hint, value_of(99));
@@ -513,8 +529,8 @@ fn a_batch_of_quiet_publishes_and_one_wake_wakes_the_subscriber() {
                     }
                     // SAFETY: the only publisher; the slot is our loan and is written; the
                     // batch ends with `wake_subscribers` below.
-                    let (_, freed) = unsafe { m.ring().publish_quietly(slot) };
-                    if let Some(f) = freed {
+                    let (_, evicted) = unsafe { m.ring().publish_quietly(slot, None) };
+                    if let Evicted::Free(f) = evicted {
                         hint = f;
                     }
                 }
@@ -562,8 +578,8 @@ fn a_batch_waiting_for_room_wakes_the_subscriber_first() {
                     }
                     // SAFETY: the only publisher; our loan, written; room seen above; the batch
                     // ends with `wake_subscribers` and waits only through the batch wait.
-                    let (_, freed) = unsafe { m.ring().publish_quietly(slot) };
-                    if let Some(f) = freed {
+                    let (_, evicted) = unsafe { m.ring().publish_quietly(slot, None) };
+                    if let Evicted::Free(f) = evicted {
                         hint = f;
                     }
                 }

@@ -369,6 +369,9 @@ pub struct Ring {
     publishers: NonNull<PublisherEntry>,
     data: NonNull<u8>,
     counters: NonNull<AtomicU64>,
+    /// `capacity - 1` when the capacity is a power of two (an entry index is then a mask, not a
+    /// 64-bit division, which costs tens of cycles on every publish and receive), else 0.
+    entry_mask: u64,
     layout: RingLayout,
 }
 
@@ -445,6 +448,17 @@ pub(crate) enum Read<R> {
     },
     /// A lag or a damaged entry is next; the cursor was left before it (`keep_going` false).
     Stop,
+}
+
+/// What became of the slot whose message a publish evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Evicted {
+    /// No message was evicted (the entry was empty), or its slot is still held.
+    Nothing,
+    /// The slot is free now.
+    Free(u32),
+    /// The slot went straight to the publisher's loan (`reloan`).
+    Loaned(u32),
 }
 
 /// Where a reader stands whose entry holds another message than the one at its cursor.
@@ -558,6 +572,11 @@ impl Ring {
                 publishers: base.add(layout.publishers).cast(),
                 data: base.add(layout.data),
                 counters,
+                entry_mask: if layout.config.capacity.is_power_of_two() {
+                    u64::from(layout.config.capacity) - 1
+                } else {
+                    0
+                },
                 layout,
             }
         }
@@ -579,7 +598,11 @@ impl Ring {
     }
 
     fn entry(&self, seq: u64) -> &Entry {
-        let i = (seq % u64::from(self.layout.config.capacity)) as usize;
+        let i = if self.entry_mask != 0 || self.layout.config.capacity == 1 {
+            (seq & self.entry_mask) as usize
+        } else {
+            (seq % u64::from(self.layout.config.capacity)) as usize
+        };
         // SAFETY: i < capacity, and `from_raw`'s contract keeps the entry array mapped.
         unsafe { &*self.entries.as_ptr().add(i) }
     }

@@ -308,16 +308,23 @@ impl RawPublisher {
             }
             // SAFETY: publish rights: with one publisher row we hold its lease; with several we
             // hold the robust publish mutex. `slot` is our loan, written by the caller. In
-            // back-pressure mode we just saw room while holding the rights.
-            let (seq, freed) = unsafe { ring.publish(slot, &Futex) };
-            if let Some(f) = freed {
-                self.hint = f;
-            }
+            // back-pressure mode we just saw room while holding the rights. Our one loan ends
+            // with this publish, so the evicted slot may become the next one; the wake follows.
+            let (seq, evicted) = unsafe { ring.publish_quietly(slot, Some(self.index)) };
+            ring.wake_subscribers(&Futex);
             self.loaned = false;
-            // Loan the next slot now, while the subscribers read this message: the next loan
-            // then costs nothing on the path to them. (No reclaim if none is free: the next
-            // `loan` does that.)
-            self.spare = ring.loan(self.index, &mut self.hint);
+            // The next loan is ready now, while the subscribers read this message: the next
+            // `loan` then costs nothing on the path to them. Mostly it is the evicted slot,
+            // taken in the same atomic operation as the eviction; else a free one (no reclaim
+            // if none is: the next `loan` does that).
+            self.spare = match evicted {
+                Evicted::Loaned(s) => Some(s),
+                Evicted::Free(f) => {
+                    self.hint = f;
+                    ring.loan(self.index, &mut self.hint)
+                }
+                Evicted::Nothing => ring.loan(self.index, &mut self.hint),
+            };
             Ok(seq)
         } else {
             Err((PublishError::Timeout, loan))
@@ -396,22 +403,26 @@ impl RawPublisher {
             if stamps {
                 ring.set_stamp(slot, monotonic_ns());
             }
-            // SAFETY: publish rights as in `publish`; `slot` is our loan, written above; room was
-            // seen above while holding the rights; the batch ends with `wake_subscribers`, and
-            // every wait above is preceded by one.
-            let (seq, freed) = unsafe { ring.publish_quietly(slot) };
+            // SAFETY: publish rights as in `publish`; `slot` is our loan, written above, and our
+            // only one; room was seen above while holding the rights; the batch ends with
+            // `wake_subscribers`, and every wait above is preceded by one.
+            let (seq, evicted) = unsafe { ring.publish_quietly(slot, Some(self.index)) };
             if done == 0 {
                 first = seq;
             }
-            if let Some(f) = freed {
-                self.hint = f;
+            match evicted {
+                Evicted::Loaned(s) => self.spare = Some(s),
+                Evicted::Free(f) => self.hint = f,
+                Evicted::Nothing => {}
             }
             done += 1;
         }
         if done > 0 {
             ring.wake_subscribers(&Futex);
         }
-        self.spare = ring.loan(self.index, &mut self.hint);
+        if self.spare.is_none() {
+            self.spare = ring.loan(self.index, &mut self.hint);
+        }
         if multi {
             give_back_publish_rights(&topic, self.index);
         }
