@@ -49,6 +49,24 @@ fn poll<'a, T: bytemuck::Pod>(
     }
 }
 
+/// [`poll`], copying the message out ([`Subscriber::try_recv_copy`]).
+fn poll_copy<T: bytemuck::Pod>(sub: &Subscriber<T>, mut idle: impl FnMut()) -> Res<T> {
+    let start = Instant::now();
+    let mut n = 0u32;
+    loop {
+        match sub.try_recv_copy() {
+            Ok(v) => return Ok(v),
+            Err(RecvError::Empty) => {}
+            Err(e) => return Err(e.into()),
+        }
+        idle();
+        n = n.wrapping_add(1);
+        if n % 1024 == 0 && start.elapsed() > PEER_TIMEOUT {
+            return Err("timed out waiting for a peer process".into());
+        }
+    }
+}
+
 pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<Option<Measured>> {
     let ping = Topic::builder(&format!("{}.ping", run.tag)).capacity(16);
     let pong = Topic::builder(&format!("{}.pong", run.tag)).capacity(16);
@@ -65,10 +83,12 @@ pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<O
         ctl::announce_ready(run.shared);
     }
     let recv = |want: u64| -> Res<()> {
+        // An 8-byte value is copied out (`recv_copy`: no slot held, nothing shared written but
+        // the cursor), as a user receiving small values does.
         let got = if blocking {
-            *subscriber.recv_timeout(PEER_TIMEOUT)?
+            subscriber.recv_copy_timeout(PEER_TIMEOUT)?
         } else {
-            *poll(&subscriber, spin_loop)?
+            poll_copy(&subscriber, spin_loop)?
         };
         if got != want {
             return Err(format!("expected {want}, got {got}").into());
@@ -110,13 +130,31 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
         ctl::leader_ready(run.shared);
         ctl::wait_ready(run.shared, 1)?;
         let mut times = Vec::new();
-        for i in 0..n {
-            run.mark_window(i, &mut times);
-            let m = poll(&sub, spin_loop)?;
-            if m.seq != i {
-                return Err(format!("expected message {i}, got {}", m.seq).into());
+        // Batched receive: every message there is (up to 64), copied out, one cursor store.
+        let mut batch = Vec::with_capacity(64);
+        let mut i = 0;
+        let mut last = Instant::now();
+        while i < n {
+            batch.clear();
+            match sub.try_recv_many(&mut batch, 64) {
+                Ok(_) => last = Instant::now(),
+                Err(RecvError::Empty) => {
+                    spin_loop();
+                    if last.elapsed() > PEER_TIMEOUT {
+                        return Err("timed out waiting for the producer".into());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             }
-            black_box(m.body.iter().fold(m.seq, |a, &b| a.wrapping_add(b)));
+            for m in &batch {
+                run.mark_window(i, &mut times);
+                if m.seq != i {
+                    return Err(format!("expected message {i}, got {}", m.seq).into());
+                }
+                black_box(m.body.iter().fold(m.seq, |a, &b| a.wrapping_add(b)));
+                i += 1;
+            }
         }
         times.push(now_ns());
         Ok(Some(Measured::Windows(times)))
