@@ -9,12 +9,13 @@
 //! process) on CPU 0 and its peers on CPU 1, or on CPU 0 too for `wake_same_core`; the work
 //! queues' consumers go round-robin over the CPUs from CPU 1 (on two CPUs, consumers 2 and 4
 //! share CPU 0 with the producer, and 3 shares CPU 1 with consumer 1). The table gives medians,
-//! p99s and the ratio of each median to the floor's and to iceoryx2's.
+//! p99s, the ratio of each median to the floor's and to iceoryx2's, and what the receiving
+//! processes cost (below).
 //!
 //! | scenario | measures | floor |
 //! |---|---|---|
 //! | `latency_busy_8B` | ping-pong, receivers poll; round trip / 2 | two words in a shared mapping |
-//! | `wake_cross_core`, `wake_same_core` | ping-pong, receivers sleep; round trip / 2 | a bare futex ping-pong |
+//! | `wake_cross_core`, `wake_same_core` | one 8-byte message to a receiver asleep (the sender waits 200 µs, yielding its CPU, before each): from the send to the receiver holding it (shared monotonic clock; the acknowledgement goes back through the control mapping, not the system) | a futex word: store and `FUTEX_WAKE`; the receiver in `FUTEX_WAIT` |
 //! | `throughput_64B` | 64-byte messages per second, one producer, one consumer | a bare SPSC ring |
 //! | `bulk_4MiB`, `bulk_64MiB` | GB/s; the producer writes, the consumer reads every byte | block hand-off in a shared mapping, with 1 (the block just released, cache-hot), 2 and 4 blocks in flight: the best |
 //! | `fanout4_latency_busy` | one publisher, four polling subscribers, latency to the last | one word polled by four |
@@ -24,9 +25,22 @@
 //! | `waitset_idle_100` | CPU time (user + system) of a process asleep on 100 idle topics for 2 s (1 s with `--quick`), µs per second of waiting | one `futex_waitv` on 100 words for the whole wait |
 //! | `publish_with_waitset` | one 8-byte publish, ns, each timed alone (200 µs apart), with a WaitSet asleep in another process on that topic and 15 others, or with nobody asleep | `futex_wake` of a sleeper in `futex_waitv` on 16 words |
 //!
+//! Every receiving process (the echo process of `latency_busy_8B`, the consumer of
+//! `throughput_64B`, the four subscribers of `fanout4_latency_busy`, the receiver of the
+//! wake-up scenarios) reads `getrusage(RUSAGE_SELF)` before its first measured message and
+//! after its last. The table's `sleeps/msg` is its voluntary context switches per message (per
+//! receiver: about 1 when it sleeps for every message, 0 when it polls), `rx CPU ns/msg` the
+//! user + system CPU time of the receivers per message (summed over the four in fan-out): what
+//! the waiting costs, spinning included. The JSON has them as `sleeps_per_msg` and
+//! `rx_cpu_ns_per_msg`; they are `-` (null) where the receivers are not metered (bulk, work
+//! queues, idle waiting, `publish_with_waitset`).
+//!
 //! A scenario where a library beats its floor by more than 10 % is printed with a `REFUSED`
 //! line saying so, and marked `refused` (with the reason) in the JSON: a floor that a real
-//! system beats is not a floor, and such figures are not a measurement. The run goes on.
+//! system beats is not a floor, and such figures are not a measurement. So is a wake-up
+//! scenario (`wake_*`, `waitset_wake_*`) where a system's receiver slept fewer than 0.9 times
+//! per message: it was awake when messages came, and its figure times no wake-up. The run
+//! goes on.
 //!
 //! For rates (higher is better) the "p99" column is the rate that 99 % of the windows beat
 //! (the 1st percentile): the bad tail, as for latencies.
