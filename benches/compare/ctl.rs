@@ -383,20 +383,33 @@ impl RxMeter {
     /// After the last message: stores this process's CPU time and sleeps since the start in
     /// its lines (`index` 0 is the leader, 1.. the peers).
     pub(crate) fn report(&self, shared: &Shared, index: usize) -> crate::Res<()> {
-        let start = self.0.ok_or("the receiver's meter never started")?;
-        let end = Usage::now();
-        assert!(index < line::RX_SLEEPS - line::RX_CPU_NS);
-        shared
-            .word(line::RX_CPU_NS + index)
-            .store(end.cpu_ns - start.cpu_ns, Ordering::Relaxed);
-        shared
-            .word(line::RX_SLEEPS + index)
-            .store(end.sleeps - start.sleeps, Ordering::Relaxed);
-        shared
-            .word(line::RX_REPORTS)
-            .fetch_add(1, Ordering::Release);
+        report_rx(shared, index, self.so_far()?);
         Ok(())
     }
+
+    /// What this process used since the meter started.
+    pub(crate) fn so_far(&self) -> crate::Res<Usage> {
+        let start = self.0.ok_or("the receiver's meter never started")?;
+        let end = Usage::now();
+        Ok(Usage {
+            cpu_ns: end.cpu_ns - start.cpu_ns,
+            sleeps: end.sleeps - start.sleeps,
+        })
+    }
+}
+
+/// Stores what receiving process `index` used over the measured messages ([`RxMeter`]).
+pub(crate) fn report_rx(shared: &Shared, index: usize, used: Usage) {
+    assert!(index < line::RX_SLEEPS - line::RX_CPU_NS);
+    shared
+        .word(line::RX_CPU_NS + index)
+        .store(used.cpu_ns, Ordering::Relaxed);
+    shared
+        .word(line::RX_SLEEPS + index)
+        .store(used.sleeps, Ordering::Relaxed);
+    shared
+        .word(line::RX_REPORTS)
+        .fetch_add(1, Ordering::Release);
 }
 
 /// What the receiving processes of a run reported ([`RxMeter`]), summed.

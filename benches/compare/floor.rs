@@ -205,12 +205,14 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     if leader {
         ctl::leader_ready(s);
         ctl::wait_ready(s, 1)?;
-        let mut best: Option<Vec<u64>> = None;
+        let mut best: Option<(Vec<u64>, ctl::Usage)> = None;
         for (phase, &k) in BULK_IN_FLIGHT.iter().enumerate() {
             let base = phase as u64 * n;
             let mut times = Vec::new();
+            let mut rx = RxMeter::default();
             for i in 0..n {
                 run.mark_window(i, &mut times);
+                rx.start_at(i, run.warmup);
                 spin_until(|| head.load(Acquire) > base + i, spin_loop)?;
                 // SAFETY: the producer published block i (Release on `head`, seen with Acquire)
                 // and does not touch it again until our `tail` store below hands it back.
@@ -219,12 +221,16 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
                 tail.store(base + i + 1, Release);
             }
             times.push(now_ns());
+            let used = rx.so_far()?;
             let took = |t: &[u64]| t.last().copied().unwrap_or(0) - t.first().copied().unwrap_or(0);
-            if best.as_ref().is_none_or(|b| took(&times) < took(b)) {
-                best = Some(times);
+            if best.as_ref().is_none_or(|(b, _)| took(&times) < took(b)) {
+                best = Some((times, used));
             }
         }
-        Ok(best.map(Measured::Windows))
+        // The receiver's cost is that of the run the figure comes from.
+        let (times, used) = best.ok_or("no bulk run")?;
+        ctl::report_rx(s, run.index, used);
+        Ok(Some(Measured::Windows(times)))
     } else {
         ctl::wait_leader(s)?;
         ctl::announce_ready(s);

@@ -372,8 +372,10 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         ctl::wait_ready(run.shared, 1)?;
         connect(run, &sub)?;
         let mut times = Vec::new();
+        let mut rx = RxMeter::default();
         for i in 0..n {
             run.mark_window(i, &mut times);
+            rx.start_at(i, run.warmup);
             let deadline = Instant::now() + PEER_TIMEOUT;
             let s = loop {
                 if let Some(s) = sub.receive().map_err(err("receive"))? {
@@ -391,6 +393,7 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
             }
         }
         times.push(now_ns());
+        rx.report(run.shared, run.index)?;
         done_reading(run);
         Ok(Some(Measured::Windows(times)))
     } else {

@@ -182,8 +182,10 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         ctl::leader_ready(run.shared);
         ctl::wait_ready(run.shared, 1)?;
         let mut times = Vec::new();
+        let mut rx = RxMeter::default();
         for i in 0..n {
             run.mark_window(i, &mut times);
+            rx.start_at(i, run.warmup);
             // Polled, as the other systems' consumers are.
             let start = Instant::now();
             let sample = loop {
@@ -201,6 +203,7 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
             }
         }
         times.push(now_ns());
+        rx.report(run.shared, run.index)?;
         Ok(Some(Measured::Windows(times)))
     } else {
         ctl::wait_leader(run.shared)?;

@@ -200,8 +200,10 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         ctl::leader_ready(run.shared);
         ctl::wait_ready(run.shared, 1)?;
         let mut times = Vec::new();
+        let mut rx = RxMeter::default();
         for i in 0..n {
             run.mark_window(i, &mut times);
+            rx.start_at(i, run.warmup);
             recv_exact(fd, bytemuck::cast_slice_mut(&mut buf))?;
             black_box(buf.iter().fold(0u64, |a, &b| a.wrapping_add(b)));
             if buf.first() != Some(&i) {
@@ -209,6 +211,7 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
             }
         }
         times.push(now_ns());
+        rx.report(run.shared, run.index)?;
         Ok(Some(Measured::Windows(times)))
     } else {
         ctl::wait_leader(run.shared)?;
