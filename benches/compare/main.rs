@@ -27,11 +27,12 @@
 //!
 //! Every receiving process (the echo process of `latency_busy_8B`, the consumer of
 //! `throughput_64B` and of `bulk_*` (for the floor: in its fastest run), the four subscribers
-//! of `fanout4_latency_busy`, the receiver of the wake-up scenarios) reads `getrusage(RUSAGE_SELF)` before its first measured message and
-//! after its last. The table's `sleeps/msg` is its voluntary context switches per message (per
-//! receiver: about 1 when it sleeps for every message, 0 when it polls), `rx CPU ns/msg` the
-//! user + system CPU time of the receivers per message (summed over the four in fan-out): what
-//! the waiting costs, spinning included. The JSON has them as `sleeps_per_msg` and
+//! of `fanout4_latency_busy`, the receiver of `wake_*` and `waitset_wake_*`) reads
+//! `getrusage(RUSAGE_SELF)` before its first measured message and after its last. The table's
+//! `sleeps/msg` is its voluntary context switches per message (per receiver: about 1 when it
+//! sleeps for every message, 0 when it polls), `rx CPU ns/msg` the user + system CPU time of
+//! the receivers per message (summed over the four in fan-out): what the waiting costs,
+//! spinning included. The JSON has them as `sleeps_per_msg` and
 //! `rx_cpu_ns_per_msg`; they are `-` (null) where the receivers are not metered (work queues,
 //! whose consumers share the items; idle waiting; `publish_with_waitset`).
 //!
