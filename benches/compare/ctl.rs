@@ -73,6 +73,15 @@ pub(crate) mod line {
     pub(crate) const CPU_NS: usize = 43;
     /// Idle waiting: the wall time (ns) it waited.
     pub(crate) const WALL_NS: usize = 44;
+    /// The receivers' CPU time (ns, user + system) over the measured messages, one line per
+    /// process: the leader's at `RX_CPU_NS`, peer `k`'s at `RX_CPU_NS + k` ([`RxMeter`]).
+    ///
+    /// [`RxMeter`]: super::RxMeter
+    pub(crate) const RX_CPU_NS: usize = 50;
+    /// The receivers' voluntary context switches over the measured messages, as above.
+    pub(crate) const RX_SLEEPS: usize = 55;
+    /// How many processes reported to `RX_CPU_NS` and `RX_SLEEPS`.
+    pub(crate) const RX_REPORTS: usize = 60;
 }
 
 /// A shared mapping that child processes inherit.
@@ -294,15 +303,20 @@ pub(crate) fn now_ns() -> u64 {
     shmbus::monotonic_ns()
 }
 
-/// How long a sender of the wake scenarios waits before each message, so that the receiver
-/// has certainly gone to sleep (spin-then-sleep receivers spin for a few microseconds).
-const SETTLE: Duration = Duration::from_micros(100);
+/// How long the sender of `wake_cross_core` and `wake_same_core` waits before each message, so
+/// that the receiver has certainly gone to sleep: far longer than any receiver spins before it
+/// sleeps (shmbus: 16 pauses and 16 `sched_yield`s, a few µs), as [`WAITSET_GAP`]. The
+/// receivers' voluntary context switches check it ([`RxMeter`]).
+const SETTLE: Duration = WAITSET_GAP;
 
-/// Busy-waits [`SETTLE`] (not sleeping: the sender's own wake-up must not be measured).
+/// Waits [`SETTLE`] without sleeping (the sender's own wake-up must not be measured), yielding
+/// the CPU between clock reads: a receiver sharing the CPU (`wake_same_core`) runs through its
+/// spin and falls asleep meanwhile, instead of waiting behind a busy sender and finding the
+/// next message still awake.
 pub(crate) fn settle() {
     let until = Instant::now() + SETTLE;
     while Instant::now() < until {
-        std::hint::spin_loop();
+        std::thread::yield_now();
     }
 }
 
@@ -324,6 +338,107 @@ pub(crate) fn busy_wait(d: Duration) {
 pub(crate) fn process_cpu_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// What the kernel counts for this process (all its threads, `getrusage(RUSAGE_SELF)`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Usage {
+    /// User + system CPU time, ns (the kernel keeps µs here).
+    pub(crate) cpu_ns: u64,
+    /// Voluntary context switches: the times a thread blocked (slept), not preemptions and
+    /// not `sched_yield`s (a yielding thread stays runnable).
+    pub(crate) sleeps: u64,
+}
+
+impl Usage {
+    pub(crate) fn now() -> Usage {
+        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `ru` is valid for writes of one `rusage`, which is all `getrusage` writes;
+        // RUSAGE_SELF is a valid `who`.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+        assert_eq!(rc, 0, "getrusage(RUSAGE_SELF) cannot fail");
+        // SAFETY: zero is a valid `rusage` (integers only) and `getrusage` filled it in.
+        let ru = unsafe { ru.assume_init() };
+        let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+        Usage {
+            cpu_ns: ns(ru.ru_utime) + ns(ru.ru_stime),
+            sleeps: ru.ru_nvcsw as u64,
+        }
+    }
+}
+
+/// A receiving process's meter over the measured messages: started before the first measured
+/// message is received, reported to the leader after the last ([`collect_rx`]).
+#[derive(Debug, Default)]
+pub(crate) struct RxMeter(Option<Usage>);
+
+impl RxMeter {
+    /// Starts the meter before message `i` if `i` is `first`, the first measured message.
+    pub(crate) fn start_at(&mut self, i: u64, first: u64) {
+        if i == first {
+            self.0 = Some(Usage::now());
+        }
+    }
+
+    /// After the last message: stores this process's CPU time and sleeps since the start in
+    /// its lines (`index` 0 is the leader, 1.. the peers).
+    pub(crate) fn report(&self, shared: &Shared, index: usize) -> crate::Res<()> {
+        report_rx(shared, index, self.so_far()?);
+        Ok(())
+    }
+
+    /// What this process used since the meter started.
+    pub(crate) fn so_far(&self) -> crate::Res<Usage> {
+        let start = self.0.ok_or("the receiver's meter never started")?;
+        let end = Usage::now();
+        Ok(Usage {
+            cpu_ns: end.cpu_ns - start.cpu_ns,
+            sleeps: end.sleeps - start.sleeps,
+        })
+    }
+}
+
+/// Stores what receiving process `index` used over the measured messages ([`RxMeter`]).
+pub(crate) fn report_rx(shared: &Shared, index: usize, used: Usage) {
+    assert!(index < line::RX_SLEEPS - line::RX_CPU_NS);
+    shared
+        .word(line::RX_CPU_NS + index)
+        .store(used.cpu_ns, Ordering::Relaxed);
+    shared
+        .word(line::RX_SLEEPS + index)
+        .store(used.sleeps, Ordering::Relaxed);
+    shared
+        .word(line::RX_REPORTS)
+        .fetch_add(1, Ordering::Release);
+}
+
+/// What the receiving processes of a run reported ([`RxMeter`]), summed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RxUsage {
+    /// CPU time, ns.
+    pub(crate) cpu_ns: u64,
+    /// Voluntary context switches.
+    pub(crate) sleeps: u64,
+    /// Receiving processes that reported.
+    pub(crate) receivers: u64,
+}
+
+/// The leader, after every peer of the run has exited: what the receivers reported, if any
+/// did (scenarios whose receivers are not metered report nothing).
+pub(crate) fn collect_rx(shared: &Shared, peers: usize) -> Option<RxUsage> {
+    let receivers = shared.word(line::RX_REPORTS).load(Ordering::Acquire);
+    (receivers > 0).then(|| {
+        let sum = |l: usize| {
+            (0..=peers)
+                .map(|k| shared.word(l + k).load(Ordering::Relaxed))
+                .sum()
+        };
+        RxUsage {
+            cpu_ns: sum(line::RX_CPU_NS),
+            sleeps: sum(line::RX_SLEEPS),
+            receivers,
+        }
+    })
 }
 
 /// An idle waiter's report: it used `cpu_ns` of CPU time in `wall_ns` of waiting.

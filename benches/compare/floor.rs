@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use shmbus_core::futex;
 
-use crate::ctl::{self, line, now_ns, spin_until, Shared};
+use crate::ctl::{self, line, now_ns, spin_until, RxMeter, Shared};
 use crate::{Measured, Res, Run};
 
 /// Slots of the floor SPSC ring (64 bytes each).
@@ -17,34 +17,12 @@ pub(crate) const RING_SLOTS: usize = 256;
 pub(crate) const BULK_BLOCKS: usize = 4;
 const _: () = assert!(BULK_IN_FLIGHT[BULK_IN_FLIGHT.len() - 1] <= BULK_BLOCKS);
 
-/// Ping-pong on two words; receivers poll, or sleep on the word with a futex.
-pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<Option<Measured>> {
+/// Ping-pong on two words; receivers poll.
+pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     let s = run.shared;
     let (ping, pong) = (s.word32(line::PING), s.word32(line::PONG));
     let (mine, theirs) = if leader { (ping, pong) } else { (pong, ping) };
-    let wait_for = |v: u32| -> Res<()> {
-        if blocking {
-            let deadline = Instant::now() + ctl::PEER_TIMEOUT;
-            loop {
-                let cur = theirs.load(Acquire);
-                if cur == v {
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    return Err("timed out waiting for a peer process".into());
-                }
-                futex::wait(theirs, cur, Some(Duration::from_millis(100)));
-            }
-        } else {
-            spin_until(|| theirs.load(Acquire) == v, spin_loop)
-        }
-    };
-    let send = |v: u32| {
-        mine.store(v, Release);
-        if blocking {
-            futex::wake(mine, 1);
-        }
-    };
+    let wait_for = |v: u32| spin_until(|| theirs.load(Acquire) == v, spin_loop);
     if leader {
         ctl::leader_ready(s);
         ctl::wait_ready(s, 1)?;
@@ -53,23 +31,92 @@ pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<O
         ctl::announce_ready(s);
     }
     let mut rt = Vec::with_capacity(run.iters as usize);
+    let mut rx = RxMeter::default();
     for i in 1..=run.total() as u32 {
         if leader {
-            if blocking {
-                ctl::settle();
-            }
             let t = Instant::now();
-            send(i);
+            mine.store(i, Release);
             wait_for(i)?;
             if u64::from(i) > run.warmup {
                 rt.push(t.elapsed().as_nanos() as u64);
             }
         } else {
+            rx.start_at(u64::from(i), run.warmup + 1);
             wait_for(i)?;
-            send(i);
+            mine.store(i, Release);
         }
     }
+    if !leader {
+        rx.report(s, run.index)?;
+    }
     Ok(leader.then_some(Measured::RoundTrips(rt)))
+}
+
+/// The sender's side of `wake_cross_core` and `wake_same_core`, every system: before message
+/// `i` it waits [`ctl::settle`] (the receiver falls asleep), reads the clock, calls `send(i)`,
+/// and waits, yielding (the receiver may share its CPU), for the receiver's acknowledgement,
+/// which carries the time the receiver held the message ([`wake_receiver`]). The sample is
+/// the difference: one hand-off to a sleeping receiver, with nothing coming back through the
+/// system under test (a reply would find the sender awake, or spinning).
+pub(crate) fn wake_sender(run: &Run<'_>, mut send: impl FnMut(u64) -> Res<()>) -> Res<Measured> {
+    let mut lat = Vec::with_capacity(run.iters as usize);
+    for i in 1..=run.total() {
+        ctl::settle();
+        let t0 = now_ns();
+        send(i)?;
+        let t1 = collect_acks_idle(run, i, yield_now)?;
+        if i > run.warmup {
+            lat.push(t1.saturating_sub(t0));
+        }
+    }
+    Ok(Measured::Latencies(lat))
+}
+
+/// The receiver's side of `wake_cross_core` and `wake_same_core`: `recv(i)` blocks until
+/// message `i` is there (and checks it); then the receive time goes back in a control line.
+/// Its sleeps and CPU time over the measured messages go to the leader ([`RxMeter`]).
+pub(crate) fn wake_receiver(run: &Run<'_>, mut recv: impl FnMut(u64) -> Res<()>) -> Res<()> {
+    let mut rx = RxMeter::default();
+    for i in 1..=run.total() {
+        rx.start_at(i, run.warmup + 1);
+        recv(i)?;
+        ack(run, i, now_ns());
+    }
+    rx.report(run.shared, run.index)
+}
+
+/// A hand-off to a sleeping receiver, the bare mechanism: the sender stores the message's
+/// number in a futex word and wakes it (the receiver always sleeps here: the wake is never
+/// wasted); the receiver sleeps on the word with `FUTEX_WAIT` as soon as it finds it unchanged.
+pub(crate) fn wake(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    let s = run.shared;
+    let word = s.word32(line::PING);
+    if leader {
+        ctl::leader_ready(s);
+        ctl::wait_ready(s, 1)?;
+        let m = wake_sender(run, |i| {
+            word.store(i as u32, Release);
+            futex::wake(word, 1);
+            Ok(())
+        })?;
+        return Ok(Some(m));
+    }
+    ctl::wait_leader(s)?;
+    ctl::announce_ready(s);
+    wake_receiver(run, |i| {
+        let deadline = Instant::now() + ctl::PEER_TIMEOUT;
+        loop {
+            let cur = word.load(Acquire);
+            if cur == i as u32 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("timed out waiting for a peer process".into());
+            }
+            futex::wait(word, cur, Some(Duration::from_millis(100)));
+        }
+    })?;
+    Ok(None)
 }
 
 /// A bare single-producer single-consumer ring of 64-byte slots (Lamport, with each side
@@ -85,8 +132,10 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
         ctl::wait_ready(s, 1)?;
         let mut times = Vec::new();
         let mut seen_head = 0;
+        let mut rx = RxMeter::default();
         for i in 0..n {
             run.mark_window(i, &mut times);
+            rx.start_at(i, run.warmup);
             if seen_head == i {
                 spin_until(|| head.load(Acquire) > i, spin_loop)?;
                 seen_head = head.load(Acquire);
@@ -103,6 +152,7 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
             tail.store(i + 1, Release);
         }
         times.push(now_ns());
+        rx.report(s, run.index)?;
         Ok(Some(Measured::Windows(times)))
     } else {
         ctl::wait_leader(s)?;
@@ -155,12 +205,14 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     if leader {
         ctl::leader_ready(s);
         ctl::wait_ready(s, 1)?;
-        let mut best: Option<Vec<u64>> = None;
+        let mut best: Option<(Vec<u64>, ctl::Usage)> = None;
         for (phase, &k) in BULK_IN_FLIGHT.iter().enumerate() {
             let base = phase as u64 * n;
             let mut times = Vec::new();
+            let mut rx = RxMeter::default();
             for i in 0..n {
                 run.mark_window(i, &mut times);
+                rx.start_at(i, run.warmup);
                 spin_until(|| head.load(Acquire) > base + i, spin_loop)?;
                 // SAFETY: the producer published block i (Release on `head`, seen with Acquire)
                 // and does not touch it again until our `tail` store below hands it back.
@@ -169,12 +221,16 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
                 tail.store(base + i + 1, Release);
             }
             times.push(now_ns());
+            let used = rx.so_far()?;
             let took = |t: &[u64]| t.last().copied().unwrap_or(0) - t.first().copied().unwrap_or(0);
-            if best.as_ref().is_none_or(|b| took(&times) < took(b)) {
-                best = Some(times);
+            if best.as_ref().is_none_or(|(b, _)| took(&times) < took(b)) {
+                best = Some((times, used));
             }
         }
-        Ok(best.map(Measured::Windows))
+        // The receiver's cost is that of the run the figure comes from.
+        let (times, used) = best.ok_or("no bulk run")?;
+        ctl::report_rx(s, run.index, used);
+        Ok(Some(Measured::Windows(times)))
     } else {
         ctl::wait_leader(s)?;
         ctl::announce_ready(s);
@@ -203,10 +259,15 @@ pub(crate) fn yield_now() {
 
 /// Waits until every subscriber acknowledged message `i`, then returns the latest receive time.
 pub(crate) fn collect_acks(run: &Run<'_>, i: u64) -> Res<u64> {
+    collect_acks_idle(run, i, spin_loop)
+}
+
+/// [`collect_acks`], calling `idle` between polls.
+pub(crate) fn collect_acks_idle(run: &Run<'_>, i: u64, mut idle: impl FnMut()) -> Res<u64> {
     let s = run.shared;
     let mut last = 0;
     for k in 0..run.peers {
-        spin_until(|| s.word(line::ACK + k).load(Acquire) >= i, spin_loop)?;
+        spin_until(|| s.word(line::ACK + k).load(Acquire) >= i, &mut idle)?;
         last = last.max(s.word(line::RECV_NS + k).load(Relaxed));
     }
     Ok(last)
@@ -239,10 +300,13 @@ pub(crate) fn fanout(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     } else {
         ctl::wait_leader(s)?;
         ctl::announce_ready(s);
+        let mut rx = RxMeter::default();
         for i in 1..=run.total() {
+            rx.start_at(i, run.warmup + 1);
             spin_until(|| seq.load(Acquire) >= i, yield_now)?;
             ack(run, i, now_ns());
         }
+        rx.report(s, run.index)?;
         Ok(None)
     }
 }
@@ -666,7 +730,9 @@ pub(crate) fn wake_many(run: &mut Run<'_>, leader: bool, topics: usize) -> Res<O
     ctl::wait_leader(s)?;
     ctl::announce_ready(s);
     let mut expected: Vec<u32> = words.iter().map(|w| w.load(Acquire)).collect();
+    let mut rx = RxMeter::default();
     for i in 1..=run.total() {
+        rx.start_at(i, run.warmup + 1);
         let j = i as usize % topics;
         let deadline = Instant::now() + ctl::PEER_TIMEOUT;
         loop {
@@ -695,6 +761,7 @@ pub(crate) fn wake_many(run: &mut Run<'_>, leader: bool, topics: usize) -> Res<O
             }
         }
     }
+    rx.report(s, run.index)?;
     Ok(None)
 }
 

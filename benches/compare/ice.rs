@@ -5,14 +5,15 @@ use std::hint::{black_box, spin_loop};
 use std::time::{Duration, Instant};
 
 use iceoryx2::port::listener::Listener;
-use iceoryx2::port::notifier::Notifier;
 use iceoryx2::port::subscriber::Subscriber;
 use iceoryx2::port::update_connections::UpdateConnections;
 use iceoryx2::prelude::*;
 use iceoryx2::sample::Sample;
 
-use crate::ctl::{self, now_ns, PEER_TIMEOUT};
-use crate::floor::{ack, ack_wake, collect_acks, wake_leader, yield_now};
+use crate::ctl::{self, now_ns, RxMeter, PEER_TIMEOUT};
+use crate::floor::{
+    ack, ack_wake, collect_acks, wake_leader, wake_receiver, wake_sender, yield_now,
+};
 use crate::{Measured, Res, Run};
 
 /// A 64-byte message.
@@ -138,7 +139,7 @@ fn sleep_recv<T: std::fmt::Debug + ZeroCopySend>(
     }
 }
 
-pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<Option<Measured>> {
+pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     let node = node()?;
     let (out, inp) = if leader {
         ("ping", "pong")
@@ -164,31 +165,6 @@ pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<O
         .subscriber_builder()
         .create()
         .map_err(err("subscriber"))?;
-    // Sleeping receivers: an event service per direction.
-    let events = |what: &str| -> Res<_> {
-        node.service_builder(&service_name(run, &format!("{what}.event"))?)
-            .event()
-            .open_or_create()
-            .map_err(err("event service"))
-    };
-    let (notifier, listener): (
-        Option<Notifier<ipc::Service>>,
-        Option<Listener<ipc::Service>>,
-    ) = if blocking {
-        let out_ev = events(out)?;
-        let in_ev = events(inp)?;
-        (
-            Some(
-                out_ev
-                    .notifier_builder()
-                    .create()
-                    .map_err(err("notifier"))?,
-            ),
-            Some(in_ev.listener_builder().create().map_err(err("listener"))?),
-        )
-    } else {
-        (None, None)
-    };
     if leader {
         ctl::leader_ready(run.shared);
         ctl::wait_ready(run.shared, 1)?;
@@ -198,27 +174,19 @@ pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<O
     let send = |v: u64| -> Res<()> {
         let sample = publisher.loan_uninit().map_err(err("loan"))?;
         sample.write_payload(v).send().map_err(err("send"))?;
-        if let Some(n) = &notifier {
-            n.notify().map_err(err("notify"))?;
-        }
         Ok(())
     };
     let recv = |want: u64| -> Res<()> {
-        let s = match &listener {
-            Some(l) => sleep_recv(&subscriber, l)?,
-            None => poll(&subscriber, spin_loop)?,
-        };
+        let s = poll(&subscriber, spin_loop)?;
         if *s.payload() != want {
             return Err(format!("expected {want}, got {}", s.payload()).into());
         }
         Ok(())
     };
     let mut rt = Vec::with_capacity(run.iters as usize);
+    let mut rx = RxMeter::default();
     for i in 1..=run.total() {
         if leader {
-            if blocking {
-                ctl::settle();
-            }
             let t = Instant::now();
             send(i)?;
             recv(i)?;
@@ -226,6 +194,7 @@ pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<O
                 rt.push(t.elapsed().as_nanos() as u64);
             }
         } else {
+            rx.start_at(i, run.warmup + 1);
             recv(i)?;
             send(i)?;
         }
@@ -234,9 +203,63 @@ pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<O
     if leader {
         done_reading(run);
     } else {
+        rx.report(run.shared, run.index)?;
         wait_until_read(run)?;
     }
     Ok(leader.then_some(Measured::RoundTrips(rt)))
+}
+
+/// A hand-off to a sleeping receiver, as iceoryx2's examples write it: loan, write, send, then
+/// `notify` on an event service; the receiver sleeps on its listener (`timed_wait`) until the
+/// sample is there.
+pub(crate) fn wake(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    let node = node()?;
+    if !leader {
+        ctl::wait_leader(run.shared)?;
+    }
+    let svc = node
+        .service_builder(&service_name(run, "wake")?)
+        .publish_subscribe::<u64>()
+        .open_or_create()
+        .map_err(err("service"))?;
+    let events = node
+        .service_builder(&service_name(run, "wake.event")?)
+        .event()
+        .open_or_create()
+        .map_err(err("event service"))?;
+    if leader {
+        let publisher = svc.publisher_builder().create().map_err(err("publisher"))?;
+        let notifier = events
+            .notifier_builder()
+            .create()
+            .map_err(err("notifier"))?;
+        ctl::leader_ready(run.shared);
+        ctl::wait_ready(run.shared, 1)?;
+        let m = wake_sender(run, |i| {
+            let sample = publisher.loan_uninit().map_err(err("loan"))?;
+            sample.write_payload(i).send().map_err(err("send"))?;
+            notifier.notify().map_err(err("notify"))?;
+            Ok(())
+        })?;
+        return Ok(Some(m));
+    }
+    let subscriber = svc
+        .subscriber_builder()
+        .create()
+        .map_err(err("subscriber"))?;
+    let listener = events
+        .listener_builder()
+        .create()
+        .map_err(err("listener"))?;
+    ctl::announce_ready(run.shared);
+    wake_receiver(run, |i| {
+        let s = sleep_recv(&subscriber, &listener)?;
+        if *s.payload() != i {
+            return Err(format!("expected {i}, got {}", s.payload()).into());
+        }
+        Ok(())
+    })?;
+    Ok(None)
 }
 
 pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
@@ -262,8 +285,10 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
         ctl::wait_ready(run.shared, 1)?;
         connect(run, &sub)?;
         let mut times = Vec::new();
+        let mut rx = RxMeter::default();
         for i in 0..n {
             run.mark_window(i, &mut times);
+            rx.start_at(i, run.warmup);
             let s = poll(&sub, spin_loop)?;
             let m = s.payload();
             if m.seq != i {
@@ -272,6 +297,7 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
             black_box(m.body.iter().fold(m.seq, |a, &b| a.wrapping_add(b)));
         }
         times.push(now_ns());
+        rx.report(run.shared, run.index)?;
         done_reading(run);
         Ok(Some(Measured::Windows(times)))
     } else {
@@ -346,8 +372,10 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         ctl::wait_ready(run.shared, 1)?;
         connect(run, &sub)?;
         let mut times = Vec::new();
+        let mut rx = RxMeter::default();
         for i in 0..n {
             run.mark_window(i, &mut times);
+            rx.start_at(i, run.warmup);
             let deadline = Instant::now() + PEER_TIMEOUT;
             let s = loop {
                 if let Some(s) = sub.receive().map_err(err("receive"))? {
@@ -365,6 +393,7 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
             }
         }
         times.push(now_ns());
+        rx.report(run.shared, run.index)?;
         done_reading(run);
         Ok(Some(Measured::Windows(times)))
     } else {
@@ -418,7 +447,9 @@ pub(crate) fn fanout(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
             .create()
             .map_err(err("subscriber"))?;
         ctl::announce_ready(run.shared);
+        let mut rx = RxMeter::default();
         for i in 1..=run.total() {
+            rx.start_at(i, run.warmup + 1);
             let s = poll(&sub, yield_now)?;
             let t = now_ns();
             if *s.payload() != i {
@@ -426,6 +457,7 @@ pub(crate) fn fanout(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
             }
             ack(run, i, t);
         }
+        rx.report(run.shared, run.index)?;
         Ok(None)
     }
 }
@@ -512,7 +544,9 @@ pub(crate) fn wake_waitset(
         .map(|l| waitset.attach_notification(l).map_err(err("attach")))
         .collect::<Res<Vec<_>>>()?;
     ctl::announce_ready(run.shared);
+    let mut rx = RxMeter::default();
     for i in 1..=run.total() {
+        rx.start_at(i, run.warmup + 1);
         let deadline = Instant::now() + PEER_TIMEOUT;
         let mut got: Option<Res<(Stamp, usize)>> = None;
         while got.is_none() {
@@ -554,6 +588,7 @@ pub(crate) fn wake_waitset(
             return Err(format!("expected message {i}, got {} on topic {j}", m.seq).into());
         }
     }
+    rx.report(run.shared, run.index)?;
     Ok(None)
 }
 

@@ -9,12 +9,13 @@
 //! process) on CPU 0 and its peers on CPU 1, or on CPU 0 too for `wake_same_core`; the work
 //! queues' consumers go round-robin over the CPUs from CPU 1 (on two CPUs, consumers 2 and 4
 //! share CPU 0 with the producer, and 3 shares CPU 1 with consumer 1). The table gives medians,
-//! p99s and the ratio of each median to the floor's and to iceoryx2's.
+//! p99s, the ratio of each median to the floor's and to iceoryx2's, and what the receiving
+//! processes cost (below).
 //!
 //! | scenario | measures | floor |
 //! |---|---|---|
 //! | `latency_busy_8B` | ping-pong, receivers poll; round trip / 2 | two words in a shared mapping |
-//! | `wake_cross_core`, `wake_same_core` | ping-pong, receivers sleep; round trip / 2 | a bare futex ping-pong |
+//! | `wake_cross_core`, `wake_same_core` | one 8-byte message to a receiver asleep (the sender waits 200 µs, yielding its CPU, before each): from the send to the receiver holding it (shared monotonic clock; the acknowledgement goes back through the control mapping, not the system) | a futex word: store and `FUTEX_WAKE`; the receiver in `FUTEX_WAIT` |
 //! | `throughput_64B` | 64-byte messages per second, one producer, one consumer | a bare SPSC ring |
 //! | `bulk_4MiB`, `bulk_64MiB` | GB/s; the producer writes, the consumer reads every byte | block hand-off in a shared mapping, with 1 (the block just released, cache-hot), 2 and 4 blocks in flight: the best |
 //! | `fanout4_latency_busy` | one publisher, four polling subscribers, latency to the last | one word polled by four |
@@ -24,9 +25,23 @@
 //! | `waitset_idle_100` | CPU time (user + system) of a process asleep on 100 idle topics for 2 s (1 s with `--quick`), µs per second of waiting | one `futex_waitv` on 100 words for the whole wait |
 //! | `publish_with_waitset` | one 8-byte publish, ns, each timed alone (200 µs apart), with a WaitSet asleep in another process on that topic and 15 others, or with nobody asleep | `futex_wake` of a sleeper in `futex_waitv` on 16 words |
 //!
+//! Every receiving process (the echo process of `latency_busy_8B`, the consumer of
+//! `throughput_64B` and of `bulk_*` (for the floor: in its fastest run), the four subscribers
+//! of `fanout4_latency_busy`, the receiver of `wake_*` and `waitset_wake_*`) reads
+//! `getrusage(RUSAGE_SELF)` before its first measured message and after its last. The table's
+//! `sleeps/msg` is its voluntary context switches per message (per receiver: about 1 when it
+//! sleeps for every message, 0 when it polls), `rx CPU ns/msg` the user + system CPU time of
+//! the receivers per message (summed over the four in fan-out): what the waiting costs,
+//! spinning included. The JSON has them as `sleeps_per_msg` and
+//! `rx_cpu_ns_per_msg`; they are `-` (null) where the receivers are not metered (work queues,
+//! whose consumers share the items; idle waiting; `publish_with_waitset`).
+//!
 //! A scenario where a library beats its floor by more than 10 % is printed with a `REFUSED`
 //! line saying so, and marked `refused` (with the reason) in the JSON: a floor that a real
-//! system beats is not a floor, and such figures are not a measurement. The run goes on.
+//! system beats is not a floor, and such figures are not a measurement. So is a wake-up
+//! scenario (`wake_*`, `waitset_wake_*`) where a system's receiver slept fewer than 0.9 times
+//! per message: it was awake when messages came, and its figure times no wake-up. The run
+//! goes on.
 //!
 //! For rates (higher is better) the "p99" column is the rate that 99 % of the windows beat
 //! (the 1st percentile): the bad tail, as for latencies.
@@ -186,6 +201,15 @@ impl Scenario {
                 | Scenario::WaitsetWake(_)
                 | Scenario::WaitsetIdle
                 | Scenario::PublishWaitset
+        )
+    }
+
+    /// Wake-up scenarios: the receiver must sleep for every message (checked: see
+    /// [`not_asleep`]).
+    fn receiver_sleeps(self) -> bool {
+        matches!(
+            self,
+            Scenario::WakeCross | Scenario::WakeSame | Scenario::WaitsetWake(_)
         )
     }
 
@@ -371,16 +395,14 @@ fn dispatch(sc: Scenario, sys: System, run: &mut Run<'_>, leader: bool) -> Res<O
     use Scenario::*;
     use System::*;
     match (sc, sys) {
-        (LatencyBusy | WakeCross | WakeSame, _) => {
-            let blocking = sc != LatencyBusy;
-            match sys {
-                Floor => floor::pingpong(run, leader, blocking),
-                Shmbus => shm::pingpong(run, leader, blocking),
-                Iceoryx2 => ice::pingpong(run, leader, blocking),
-                Uds => uds::pingpong(run, leader, blocking),
-                ShmbusRecv | ShmbusNoWaiter => Err(no_row(sc, sys)),
-            }
-        }
+        (LatencyBusy, Floor) => floor::pingpong(run, leader),
+        (LatencyBusy, Shmbus) => shm::pingpong(run, leader),
+        (LatencyBusy, Iceoryx2) => ice::pingpong(run, leader),
+        (LatencyBusy, Uds) => uds::pingpong(run, leader),
+        (WakeCross | WakeSame, Floor) => floor::wake(run, leader),
+        (WakeCross | WakeSame, Shmbus) => shm::wake(run, leader),
+        (WakeCross | WakeSame, Iceoryx2) => ice::wake(run, leader),
+        (WakeCross | WakeSame, Uds) => uds::wake(run, leader),
         (Throughput, Floor) => floor::stream64(run, leader),
         (Throughput, Shmbus) => shm::stream64(run, leader),
         (Throughput, Iceoryx2) => ice::stream64(run, leader),
@@ -473,9 +495,18 @@ impl Drop for Peers {
     }
 }
 
+/// What one run gave: the leader's measurement, and what the receiving processes reported
+/// about themselves over the measured messages (if they are metered in this scenario).
+struct RunResult {
+    measured: Measured,
+    rx: Option<ctl::RxUsage>,
+    /// Messages measured.
+    iters: u64,
+}
+
 /// One run: fresh peers, the leader's side here; returns what the leader measured.
 /// `cpus` is how many CPUs the harness may use (read before the leader pinned itself).
-fn run_once(sc: Scenario, sys: System, round: u32, quick: bool, cpus: usize) -> Res<Measured> {
+fn run_once(sc: Scenario, sys: System, round: u32, quick: bool, cpus: usize) -> Res<RunResult> {
     let (iters, warmup, window) = sc.sizes(quick);
     let shared = Shared::create(data_bytes(sc, sys))?;
     let tag = format!(
@@ -532,7 +563,11 @@ fn run_once(sc: Scenario, sys: System, round: u32, quick: bool, cpus: usize) -> 
     let measured = dispatch(sc, sys, &mut run, true)?.ok_or("the leader measured nothing")?;
     drop(run);
     peers.wait()?;
-    Ok(measured)
+    Ok(RunResult {
+        measured,
+        rx: ctl::collect_rx(&shared, sc.peers()),
+        iters,
+    })
 }
 
 /// The peer side: `compare __peer SCENARIO SYSTEM FD LEN INDEX TAG ITERS WARMUP WINDOW SOCK CPU`.
@@ -568,11 +603,57 @@ fn peer_main(args: &[String]) -> Res<()> {
     Ok(())
 }
 
-/// Median and p99 (for rates: the 1st percentile) of one system in one scenario.
+/// Median and p99 (for rates: the 1st percentile) of one system in one scenario, and what its
+/// receivers cost ([`RxCost`]) where they are metered.
 #[derive(Debug, Clone, Copy)]
 struct Summary {
     median: f64,
     p99: f64,
+    rx: Option<RxCost>,
+}
+
+/// The receiving processes of one system in one scenario, over the measured messages of all
+/// rounds: their voluntary context switches per message and receiver (a receiver that sleeps
+/// for each message has about 1), and their CPU time (user + system, summed over the
+/// receivers) per message.
+#[derive(Debug, Clone, Copy)]
+struct RxCost {
+    sleeps_per_msg: f64,
+    cpu_ns_per_msg: f64,
+}
+
+/// Sums what the receivers of each run reported.
+#[derive(Debug, Default)]
+struct RxTotals {
+    cpu_ns: u64,
+    sleeps: u64,
+    /// Messages measured.
+    msgs: u64,
+    /// Messages measured times receivers: the receptions.
+    receptions: u64,
+    /// Runs that reported nothing.
+    unmetered: u32,
+}
+
+impl RxTotals {
+    fn add(&mut self, r: &RunResult) {
+        match r.rx {
+            Some(u) => {
+                self.cpu_ns += u.cpu_ns;
+                self.sleeps += u.sleeps;
+                self.msgs += r.iters;
+                self.receptions += r.iters * u.receivers;
+            }
+            None => self.unmetered += 1,
+        }
+    }
+
+    fn cost(&self) -> Option<RxCost> {
+        (self.unmetered == 0 && self.msgs > 0).then(|| RxCost {
+            sleeps_per_msg: self.sleeps as f64 / self.receptions as f64,
+            cpu_ns_per_msg: self.cpu_ns as f64 / self.msgs as f64,
+        })
+    }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -614,6 +695,7 @@ fn summarize(sc: Scenario, mut v: Vec<f64>) -> Summary {
     Summary {
         median: percentile(&v, 0.5),
         p99: percentile(&v, if sc.lower_is_better() { 0.99 } else { 0.01 }),
+        rx: None,
     }
 }
 
@@ -638,20 +720,25 @@ fn print_table(sc: Scenario, res: &BTreeMap<System, Summary>) {
     println!("\n{} ({}, {better})", sc.name(), sc.unit());
     let [(head1, base1), (head2, base2)] = sc.ratio_columns();
     println!(
-        "  {:<16} {:>10} {:>10} {:>11} {:>11}",
-        "system", "median", "p99", head1, head2
+        "  {:<16} {:>10} {:>10} {:>11} {:>11} {:>11} {:>14}",
+        "system", "median", "p99", head1, head2, "sleeps/msg", "rx CPU ns/msg"
     );
     let base = |b: Option<System>| b.and_then(|b| res.get(&b)).map(|s| s.median);
     let (first, second) = (base(base1), base(base2));
     for (sys, s) in res {
         let ratio = |base: Option<f64>| base.map_or("-".into(), |b| format!("{:.2}", s.median / b));
+        let (sleeps, cpu) = s.rx.map_or((f64::NAN, f64::NAN), |r| {
+            (r.sleeps_per_msg, r.cpu_ns_per_msg)
+        });
         println!(
-            "  {:<16} {:>10} {:>10} {:>11} {:>11}",
+            "  {:<16} {:>10} {:>10} {:>11} {:>11} {:>11} {:>14}",
             sys.name(),
             fmt_num(s.median),
             fmt_num(s.p99),
             ratio(first),
-            ratio(second)
+            ratio(second),
+            fmt_num(sleeps),
+            fmt_num(cpu)
         );
     }
 }
@@ -698,6 +785,38 @@ fn floor_beaten(sc: Scenario, res: &BTreeMap<System, Summary>) -> Option<String>
         })
 }
 
+/// A receiver of a wake-up scenario must sleep for (nearly) every message: one that sleeps for
+/// fewer than this many per message was still awake (spinning) when messages came, and its
+/// wake-up figure measures no wake-up.
+const MIN_SLEEPS: f64 = 0.9;
+
+/// Why a wake-up scenario's figures cannot stand, if they cannot: a system's receiver did not
+/// sleep for each message (or was not metered).
+fn not_asleep(sc: Scenario, res: &BTreeMap<System, Summary>) -> Option<String> {
+    if !sc.receiver_sleeps() {
+        return None;
+    }
+    let awake: Vec<String> = res
+        .iter()
+        .filter_map(|(sys, s)| match s.rx {
+            Some(r) if r.sleeps_per_msg >= MIN_SLEEPS => None,
+            Some(r) => Some(format!(
+                "{} slept {:.2} times per message",
+                sys.name(),
+                r.sleeps_per_msg
+            )),
+            None => Some(format!("{}'s receiver was not metered", sys.name())),
+        })
+        .collect();
+    (!awake.is_empty()).then(|| {
+        format!(
+            "{}: a receiver awake when the message came measures no wake-up (at least \
+             {MIN_SLEEPS} sleeps per message expected)",
+            awake.join(", ")
+        )
+    })
+}
+
 fn to_json(all: &[(Scenario, BTreeMap<System, Summary>, Option<String>)]) -> serde_json::Value {
     let scenarios: Vec<serde_json::Value> = all
         .iter()
@@ -707,7 +826,12 @@ fn to_json(all: &[(Scenario, BTreeMap<System, Summary>, Option<String>)]) -> ser
                 .map(|(sys, s)| {
                     (
                         sys.name().to_string(),
-                        serde_json::json!({"median": s.median, "p99": s.p99}),
+                        serde_json::json!({
+                            "median": s.median,
+                            "p99": s.p99,
+                            "sleeps_per_msg": s.rx.map(|r| r.sleeps_per_msg),
+                            "rx_cpu_ns_per_msg": s.rx.map(|r| r.cpu_ns_per_msg),
+                        }),
                     )
                 })
                 .collect();
@@ -786,26 +910,41 @@ fn leader_main(args: Args) -> Res<()> {
             continue;
         }
         let mut raw: BTreeMap<System, Vec<f64>> = BTreeMap::new();
+        let mut rx: BTreeMap<System, RxTotals> = BTreeMap::new();
         for round in 0..rounds {
             // Rotate the order each round so that no system always runs first or last.
             for k in 0..systems.len() {
                 let sys = systems[(k + round as usize) % systems.len()];
-                let m = run_once(sc, sys, round, args.quick, cpus)
+                let r = run_once(sc, sys, round, args.quick, cpus)
                     .map_err(|e| format!("{} / {}: {e}", sc.name(), sys.name()))?;
-                raw.entry(sys).or_default().extend(samples(sc, &m));
+                raw.entry(sys).or_default().extend(samples(sc, &r.measured));
+                rx.entry(sys).or_default().add(&r);
             }
             print!(".");
             std::io::stdout().flush()?;
         }
         let res: BTreeMap<System, Summary> = raw
             .into_iter()
-            .map(|(sys, v)| (sys, summarize(sc, v)))
+            .map(|(sys, v)| {
+                let rx = rx.get(&sys).and_then(RxTotals::cost);
+                (
+                    sys,
+                    Summary {
+                        rx,
+                        ..summarize(sc, v)
+                    },
+                )
+            })
             .collect();
         print_table(sc, &res);
-        let refused = floor_beaten(sc, &res);
-        if let Some(why) = &refused {
+        let reasons: Vec<String> = [floor_beaten(sc, &res), not_asleep(sc, &res)]
+            .into_iter()
+            .flatten()
+            .collect();
+        for why in &reasons {
             println!("  REFUSED: {why}");
         }
+        let refused = (!reasons.is_empty()).then(|| reasons.join("; "));
         all.push((sc, res, refused));
     }
     println!("\ntotal time {:.0} s", started.elapsed().as_secs_f64());

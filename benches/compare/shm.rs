@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use shmbus::{GetError, Overflow, Publisher, QueueBuilder, RecvError, Subscriber, Topic, WaitSet};
 
-use crate::ctl::{self, now_ns, PEER_TIMEOUT};
+use crate::ctl::{self, now_ns, RxMeter, PEER_TIMEOUT};
 use crate::floor::{
     ack, ack_wake, check_item64, collect_acks, consume, end_queue_run, fill, item64, wake_leader,
-    yield_now, QUEUE_BLOCKS, QUEUE_SLOTS,
+    wake_receiver, wake_sender, yield_now, QUEUE_BLOCKS, QUEUE_SLOTS,
 };
 use crate::{Measured, Res, Run};
 
@@ -67,7 +67,7 @@ fn poll_copy<T: bytemuck::Pod>(sub: &Subscriber<T>, mut idle: impl FnMut()) -> R
     }
 }
 
-pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<Option<Measured>> {
+pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     let ping = Topic::builder(&format!("{}.ping", run.tag)).capacity(16);
     let pong = Topic::builder(&format!("{}.pong", run.tag)).capacity(16);
     let (out, inp) = if leader { (ping, pong) } else { (pong, ping) };
@@ -83,24 +83,18 @@ pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<O
         ctl::announce_ready(run.shared);
     }
     let recv = |want: u64| -> Res<()> {
-        // An 8-byte value is copied out (`recv_copy`: no slot held, nothing shared written but
-        // the cursor), as a user receiving small values does.
-        let got = if blocking {
-            subscriber.recv_copy_timeout(PEER_TIMEOUT)?
-        } else {
-            poll_copy(&subscriber, spin_loop)?
-        };
+        // An 8-byte value is copied out (`try_recv_copy`: no slot held, nothing shared written
+        // but the cursor), as a user receiving small values does.
+        let got = poll_copy(&subscriber, spin_loop)?;
         if got != want {
             return Err(format!("expected {want}, got {got}").into());
         }
         Ok(())
     };
     let mut rt = Vec::with_capacity(run.iters as usize);
+    let mut rx = RxMeter::default();
     for i in 1..=run.total() {
         if leader {
-            if blocking {
-                ctl::settle();
-            }
             let t = Instant::now();
             let mut loan = publisher.loan()?;
             *loan = i;
@@ -110,13 +104,46 @@ pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<O
                 rt.push(t.elapsed().as_nanos() as u64);
             }
         } else {
+            rx.start_at(i, run.warmup + 1);
             recv(i)?;
             let mut loan = publisher.loan()?;
             *loan = i;
             loan.publish().map_err(|e| e.to_string())?;
         }
     }
+    if !leader {
+        rx.report(run.shared, run.index)?;
+    }
     Ok(leader.then_some(Measured::RoundTrips(rt)))
+}
+
+/// A hand-off to a sleeping subscriber: loan, write, publish (which finds it asleep and
+/// wakes it); the subscriber blocked in `recv_timeout`.
+pub(crate) fn wake(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    let topic = Topic::builder(&format!("{}.wake", run.tag)).capacity(16);
+    if leader {
+        let mut publisher = topic.publisher::<u64>()?;
+        ctl::leader_ready(run.shared);
+        ctl::wait_ready(run.shared, 1)?;
+        let m = wake_sender(run, |i| {
+            let mut loan = publisher.loan()?;
+            *loan = i;
+            loan.publish().map_err(|e| e.to_string())?;
+            Ok(())
+        })?;
+        return Ok(Some(m));
+    }
+    ctl::wait_leader(run.shared)?;
+    let subscriber = topic.subscriber::<u64>()?;
+    ctl::announce_ready(run.shared);
+    wake_receiver(run, |i| {
+        let got = subscriber.recv_copy_timeout(PEER_TIMEOUT)?;
+        if got != i {
+            return Err(format!("expected {i}, got {got}").into());
+        }
+        Ok(())
+    })?;
+    Ok(None)
 }
 
 pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
@@ -130,6 +157,7 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
         ctl::leader_ready(run.shared);
         ctl::wait_ready(run.shared, 1)?;
         let mut times = Vec::new();
+        let mut rx = RxMeter::default();
         // Batched receive: every message there is (up to 64), copied out, one cursor store.
         let mut batch = Vec::with_capacity(64);
         let mut i = 0;
@@ -149,6 +177,7 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
             }
             for m in &batch {
                 run.mark_window(i, &mut times);
+                rx.start_at(i, run.warmup);
                 if m.seq != i {
                     return Err(format!("expected message {i}, got {}", m.seq).into());
                 }
@@ -157,6 +186,7 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
             }
         }
         times.push(now_ns());
+        rx.report(run.shared, run.index)?;
         Ok(Some(Measured::Windows(times)))
     } else {
         ctl::wait_leader(run.shared)?;
@@ -190,8 +220,10 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         ctl::leader_ready(run.shared);
         ctl::wait_ready(run.shared, 1)?;
         let mut times = Vec::new();
+        let mut rx = RxMeter::default();
         for i in 0..n {
             run.mark_window(i, &mut times);
+            rx.start_at(i, run.warmup);
             // Polled, as the other systems' consumers are.
             let start = Instant::now();
             let sample = loop {
@@ -209,6 +241,7 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
             }
         }
         times.push(now_ns());
+        rx.report(run.shared, run.index)?;
         Ok(Some(Measured::Windows(times)))
     } else {
         ctl::wait_leader(run.shared)?;
@@ -251,7 +284,9 @@ pub(crate) fn fanout(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         ctl::wait_leader(run.shared)?;
         let sub = topic.subscriber::<u64>()?;
         ctl::announce_ready(run.shared);
+        let mut rx = RxMeter::default();
         for i in 1..=run.total() {
+            rx.start_at(i, run.warmup + 1);
             let got = *poll(&sub, yield_now)?;
             let t = now_ns();
             if got != i {
@@ -259,6 +294,7 @@ pub(crate) fn fanout(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
             }
             ack(run, i, t);
         }
+        rx.report(run.shared, run.index)?;
         Ok(None)
     }
 }
@@ -425,7 +461,9 @@ pub(crate) fn wake_waitset(
         .map(|s| set.attach(s))
         .collect::<Result<Vec<_>, _>>()?;
     ctl::announce_ready(run.shared);
+    let mut rx = RxMeter::default();
     for i in 1..=run.total() {
+        rx.start_at(i, run.warmup + 1);
         let deadline = Instant::now() + PEER_TIMEOUT;
         'wait: loop {
             let ready = set.wait_timeout(Duration::from_millis(100))?;
@@ -445,6 +483,7 @@ pub(crate) fn wake_waitset(
             }
         }
     }
+    rx.report(run.shared, run.index)?;
     Ok(None)
 }
 
@@ -456,10 +495,13 @@ pub(crate) fn wake_recv(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>
     ctl::wait_leader(run.shared)?;
     let sub = many_topics(run, 1)[0].subscriber::<Stamp>()?;
     ctl::announce_ready(run.shared);
+    let mut rx = RxMeter::default();
     for i in 1..=run.total() {
+        rx.start_at(i, run.warmup + 1);
         let m = *sub.recv_timeout(PEER_TIMEOUT)?;
         ack_stamp(run, i, m, 0, 1)?;
     }
+    rx.report(run.shared, run.index)?;
     Ok(None)
 }
 

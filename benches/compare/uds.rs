@@ -11,8 +11,8 @@ use rustix::net::{
     recv, send, socketpair, sockopt, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
 };
 
-use crate::ctl::{self, now_ns, PEER_TIMEOUT};
-use crate::floor::{ack, collect_acks, yield_now};
+use crate::ctl::{self, now_ns, RxMeter, PEER_TIMEOUT};
+use crate::floor::{ack, collect_acks, wake_receiver, wake_sender, yield_now};
 use crate::{Measured, Res, Run, Scenario};
 
 /// A connected pair: the leader's end (close-on-exec) and the peer's end (inherited).
@@ -91,7 +91,7 @@ fn set_timeouts(fd: &OwnedFd) -> Res<()> {
     Ok(())
 }
 
-pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<Option<Measured>> {
+pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     let fd = run.socks.first().ok_or("no socket")?;
     set_timeouts(fd)?;
     if leader {
@@ -103,7 +103,7 @@ pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<O
     }
     let mut buf = [0u8; 8];
     let mut recv_one = |want: u64| -> Res<()> {
-        let n = recv_msg(fd, &mut buf, !blocking, std::hint::spin_loop)?;
+        let n = recv_msg(fd, &mut buf, true, std::hint::spin_loop)?;
         let got = u64::from_ne_bytes(buf);
         if n != 8 || got != want {
             return Err(format!("expected {want}, got {got}").into());
@@ -111,11 +111,9 @@ pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<O
         Ok(())
     };
     let mut rt = Vec::with_capacity(run.iters as usize);
+    let mut rx = RxMeter::default();
     for i in 1..=run.total() {
         if leader {
-            if blocking {
-                ctl::settle();
-            }
             let t = Instant::now();
             send_all(fd, &i.to_ne_bytes())?;
             recv_one(i)?;
@@ -123,11 +121,39 @@ pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool, blocking: bool) -> Res<O
                 rt.push(t.elapsed().as_nanos() as u64);
             }
         } else {
+            rx.start_at(i, run.warmup + 1);
             recv_one(i)?;
             send_all(fd, &i.to_ne_bytes())?;
         }
     }
+    if !leader {
+        rx.report(run.shared, run.index)?;
+    }
     Ok(leader.then_some(Measured::RoundTrips(rt)))
+}
+
+/// A hand-off to a sleeping receiver: `send` of 8 bytes, the receiver blocked in `recv`.
+pub(crate) fn wake(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+    let fd = run.socks.first().ok_or("no socket")?;
+    set_timeouts(fd)?;
+    if leader {
+        ctl::leader_ready(run.shared);
+        ctl::wait_ready(run.shared, 1)?;
+        let m = wake_sender(run, |i| send_all(fd, &i.to_ne_bytes()))?;
+        return Ok(Some(m));
+    }
+    ctl::wait_leader(run.shared)?;
+    ctl::announce_ready(run.shared);
+    let mut buf = [0u8; 8];
+    wake_receiver(run, |i| {
+        let n = recv_msg(fd, &mut buf, false, || {})?;
+        let got = u64::from_ne_bytes(buf);
+        if n != 8 || got != i {
+            return Err(format!("expected {i}, got {got}").into());
+        }
+        Ok(())
+    })?;
+    Ok(None)
 }
 
 pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
@@ -139,8 +165,10 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
         ctl::leader_ready(run.shared);
         ctl::wait_ready(run.shared, 1)?;
         let mut times = Vec::new();
+        let mut rx = RxMeter::default();
         for i in 0..n {
             run.mark_window(i, &mut times);
+            rx.start_at(i, run.warmup);
             let len = recv_msg(fd, &mut msg, false, || {})?;
             let words: [u64; 8] = bytemuck::cast(msg);
             if len != 64 || words[0] != i {
@@ -149,6 +177,7 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
             black_box(words.iter().fold(0u64, |a, &b| a.wrapping_add(b)));
         }
         times.push(now_ns());
+        rx.report(run.shared, run.index)?;
         Ok(Some(Measured::Windows(times)))
     } else {
         ctl::wait_leader(run.shared)?;
@@ -171,8 +200,10 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         ctl::leader_ready(run.shared);
         ctl::wait_ready(run.shared, 1)?;
         let mut times = Vec::new();
+        let mut rx = RxMeter::default();
         for i in 0..n {
             run.mark_window(i, &mut times);
+            rx.start_at(i, run.warmup);
             recv_exact(fd, bytemuck::cast_slice_mut(&mut buf))?;
             black_box(buf.iter().fold(0u64, |a, &b| a.wrapping_add(b)));
             if buf.first() != Some(&i) {
@@ -180,6 +211,7 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
             }
         }
         times.push(now_ns());
+        rx.report(run.shared, run.index)?;
         Ok(Some(Measured::Windows(times)))
     } else {
         ctl::wait_leader(run.shared)?;
@@ -218,7 +250,9 @@ pub(crate) fn fanout(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
         ctl::wait_leader(run.shared)?;
         ctl::announce_ready(run.shared);
         let mut buf = [0u8; 8];
+        let mut rx = RxMeter::default();
         for i in 1..=run.total() {
+            rx.start_at(i, run.warmup + 1);
             recv_msg(fd, &mut buf, true, yield_now)?;
             let t = now_ns();
             if u64::from_ne_bytes(buf) != i {
@@ -226,6 +260,7 @@ pub(crate) fn fanout(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
             }
             ack(run, i, t);
         }
+        rx.report(run.shared, run.index)?;
         Ok(None)
     }
 }
