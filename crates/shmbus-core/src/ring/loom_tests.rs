@@ -125,10 +125,13 @@ impl Model {
         cursor: &mut u64,
         keep_going: bool,
     ) -> Option<Result<(u64, u64), u64>> {
-        let read = self.ring().try_read(k, cursor, keep_going, |slot| {
-            let [a, b] = &self.words[slot as usize];
-            (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed))
-        });
+        let mut guess = crate::ring::SlotGuess::default();
+        let read = self
+            .ring()
+            .try_read(k, cursor, keep_going, &mut guess, |slot| {
+                let [a, b] = &self.words[slot as usize];
+                (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed))
+            });
         match read.unwrap() {
             Read::Message { seq, value: (a, b) } => {
                 assert_eq!(a, b, "a copy that passed the check is of one message");

@@ -450,6 +450,25 @@ pub(crate) enum Read<R> {
     Stop,
 }
 
+/// A copying reader's guess of the slots of its next messages (see [`Ring::try_read`]);
+/// `u32::MAX`: no guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlotGuess {
+    /// The slot of the message at the cursor.
+    pub(crate) now: u32,
+    /// The slot of the one after it.
+    pub(crate) next: u32,
+}
+
+impl Default for SlotGuess {
+    fn default() -> Self {
+        SlotGuess {
+            now: u32::MAX,
+            next: u32::MAX,
+        }
+    }
+}
+
 /// What became of the slot whose message a publish evicted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Evicted {

@@ -19,7 +19,9 @@ use crate::futex::Futex;
 use crate::layout::TypeInfo;
 use crate::liveness::{self, Lease};
 use crate::name::Name;
-use crate::ring::{Acquired, Evicted, Overflow, Read, Ring, RingConfig, RingLayout, RoomCache};
+use crate::ring::{
+    Acquired, Evicted, Overflow, Read, Ring, RingConfig, RingLayout, RoomCache, SlotGuess,
+};
 use crate::segment::{CreateOptions, Expect, Kind, Lifetime, Segment, SegmentError};
 use crate::sync::{self, RobustMutex};
 use crate::time::{monotonic_ns, Deadline};

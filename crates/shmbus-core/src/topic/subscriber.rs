@@ -84,6 +84,8 @@ pub struct RawSubscriber {
     topic: Arc<RawTopic>,
     index: u32,
     cursor: Cell<u64>,
+    /// Where the next copied messages probably are (a prefetch hint).
+    guess: Cell<SlotGuess>,
     held: Cell<u32>,
     saw_publisher: Cell<bool>,
     joins_at_start: u64,
@@ -129,6 +131,7 @@ impl RawSubscriber {
                 topic,
                 index: k,
                 cursor: Cell::new(cursor),
+                guess: Cell::new(SlotGuess::default()),
                 held: Cell::new(0),
                 saw_publisher: Cell::new(saw),
                 id: next_id(),
@@ -262,10 +265,11 @@ impl RawSubscriber {
         let ring = &self.topic.ring;
         let stamps = ring.config().timestamps;
         let mut cursor = self.cursor.get();
+        let mut guess = self.guess.get();
         let mut got = 0;
         let mut outcome = Ok(Copied::Empty);
         while got < max {
-            let read = ring.try_read(self.index, &mut cursor, got == 0, |slot| {
+            let read = ring.try_read(self.index, &mut cursor, got == 0, &mut guess, |slot| {
                 ring.copy_slot(slot, buf);
                 stamps.then(|| ring.stamp_of(slot)).flatten()
             });
@@ -289,6 +293,7 @@ impl RawSubscriber {
             }
         }
         self.cursor.set(cursor);
+        self.guess.set(guess);
         ring.commit_cursor(self.index, cursor, &Futex);
         if got > 0 {
             self.saw_publisher.set(true);
