@@ -22,7 +22,8 @@ use shmbus_core::pool::{
 };
 use shmbus_core::ring::Overflow;
 use shmbus_core::topic::{
-    Copied, RawPublisher, RawSubscriber, RawTopic, ReceiveError, Received, TopicOptions,
+    Copied, LoanError, PublishError, PublishManyError, RawPublisher, RawSubscriber, RawTopic,
+    ReceiveError, Received, TopicOptions,
 };
 use shmbus_core::wire::{frame, type_name::ARRAY_TOPIC_PREFIX};
 
@@ -723,6 +724,41 @@ impl Publisher {
                 Err(errors::publish(py, &e))
             }
         }
+    }
+
+    /// Publishes `data`, fixed-size messages back to back, as consecutive messages in one
+    /// batch (one fence and one look for sleeping subscribers for all of them); returns the
+    /// sequence number of the first. On a failure part way, the error says how many went out.
+    fn send_many(&self, py: Python<'_>, data: &[u8]) -> PyResult<u64> {
+        if !self.pod || self.size == 0 || data.len() % self.size != 0 {
+            return Err(errors::error(
+                py,
+                "WrongDtype",
+                format!(
+                    "{} bytes are not a whole number of messages of {} bytes",
+                    data.len(),
+                    self.size
+                ),
+            ));
+        }
+        let (size, count) = (self.size, data.len() / self.size);
+        let mut g = locked(py, &self.inner, "publisher")?;
+        let raw = g.as_mut().expect("checked open");
+        let timeout = self.timeout;
+        let r = py.detach(|| {
+            raw.publish_many(count, timeout, |i, slot| {
+                slot[..size].copy_from_slice(&data[i * size..(i + 1) * size]);
+            })
+        });
+        r.map_err(|(e, sent)| {
+            let kind = match &e {
+                PublishManyError::Publish(PublishError::Timeout) => "Timeout",
+                PublishManyError::Publish(PublishError::UsedAfterFork(_))
+                | PublishManyError::Loan(LoanError::UsedAfterFork(_)) => "UsedAfterFork",
+                _ => "Error",
+            };
+            errors::error(py, kind, format!("{e} (after {sent} of {count} messages)"))
+        })
     }
 
     /// Leaves the topic.

@@ -316,6 +316,12 @@ def test_recv_many_takes_a_batch_as_one_array(prefix):
     assert list(rest["y"]) == [2.0 * i for i in range(32, 50)]
     with pytest.raises(shmbus.Timeout):
         sub.recv_many(timeout=0.01)
+    batch = np.zeros(20, POSE)
+    batch["x"] = np.arange(20)
+    assert pub.send_many(batch) == 50
+    assert pub.send_many([(1.0, 1.0, 1.0)]) == 70
+    got = sub.try_recv_many()
+    assert list(got["x"]) == list(range(20)) + [1.0]
     with pytest.raises(shmbus.InvalidArgument):
         t2 = shmbus.Topic(prefix + ".bytes")
         t2.bytes_subscriber().recv_many()
@@ -347,9 +353,12 @@ def test_recv_many_from_another_process_loses_nothing(prefix):
     child = python_child(
         "import sys, shmbus\n"
         "t = shmbus.Topic(sys.argv[1], capacity=16, overflow='back-pressure')\n"
+        "import numpy as np\n"
         "p = t.publisher('<u8')\n"
-        "for i in range(20000):\n"
-        "    p.send(i)\n",
+        "for i in range(10000):\n"
+        "    p.send(i)\n"
+        "for start in range(10000, 20000, 500):\n"
+        "    p.send_many(np.arange(start, start + 500, dtype='<u8'))\n",
         name,
     )
     got = []

@@ -306,6 +306,16 @@ class Publisher(_Handle):
             return self._native.send(bytes(value))
         return self._native.send(np.asarray(value, dtype=self.dtype).tobytes())
 
+    def send_many(self, values: Any) -> int:
+        """Publishes every element of ``values`` (an array or a sequence of values of the dtype)
+        as consecutive messages, in one batch: one call and one wake-up check for all of them.
+        Returns the sequence number of the first. On a failure part way (:class:`Timeout` under
+        back-pressure), the message says how many were published."""
+        if self.dtype is None:
+            raise InvalidArgument("send_many is for dtype topics; send bytes one by one")
+        data = np.ascontiguousarray(np.asarray(values, dtype=self.dtype).reshape(-1))
+        return self._native.send_many(data.tobytes())
+
     def __repr__(self) -> str:
         return f"<shmbus.Publisher {self.name!r} type={self.type_name!r} dtype={self.dtype}>"
 
