@@ -24,6 +24,12 @@
 //! | `waitset_wake_1`, `waitset_wake_16` | a receiver asleep on 1 or 16 topics (a message on one of them, rotating, 200 µs apart): latency from the send time in the message to the receiver holding it | one `futex_waitv` on 1 or 16 futex words |
 //! | `waitset_idle_100` | CPU time (user + system) of a process asleep on 100 idle topics for 2 s (1 s with `--quick`), µs per second of waiting | one `futex_waitv` on 100 words for the whole wait |
 //! | `publish_with_waitset` | one 8-byte publish, ns, each timed alone (200 µs apart), with a WaitSet asleep in another process on that topic and 15 others, or with nobody asleep | `futex_wake` of a sleeper in `futex_waitv` on 16 words |
+//! | `fanout_latency_1`, `_2`, `_4`, `_8`, `_16` | as `fanout4_latency_busy` with 1 to 16 subscriber processes (all on CPU 1, yielding between polls) | one word polled by all |
+//! | `fanout_throughput_1` … `_16` | 64-byte messages per second that every one of 1 to 16 subscribers (CPU 1, yielding when empty) receives; back-pressure, nothing lost | a ring of 256 × 64 B with a position per subscriber |
+//! | `msg_latency_8B`, `_64B`, `_512B`, `_4KiB`, `_64KiB` | busy ping-pong of messages of that size in the slot (the writer writes, the reader reads every byte); round trip / 2 | sequence word + message in a shared mapping, going round 1, 4 or 16 buffers per direction: the best |
+//! | `msg_throughput_8B` … `_64KiB` | messages per second of that size, one producer, one consumer, every byte written and read | an SPSC ring of that size's slots, with 1, 2, 4 or all of them in flight: the best |
+//! | `bulk_64KiB` | as `bulk_4MiB` at 64 KiB | as `bulk_4MiB` |
+//! | `publishers_throughput_1`, `_2`, `_4` | 64-byte messages per second from 1, 2 or 4 publisher processes (CPU 1) on one topic into one subscriber; back-pressure, each publisher's messages in order, none lost | Vyukov's bounded MPMC ring with one consumer (no CAS on its side) |
 //!
 //! Every receiving process (the echo process of `latency_busy_8B`, the consumer of
 //! `throughput_64B` and of `bulk_*` (for the floor: in its fastest run), the four subscribers
@@ -35,6 +41,10 @@
 //! spinning included. The JSON has them as `sleeps_per_msg` and
 //! `rx_cpu_ns_per_msg`; they are `-` (null) where the receivers are not metered (work queues,
 //! whose consumers share the items; idle waiting; `publish_with_waitset`).
+//!
+//! The scaling scenarios (the last six rows; their code is in `scaling/`) have floor, shmbus
+//! and iceoryx2 rows only, but for `bulk_64KiB`; shmbus's several-publisher topic has
+//! `max_publishers` set to the number of publishers (with one, publishing takes no lock).
 //!
 //! A scenario where a library beats its floor by more than 10 % is printed with a `REFUSED`
 //! line saying so, and marked `refused` (with the reason) in the JSON: a floor that a real
