@@ -21,7 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
 
 SYSTEMS = [  # (name in the JSON, label, colour, marker)
     ("floor", "floor (bare mechanism)", "#555555", "s"),
@@ -94,7 +94,8 @@ def plot_family(scenarios, family, out):
         if not line:
             continue
         ax.plot([x for x, _ in line], [y for _, y in line], color=colour, label=label,
-                marker=marker, markersize=6, linewidth=1.8)
+                marker=marker, markersize=6, linewidth=1.8,
+                linestyle="--" if sys_name == "floor" else "-")
         bad = [(x, sc["results"][sys_name]["median"]) for x, sc in points
                if sc.get("refused") and sys_name in sc["results"]]
         if bad:
@@ -105,6 +106,12 @@ def plot_family(scenarios, family, out):
     ax.xaxis.set_major_locator(FixedLocator(xs))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([size_label(x) if is_size else str(x) for x in xs])
+    # Plain numbers on the log axis (10, 20, 0.5), minor ones too when the range is narrow.
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain if hi / lo < 30 else NullFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel + (", lower is better" if points[0][1]["lower_is_better"]
                             else ", higher is better"))
