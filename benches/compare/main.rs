@@ -40,7 +40,9 @@
 //! the receivers per message (summed over the four in fan-out): what the waiting costs,
 //! spinning included. The JSON has them as `sleeps_per_msg` and
 //! `rx_cpu_ns_per_msg`; they are `-` (null) where the receivers are not metered (work queues,
-//! whose consumers share the items; idle waiting; `publish_with_waitset`).
+//! whose consumers share the items; idle waiting; `publish_with_waitset`; the scaling
+//! scenarios but `fanout_latency_N` and `bulk_64KiB`, which run the metered fan-out and bulk
+//! code).
 //!
 //! The scaling scenarios (the last six rows; their code is in `scaling/`) have floor, shmbus
 //! and iceoryx2 rows only, but for `bulk_64KiB`; shmbus's several-publisher topic has
