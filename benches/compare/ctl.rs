@@ -4,7 +4,7 @@
 //! The mapping is an anonymous `memfd` inherited across `exec` (no name in `/dev/shm`, so
 //! nothing can leak), laid out as:
 //!
-//! - 64 control lines of 128 bytes each (one word per line: no false sharing);
+//! - 192 control lines of 128 bytes each (one word per line: no false sharing);
 //! - from [`DATA_OFFSET`], the floors' data: a ring of 64-byte slots, bulk blocks, or the
 //!   work-queue floor's rings and blocks.
 
@@ -22,7 +22,7 @@ use crate::Res;
 /// Bytes per control line.
 const LINE: usize = 128;
 /// Number of control lines.
-pub(crate) const LINES: usize = 64;
+pub(crate) const LINES: usize = 192;
 /// Where the floors' data starts (page-aligned).
 pub(crate) const DATA_OFFSET: usize = 1 << 20;
 
@@ -40,10 +40,14 @@ pub(crate) mod line {
     pub(crate) const HEAD: usize = 6;
     /// Consumer position of a floor ring.
     pub(crate) const TAIL: usize = 7;
-    /// Fan-out: subscriber `k` acknowledges message `i` at `ACK + k`.
-    pub(crate) const ACK: usize = 8;
+    /// Fan-out: subscriber `k` acknowledges message `i` at `ACK + k` (up to
+    /// [`MAX_PEERS`] of them).
+    pub(crate) const ACK: usize = 64;
     /// Fan-out: subscriber `k` stores its receive time at `RECV_NS + k`.
-    pub(crate) const RECV_NS: usize = 16;
+    pub(crate) const RECV_NS: usize = ACK + MAX_PEERS;
+    /// Most peers that acknowledge through [`ACK`] and [`RECV_NS`] (the fan-out scenarios
+    /// go up to 16 subscribers).
+    pub(crate) const MAX_PEERS: usize = 16;
     /// Fan-out floor: the published sequence number.
     pub(crate) const FAN_SEQ: usize = 24;
     /// iceoryx2: the consumer has connected to the producer's publisher.
@@ -77,11 +81,12 @@ pub(crate) mod line {
     /// process: the leader's at `RX_CPU_NS`, peer `k`'s at `RX_CPU_NS + k` ([`RxMeter`]).
     ///
     /// [`RxMeter`]: super::RxMeter
-    pub(crate) const RX_CPU_NS: usize = 50;
+    /// (the leader and up to [`MAX_PEERS`] peers).
+    pub(crate) const RX_CPU_NS: usize = RECV_NS + MAX_PEERS;
     /// The receivers' voluntary context switches over the measured messages, as above.
-    pub(crate) const RX_SLEEPS: usize = 55;
+    pub(crate) const RX_SLEEPS: usize = RX_CPU_NS + MAX_PEERS + 1;
     /// How many processes reported to `RX_CPU_NS` and `RX_SLEEPS`.
-    pub(crate) const RX_REPORTS: usize = 60;
+    pub(crate) const RX_REPORTS: usize = RX_SLEEPS + MAX_PEERS + 1;
 }
 
 /// A shared mapping that child processes inherit.

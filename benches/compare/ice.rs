@@ -32,7 +32,7 @@ struct Stamp {
     sent_ns: u64,
 }
 
-fn node() -> Res<Node<ipc::Service>> {
+pub(crate) fn node() -> Res<Node<ipc::Service>> {
     // No config file is expected: the defaults are what a user gets; say nothing about them.
     set_log_level(LogLevel::Error);
     Ok(NodeBuilder::new()
@@ -91,18 +91,18 @@ fn cleanup() {
     }
 }
 
-fn service_name(run: &Run<'_>, what: &str) -> Res<ServiceName> {
+pub(crate) fn service_name(run: &Run<'_>, what: &str) -> Res<ServiceName> {
     ServiceName::new(&format!("{}/{what}", run.tag)).map_err(|e| format!("{e:?}").into())
 }
 
-fn err<E: std::fmt::Debug>(
+pub(crate) fn err<E: std::fmt::Debug>(
     what: &'static str,
 ) -> impl Fn(E) -> Box<dyn std::error::Error + Send + Sync> {
     move |e| format!("iceoryx2 {what}: {e:?}").into()
 }
 
 /// Polls `sub` until a sample arrives.
-fn poll<T: std::fmt::Debug + ZeroCopySend>(
+pub(crate) fn poll<T: std::fmt::Debug + ZeroCopySend>(
     sub: &Subscriber<ipc::Service, T, ()>,
     mut idle: impl FnMut(),
 ) -> Res<Sample<ipc::Service, T, ()>> {
@@ -326,23 +326,23 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
 
 /// The consumer attaches to the producer's publisher before the producer sends: a blocking
 /// publisher drops what it sends to a subscriber that has not connected yet.
-fn connect(run: &Run<'_>, sub: &impl UpdateConnections) -> Res<()> {
+pub(crate) fn connect(run: &Run<'_>, sub: &impl UpdateConnections) -> Res<()> {
     sub.update_connections().map_err(err("connect"))?;
     ctl::signal(run.shared, ctl::line::CONNECTED);
     Ok(())
 }
 
-fn wait_connected(run: &Run<'_>) -> Res<()> {
+pub(crate) fn wait_connected(run: &Run<'_>) -> Res<()> {
     ctl::wait_signal(run.shared, ctl::line::CONNECTED)
 }
 
 /// A producer's last samples must be read before its publisher goes (iceoryx2 reclaims the
 /// data segment with the publisher); the consumer tells it through the control mapping.
-fn wait_until_read(run: &Run<'_>) -> Res<()> {
+pub(crate) fn wait_until_read(run: &Run<'_>) -> Res<()> {
     ctl::wait_signal(run.shared, ctl::line::DONE)
 }
 
-fn done_reading(run: &Run<'_>) {
+pub(crate) fn done_reading(run: &Run<'_>) {
     ctl::signal(run.shared, ctl::line::DONE);
 }
 

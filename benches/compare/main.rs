@@ -24,6 +24,12 @@
 //! | `waitset_wake_1`, `waitset_wake_16` | a receiver asleep on 1 or 16 topics (a message on one of them, rotating, 200 µs apart): latency from the send time in the message to the receiver holding it | one `futex_waitv` on 1 or 16 futex words |
 //! | `waitset_idle_100` | CPU time (user + system) of a process asleep on 100 idle topics for 2 s (1 s with `--quick`), µs per second of waiting | one `futex_waitv` on 100 words for the whole wait |
 //! | `publish_with_waitset` | one 8-byte publish, ns, each timed alone (200 µs apart), with a WaitSet asleep in another process on that topic and 15 others, or with nobody asleep | `futex_wake` of a sleeper in `futex_waitv` on 16 words |
+//! | `fanout_latency_1`, `_2`, `_4`, `_8`, `_16` | as `fanout4_latency_busy` with 1 to 16 subscriber processes (all on CPU 1, yielding between polls) | one word polled by all |
+//! | `fanout_throughput_1` … `_16` | 64-byte messages per second that every one of 1 to 16 subscribers (CPU 1, yielding when empty) receives; back-pressure, nothing lost | a ring of 256 × 64 B with a position per subscriber |
+//! | `msg_latency_8B`, `_64B`, `_512B`, `_4KiB`, `_64KiB` | busy ping-pong of messages of that size in the slot (the writer writes, the reader reads every byte); round trip / 2 | sequence word + message in a shared mapping, going round 1, 4 or 16 buffers per direction: the best |
+//! | `msg_throughput_8B` … `_64KiB` | messages per second of that size, one producer, one consumer, every byte written and read | an SPSC ring of that size's slots, with 1, 2, 4 or all of them in flight: the best |
+//! | `bulk_64KiB` | as `bulk_4MiB` at 64 KiB | as `bulk_4MiB` |
+//! | `publishers_throughput_1`, `_2`, `_4` | 64-byte messages per second from 1, 2 or 4 publisher processes (CPU 1) on one topic into one subscriber; back-pressure, each publisher's messages in order, none lost | Vyukov's bounded MPMC ring with one consumer (no CAS on its side) |
 //!
 //! Every receiving process (the echo process of `latency_busy_8B`, the consumer of
 //! `throughput_64B` and of `bulk_*` (for the floor: in its fastest run), the four subscribers
@@ -34,7 +40,13 @@
 //! the receivers per message (summed over the four in fan-out): what the waiting costs,
 //! spinning included. The JSON has them as `sleeps_per_msg` and
 //! `rx_cpu_ns_per_msg`; they are `-` (null) where the receivers are not metered (work queues,
-//! whose consumers share the items; idle waiting; `publish_with_waitset`).
+//! whose consumers share the items; idle waiting; `publish_with_waitset`; the scaling
+//! scenarios but `fanout_latency_N` and `bulk_64KiB`, which run the metered fan-out and bulk
+//! code).
+//!
+//! The scaling scenarios (the last six rows; their code is in `scaling/`) have floor, shmbus
+//! and iceoryx2 rows only, but for `bulk_64KiB`; shmbus's several-publisher topic has
+//! `max_publishers` set to the number of publishers (with one, publishing takes no lock).
 //!
 //! A scenario where a library beats its floor by more than 10 % is printed with a `REFUSED`
 //! line saying so, and marked `refused` (with the reason) in the JSON: a floor that a real
@@ -68,6 +80,7 @@
 mod ctl;
 mod floor;
 mod ice;
+mod scaling;
 mod shm;
 mod uds;
 
@@ -126,10 +139,22 @@ pub(crate) enum Scenario {
     WaitsetIdle,
     /// The cost of a publish, with and without a WaitSet asleep on the topic.
     PublishWaitset,
+    /// Publish to the last of this many polling subscribers (1, 2, 4, 8, 16).
+    FanoutLatency(usize),
+    /// 64-byte messages per second that every one of this many subscribers receives.
+    FanoutThroughput(usize),
+    /// Busy ping-pong of messages of this many bytes in the slot (8 B to 64 KiB).
+    MsgLatency(usize),
+    /// One producer, one consumer, messages of this many bytes in the slot.
+    MsgThroughput(usize),
+    /// The array hand-off of `bulk_4MiB` at 64 KiB.
+    Bulk64KiB,
+    /// This many publisher processes on one topic into one subscriber (1, 2, 4).
+    Publishers(usize),
 }
 
 impl Scenario {
-    const ALL: [Scenario; 17] = [
+    const ALL: [Scenario; 41] = [
         Scenario::LatencyBusy,
         Scenario::WakeCross,
         Scenario::WakeSame,
@@ -147,6 +172,30 @@ impl Scenario {
         Scenario::WaitsetWake(16),
         Scenario::WaitsetIdle,
         Scenario::PublishWaitset,
+        Scenario::FanoutLatency(1),
+        Scenario::FanoutLatency(2),
+        Scenario::FanoutLatency(4),
+        Scenario::FanoutLatency(8),
+        Scenario::FanoutLatency(16),
+        Scenario::FanoutThroughput(1),
+        Scenario::FanoutThroughput(2),
+        Scenario::FanoutThroughput(4),
+        Scenario::FanoutThroughput(8),
+        Scenario::FanoutThroughput(16),
+        Scenario::MsgLatency(8),
+        Scenario::MsgLatency(64),
+        Scenario::MsgLatency(512),
+        Scenario::MsgLatency(4 << 10),
+        Scenario::MsgLatency(64 << 10),
+        Scenario::MsgThroughput(8),
+        Scenario::MsgThroughput(64),
+        Scenario::MsgThroughput(512),
+        Scenario::MsgThroughput(4 << 10),
+        Scenario::MsgThroughput(64 << 10),
+        Scenario::Bulk64KiB,
+        Scenario::Publishers(1),
+        Scenario::Publishers(2),
+        Scenario::Publishers(4),
     ];
 
     /// Topics of `waitset_idle_100`.
@@ -173,6 +222,12 @@ impl Scenario {
             Scenario::WaitsetWake(_) => "waitset_wake_16",
             Scenario::WaitsetIdle => "waitset_idle_100",
             Scenario::PublishWaitset => "publish_with_waitset",
+            Scenario::FanoutLatency(n) => scaling_name(n, "fanout_latency"),
+            Scenario::FanoutThroughput(n) => scaling_name(n, "fanout_throughput"),
+            Scenario::MsgLatency(b) => scaling_name(b, "msg_latency"),
+            Scenario::MsgThroughput(b) => scaling_name(b, "msg_throughput"),
+            Scenario::Bulk64KiB => "bulk_64KiB",
+            Scenario::Publishers(n) => scaling_name(n, "publishers_throughput"),
         }
     }
 
@@ -182,12 +237,21 @@ impl Scenario {
 
     fn unit(self) -> &'static str {
         match self {
-            Scenario::LatencyBusy | Scenario::Fanout | Scenario::PublishWaitset => "ns",
+            Scenario::LatencyBusy
+            | Scenario::Fanout
+            | Scenario::PublishWaitset
+            | Scenario::FanoutLatency(_)
+            | Scenario::MsgLatency(_) => "ns",
             Scenario::WakeCross | Scenario::WakeSame | Scenario::WaitsetWake(_) => "us",
             Scenario::WaitsetIdle => "CPU-us/s",
-            Scenario::Throughput => "Mmsg/s",
+            Scenario::Throughput
+            | Scenario::FanoutThroughput(_)
+            | Scenario::MsgThroughput(_)
+            | Scenario::Publishers(_) => "Mmsg/s",
             Scenario::Queue64(_) => "Mitems/s",
-            Scenario::Bulk4 | Scenario::Bulk64 | Scenario::Queue4MiB(_) => "GB/s",
+            Scenario::Bulk4 | Scenario::Bulk64 | Scenario::Bulk64KiB | Scenario::Queue4MiB(_) => {
+                "GB/s"
+            }
         }
     }
 
@@ -201,6 +265,8 @@ impl Scenario {
                 | Scenario::WaitsetWake(_)
                 | Scenario::WaitsetIdle
                 | Scenario::PublishWaitset
+                | Scenario::FanoutLatency(_)
+                | Scenario::MsgLatency(_)
         )
     }
 
@@ -217,6 +283,9 @@ impl Scenario {
         match self {
             Scenario::Fanout => 4,
             Scenario::Queue64(c) | Scenario::Queue4MiB(c) => c,
+            Scenario::FanoutLatency(n)
+            | Scenario::FanoutThroughput(n)
+            | Scenario::Publishers(n) => n,
             _ => 1,
         }
     }
@@ -245,6 +314,12 @@ impl Scenario {
                 System::Iceoryx2,
             ],
             Scenario::PublishWaitset => &[System::Floor, System::Shmbus, System::ShmbusNoWaiter],
+            // Unix sockets add nothing to the scaling curves but time (they are in `bulk_*`).
+            Scenario::FanoutLatency(_)
+            | Scenario::FanoutThroughput(_)
+            | Scenario::MsgLatency(_)
+            | Scenario::MsgThroughput(_)
+            | Scenario::Publishers(_) => &[System::Floor, System::Shmbus, System::Iceoryx2],
             _ => &System::ALL,
         }
     }
@@ -272,6 +347,8 @@ impl Scenario {
         match self {
             Scenario::Bulk4 | Scenario::Queue4MiB(_) => 4 << 20,
             Scenario::Bulk64 => 64 << 20,
+            Scenario::Bulk64KiB => 64 << 10,
+            Scenario::MsgLatency(b) | Scenario::MsgThroughput(b) => b,
             _ => 0,
         }
     }
@@ -292,6 +369,15 @@ impl Scenario {
             // The wall time of the wait, in ms.
             Scenario::WaitsetIdle => (q(2_000, 1_000), 0, 1),
             Scenario::PublishWaitset => (q(10_000, 1_500), 200, 1),
+            Scenario::FanoutLatency(_) => (q(5_000, 500), 100, 1),
+            Scenario::FanoutThroughput(_) => (q(400_000, 40_000), 10_000, 5_000),
+            Scenario::MsgLatency(b) if b >= 64 << 10 => (q(5_000, 500), 200, 1),
+            Scenario::MsgLatency(_) => (q(20_000, 2_000), 1_000, 1),
+            Scenario::MsgThroughput(b) if b >= 64 << 10 => (q(20_000, 2_000), 500, 200),
+            Scenario::MsgThroughput(b) if b >= 4 << 10 => (q(200_000, 20_000), 5_000, 2_000),
+            Scenario::MsgThroughput(_) => (q(1_000_000, 100_000), 20_000, 10_000),
+            Scenario::Bulk64KiB => (q(20_000, 2_000), 256, 256),
+            Scenario::Publishers(_) => (q(1_000_000, 100_000), 20_000, 10_000),
         }
     }
 }
@@ -433,10 +519,72 @@ fn dispatch(sc: Scenario, sys: System, run: &mut Run<'_>, leader: bool) -> Res<O
         (Queue64(_) | Queue4MiB(_), Iceoryx2 | Uds) => {
             Err(format!("{} has no work queue", sys.name()).into())
         }
+        (FanoutLatency(_), Floor) => floor::fanout(run, leader),
+        (FanoutLatency(_), Shmbus) => shm::fanout(run, leader),
+        (FanoutLatency(_), Iceoryx2) => ice::fanout(run, leader),
+        (FanoutThroughput(_), Floor) => scaling::floor::fanout_stream(run, leader),
+        (FanoutThroughput(_), Shmbus) => scaling::shm::fanout_stream(run, leader),
+        (FanoutThroughput(_), Iceoryx2) => scaling::ice::fanout_stream(run, leader),
+        (MsgLatency(_), Floor) => scaling::floor::pingpong(run, leader),
+        (MsgLatency(_), Shmbus) => scaling::shm::pingpong(run, leader),
+        (MsgLatency(_), Iceoryx2) => scaling::ice::pingpong(run, leader),
+        (MsgThroughput(_), Floor) => scaling::floor::stream(run, leader),
+        (MsgThroughput(_), Shmbus) => scaling::shm::stream(run, leader),
+        (MsgThroughput(_), Iceoryx2) => scaling::ice::stream(run, leader),
+        (Bulk64KiB, Floor) => floor::bulk(run, leader),
+        (Bulk64KiB, Shmbus) => shm::bulk(run, leader),
+        (Bulk64KiB, Iceoryx2) => ice::bulk(run, leader),
+        (Bulk64KiB, Uds) => uds::bulk(run, leader),
+        (Publishers(_), Floor) => scaling::floor::publishers(run, leader),
+        (Publishers(_), Shmbus) => scaling::shm::publishers(run, leader),
+        (Publishers(_), Iceoryx2) => scaling::ice::publishers(run, leader),
         (_, ShmbusRecv | ShmbusNoWaiter)
         | (PublishWaitset, Iceoryx2)
+        | (
+            FanoutLatency(_) | FanoutThroughput(_) | MsgLatency(_) | MsgThroughput(_)
+            | Publishers(_),
+            Uds,
+        )
         | (WaitsetWake(_) | WaitsetIdle | PublishWaitset, Uds) => Err(no_row(sc, sys)),
     }
+}
+
+/// The name of a scaling scenario: `family_N` (a count) or `family_SIZE` (bytes: `8B`, `4KiB`);
+/// `ALL` holds only the counts and sizes of the [`scaling`] families.
+fn scaling_name(n: usize, family: &str) -> &'static str {
+    const NAMES: [&str; 24] = [
+        "fanout_latency_1",
+        "fanout_latency_2",
+        "fanout_latency_4",
+        "fanout_latency_8",
+        "fanout_latency_16",
+        "fanout_throughput_1",
+        "fanout_throughput_2",
+        "fanout_throughput_4",
+        "fanout_throughput_8",
+        "fanout_throughput_16",
+        "msg_latency_8B",
+        "msg_latency_64B",
+        "msg_latency_512B",
+        "msg_latency_4KiB",
+        "msg_latency_64KiB",
+        "msg_throughput_8B",
+        "msg_throughput_64B",
+        "msg_throughput_512B",
+        "msg_throughput_4KiB",
+        "msg_throughput_64KiB",
+        "publishers_throughput_1",
+        "publishers_throughput_2",
+        "publishers_throughput_4",
+        "unknown",
+    ];
+    let suffix = match n {
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
+        b if family.starts_with("msg") => format!("{b}B"),
+        n => n.to_string(),
+    };
+    let want = format!("{family}_{suffix}");
+    NAMES.into_iter().find(|&s| s == want).unwrap_or("unknown")
 }
 
 fn no_row(sc: Scenario, sys: System) -> Box<dyn std::error::Error + Send + Sync> {
@@ -447,7 +595,13 @@ fn no_row(sc: Scenario, sys: System) -> Box<dyn std::error::Error + Send + Sync>
 fn data_bytes(sc: Scenario, sys: System) -> usize {
     match (sc, sys) {
         (Scenario::Throughput, System::Floor) => floor::RING_SLOTS * 64,
-        (Scenario::Bulk4 | Scenario::Bulk64, System::Floor) => floor::BULK_BLOCKS * sc.bulk_bytes(),
+        (Scenario::Bulk4 | Scenario::Bulk64 | Scenario::Bulk64KiB, System::Floor) => {
+            floor::BULK_BLOCKS * sc.bulk_bytes()
+        }
+        (Scenario::FanoutThroughput(_), System::Floor) => scaling::floor::fanout_stream_bytes(),
+        (Scenario::MsgLatency(b), System::Floor) => scaling::floor::pingpong_bytes(b),
+        (Scenario::MsgThroughput(b), System::Floor) => scaling::floor::stream_bytes(b),
+        (Scenario::Publishers(_), System::Floor) => scaling::floor::publishers_bytes(),
         (Scenario::Queue64(_), System::Floor) => floor::QUEUE_SLOTS * floor::CELL_BYTES,
         (Scenario::Queue4MiB(_), System::Floor) => {
             floor::QUEUE_BLOCKS_OFFSET + floor::QUEUE_BLOCKS * sc.bulk_bytes()

@@ -29,7 +29,7 @@ struct Stamp {
 }
 
 /// Polls `sub` until a message arrives, calling `idle` between polls.
-fn poll<'a, T: bytemuck::Pod>(
+pub(crate) fn poll<'a, T: bytemuck::Pod>(
     sub: &'a Subscriber<T>,
     mut idle: impl FnMut(),
 ) -> Res<shmbus::Sample<'a, T>> {
@@ -261,7 +261,10 @@ pub(crate) fn bulk(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
 }
 
 pub(crate) fn fanout(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
-    let topic = Topic::builder(&format!("{}.fan", run.tag)).capacity(16);
+    // The default of 8 subscribers, or as many as the scenario has.
+    let topic = Topic::builder(&format!("{}.fan", run.tag))
+        .capacity(16)
+        .max_subscribers(run.peers.max(8) as u32);
     if leader {
         let mut publisher = topic.publisher::<u64>()?;
         ctl::leader_ready(run.shared);
