@@ -86,18 +86,20 @@ fn sixteen_tokio_tasks_get_every_message_of_sixteen_publisher_processes() {
             })
         })
         .collect();
-    let mut peers: Vec<Peer> = names
-        .iter()
-        .map(|n| spawn_publisher(&mut s, n, EACH, &[]))
-        .collect();
-    let start = Instant::now();
-    // While they run: the tasks wait through one thread, not one each.
+    // Once they all wait (nothing is published yet): they wait through one thread, not one
+    // each. Counted before the publishers start: each peer process has two threads of the
+    // test harness here reading its output.
     std::thread::sleep(Duration::from_millis(100));
     let during = threads();
     assert!(
         during <= before + 2,
         "{before} threads before the tasks, {during} while 16 tasks wait"
     );
+    let mut peers: Vec<Peer> = names
+        .iter()
+        .map(|n| spawn_publisher(&mut s, n, EACH, &[]))
+        .collect();
+    let start = Instant::now();
     let got: Vec<u64> = rt.block_on(async {
         let mut got = Vec::new();
         for t in tasks {
