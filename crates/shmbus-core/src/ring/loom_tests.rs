@@ -72,6 +72,13 @@ impl Model {
     /// `RawPublisher` does: the evicted slot goes straight to the next loan when nobody holds
     /// it. Single publisher: we have publish rights.
     fn send(&self, hint: &mut u32, value: u64) {
+        self.send_quietly(hint, value);
+        self.ring().wake_subscribers(&self.futex);
+    }
+
+    /// [`Model::send`] without the wake: one publish of a batch that the caller ends with
+    /// `wake_subscribers`.
+    fn send_quietly(&self, hint: &mut u32, value: u64) {
         let slot = match self.spare.swap(NO_SPARE, Ordering::Relaxed) {
             NO_SPARE => self
                 .ring()
@@ -87,10 +94,9 @@ impl Model {
         for w in &self.words[slot as usize] {
             w.store(value, Ordering::Relaxed);
         }
-        // SAFETY: one publishing thread per model; the slot is our loan and is written; the wake
-        // follows.
+        // SAFETY: one publishing thread per model; the slot is our loan and is written; the
+        // caller wakes (`send`, or the end of its batch).
         let (_, evicted) = unsafe { self.ring().publish_quietly(slot, Some(0)) };
-        self.ring().wake_subscribers(&self.futex);
         match evicted {
             Evicted::Loaned(s) => self.spare.store(u64::from(s), Ordering::Relaxed),
             Evicted::Free(f) => *hint = f,
@@ -526,16 +532,7 @@ fn a_batch_of_quiet_publishes_and_one_wake_wakes_the_subscriber() {
             thread::spawn(move || {
                 let mut hint = 0;
                 for seq in 0..2 {
-                    let slot = m.ring().loan(0, &mut hint).unwrap();
-                    for w in &m.words[slot as usize] {
-                        w.store(value_of(seq), Ordering::Relaxed);
-                    }
-                    // SAFETY: the only publisher; the slot is our loan and is written; the
-                    // batch ends with `wake_subscribers` below.
-                    let (_, evicted) = unsafe { m.ring().publish_quietly(slot, None) };
-                    if let Evicted::Free(f) = evicted {
-                        hint = f;
-                    }
+                    m.send_quietly(&mut hint, value_of(seq));
                 }
                 m.ring().wake_subscribers(&m.futex);
             })
@@ -575,16 +572,7 @@ fn a_batch_waiting_for_room_wakes_the_subscriber_first() {
                             || {}
                         ));
                     }
-                    let slot = m.ring().loan(0, &mut hint).unwrap();
-                    for w in &m.words[slot as usize] {
-                        w.store(value_of(seq), Ordering::Relaxed);
-                    }
-                    // SAFETY: the only publisher; our loan, written; room seen above; the batch
-                    // ends with `wake_subscribers` and waits only through the batch wait.
-                    let (_, evicted) = unsafe { m.ring().publish_quietly(slot, None) };
-                    if let Evicted::Free(f) = evicted {
-                        hint = f;
-                    }
+                    m.send_quietly(&mut hint, value_of(seq));
                 }
                 m.ring().wake_subscribers(&m.futex);
             })
