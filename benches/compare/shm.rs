@@ -28,16 +28,17 @@ struct Stamp {
     sent_ns: u64,
 }
 
-/// Polls `sub` until a message arrives, calling `idle` between polls.
-pub(crate) fn poll<'a, T: bytemuck::Pod>(
-    sub: &'a Subscriber<T>,
+/// Calls `attempt` until it finds a message, calling `idle` between empty attempts; fails after
+/// [`PEER_TIMEOUT`].
+fn poll_with<R>(
+    mut attempt: impl FnMut() -> Result<R, RecvError>,
     mut idle: impl FnMut(),
-) -> Res<shmbus::Sample<'a, T>> {
+) -> Res<R> {
     let start = Instant::now();
     let mut n = 0u32;
     loop {
-        match sub.try_recv() {
-            Ok(s) => return Ok(s),
+        match attempt() {
+            Ok(r) => return Ok(r),
             Err(RecvError::Empty) => {}
             Err(e) => return Err(e.into()),
         }
@@ -49,22 +50,12 @@ pub(crate) fn poll<'a, T: bytemuck::Pod>(
     }
 }
 
-/// [`poll`], copying the message out ([`Subscriber::try_recv_copy`]).
-fn poll_copy<T: bytemuck::Pod>(sub: &Subscriber<T>, mut idle: impl FnMut()) -> Res<T> {
-    let start = Instant::now();
-    let mut n = 0u32;
-    loop {
-        match sub.try_recv_copy() {
-            Ok(v) => return Ok(v),
-            Err(RecvError::Empty) => {}
-            Err(e) => return Err(e.into()),
-        }
-        idle();
-        n = n.wrapping_add(1);
-        if n % 1024 == 0 && start.elapsed() > PEER_TIMEOUT {
-            return Err("timed out waiting for a peer process".into());
-        }
-    }
+/// Polls `sub` until a message arrives, calling `idle` between polls.
+pub(crate) fn poll<'a, T: bytemuck::Pod>(
+    sub: &'a Subscriber<T>,
+    idle: impl FnMut(),
+) -> Res<shmbus::Sample<'a, T>> {
+    poll_with(|| sub.try_recv(), idle)
 }
 
 pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
@@ -85,7 +76,7 @@ pub(crate) fn pingpong(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
     let recv = |want: u64| -> Res<()> {
         // An 8-byte value is copied out (`try_recv_copy`: no slot held, nothing shared written
         // but the cursor), as a user receiving small values does.
-        let got = poll_copy(&subscriber, spin_loop)?;
+        let got = poll_with(|| subscriber.try_recv_copy(), spin_loop)?;
         if got != want {
             return Err(format!("expected {want}, got {got}").into());
         }
