@@ -149,6 +149,10 @@ impl Model {
     }
 }
 
+/// What one non-blocking receive of a model found: Some(Ok((seq, value))), Some(Err(skipped)),
+/// or None when empty.
+type Received = Option<Result<(u64, u64), u64>>;
+
 /// Message `seq` carries this value, so a reader can tell a torn or misplaced read.
 fn value_of(seq: u64) -> u64 {
     1000 + seq
@@ -188,7 +192,14 @@ fn publish_then_receive_in_order() {
 
 #[test]
 fn overwrite_reports_lag_and_accounts_for_every_message() {
-    model(|| {
+    overwrite_accounts_for_every_message(|m, cursor| m.try_recv(0, cursor));
+}
+
+/// Capacity 1, 3 messages, overwrite, read by `receive` while they are published and after:
+/// every message is received intact or counted as lagged, sequence numbers increase, and the
+/// newest message is always readable.
+fn overwrite_accounts_for_every_message(receive: fn(&Model, &mut u64) -> Received) {
+    model(move || {
         let m = Model::new(1, 1, Overflow::Overwrite);
         let mut cursor = m.ring().join_subscriber(0, 1, 0);
         const N: u64 = 3;
@@ -202,31 +213,28 @@ fn overwrite_reports_lag_and_accounts_for_every_message() {
             })
         };
         let (mut received, mut lagged, mut last) = (0u64, 0u64, None);
+        let mut take = |m: &Model, cursor: &mut u64| match receive(m, cursor) {
+            Some(Ok((seq, v))) => {
+                assert_eq!(v, value_of(seq), "a message holds its own value");
+                assert!(last.is_none_or(|l| seq > l), "sequence numbers increase");
+                last = Some(seq);
+                received += 1;
+                true
+            }
+            Some(Err(s)) => {
+                lagged += s;
+                true
+            }
+            None => false,
+        };
         // Drain concurrently with the publisher, then after it finishes.
         for _ in 0..2 {
-            match m.try_recv(0, &mut cursor) {
-                Some(Ok((seq, v))) => {
-                    assert_eq!(v, value_of(seq));
-                    assert!(last.is_none_or(|l| seq > l), "sequence numbers increase");
-                    last = Some(seq);
-                    received += 1;
-                }
-                Some(Err(s)) => lagged += s,
-                None => thread::yield_now(),
+            if !take(&m, &mut cursor) {
+                thread::yield_now();
             }
         }
         p.join().unwrap();
-        while let Some(r) = m.try_recv(0, &mut cursor) {
-            match r {
-                Ok((seq, v)) => {
-                    assert_eq!(v, value_of(seq));
-                    assert!(last.is_none_or(|l| seq > l));
-                    last = Some(seq);
-                    received += 1;
-                }
-                Err(s) => lagged += s,
-            }
-        }
+        while take(&m, &mut cursor) {}
         assert_eq!(
             received + lagged,
             N,
@@ -437,49 +445,8 @@ fn retired_message_is_either_read_intact_or_reported_as_lag() {
 fn copied_message_is_intact_or_reported_as_lag() {
     // Capacity 1: every publish after the first evicts the message the reader may be copying,
     // and its slot can be loaned and rewritten at once. A copy that passed the check must be
-    // all of the message its sequence number names.
-    model(|| {
-        let m = Model::new(1, 1, Overflow::Overwrite);
-        let mut cursor = m.ring().join_subscriber(0, 1, 0);
-        const N: u64 = 3;
-        let p = {
-            let m = m.clone();
-            thread::spawn(move || {
-                let mut hint = 0;
-                for seq in 0..N {
-                    m.send(&mut hint, value_of(seq));
-                }
-            })
-        };
-        let (mut received, mut lagged, mut last) = (0u64, 0u64, None);
-        let mut take = |m: &Model, cursor: &mut u64| match m.try_copy(0, cursor, true) {
-            Some(Ok((seq, v))) => {
-                assert_eq!(v, value_of(seq), "a copy holds its own message");
-                assert!(last.is_none_or(|l| seq > l), "sequence numbers increase");
-                last = Some(seq);
-                received += 1;
-                true
-            }
-            Some(Err(s)) => {
-                lagged += s;
-                true
-            }
-            None => false,
-        };
-        for _ in 0..2 {
-            if !take(&m, &mut cursor) {
-                thread::yield_now();
-            }
-        }
-        p.join().unwrap();
-        while take(&m, &mut cursor) {}
-        assert_eq!(
-            received + lagged,
-            N,
-            "every message is received or counted lost"
-        );
-        assert_eq!(last, Some(N - 1), "the newest message is always readable");
-    });
+    // all of the message its sequence number names (`try_copy` also asserts both words agree).
+    overwrite_accounts_for_every_message(|m, cursor| m.try_copy(0, cursor, true));
 }
 
 #[test]
