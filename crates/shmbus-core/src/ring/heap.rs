@@ -69,11 +69,19 @@ unsafe fn write_atomics(base: NonNull<u8>, layout: &RingLayout) {
         std::ptr::addr_of_mut!((*h).progress_word).write(AtomicU32::new(0));
         std::ptr::addr_of_mut!((*h).progress_sleepers).write(AtomicU32::new(0));
         for i in 0..layout.config.capacity as usize {
-            let e = base.as_ptr().add(layout.entries).cast::<Entry>().add(i);
-            e.write(Entry {
+            let e = base.as_ptr().add(layout.entries + i * layout.entry_size);
+            let entry = || Entry {
                 seq: AtomicU64::new(0),
                 slot: AtomicU64::new(0),
-            });
+            };
+            if layout.config.inline > 0 {
+                e.cast::<InlineEntry>().write(InlineEntry {
+                    entry: entry(),
+                    words: std::array::from_fn(|_| AtomicU64::new(0)),
+                });
+            } else {
+                e.cast::<Entry>().write(entry());
+            }
         }
         let parts: &[usize] = if layout.config.timestamps {
             &[layout.states, layout.stamps]

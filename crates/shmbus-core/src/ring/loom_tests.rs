@@ -42,6 +42,11 @@ const NO_SPARE: u64 = u64::MAX;
 
 impl Model {
     fn new(capacity: u32, subscribers: u32, overflow: Overflow) -> Arc<Model> {
+        Model::with_inline(capacity, subscribers, overflow, 0)
+    }
+
+    /// [`Model::new`] whose entries carry the first `inline` bytes of their message.
+    fn with_inline(capacity: u32, subscribers: u32, overflow: Overflow, inline: u32) -> Arc<Model> {
         let ring = HeapRing::new(RingConfig {
             capacity,
             slot_size: 8,
@@ -50,6 +55,7 @@ impl Model {
             max_held: 1,
             overflow,
             timestamps: false,
+            inline,
         })
         .unwrap();
         let slots = ring.ring().layout().slots as usize;
@@ -94,6 +100,15 @@ impl Model {
         for w in &self.words[slot as usize] {
             w.store(value, Ordering::Relaxed);
         }
+        // And in the slot's memory, two words, where the publish copies the entry's inline
+        // bytes from (plain memory: only this thread touches it; readers of the copy read the
+        // entry's loom atomics).
+        let p = self.ring().slot_ptr(slot).cast::<u64>().as_ptr();
+        // SAFETY: the slot is this thread's loan, 64 bytes, aligned; nobody else reads it.
+        unsafe {
+            p.write(value);
+            p.add(1).write(value);
+        }
         // SAFETY: one publishing thread per model; the slot is our loan and is written; the
         // caller wakes (`send`, or the end of its batch).
         let (_, evicted) = unsafe { self.ring().publish_quietly(slot, Some(0)) };
@@ -134,11 +149,27 @@ impl Model {
         let mut guess = crate::ring::SlotGuess::default();
         let read = self
             .ring()
-            .try_read(k, cursor, keep_going, &mut guess, |slot| {
+            .try_read(k, cursor, keep_going, Some(&mut guess), |slot, _| {
                 let [a, b] = &self.words[slot as usize];
                 (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed))
             });
-        match read.unwrap() {
+        Model::copied(read.unwrap())
+    }
+
+    /// [`Model::try_copy`] that reads the two words the entry carries (a model built
+    /// [`Model::with_inline`] 16 bytes), not the slot.
+    fn try_copy_inline(&self, k: u32, cursor: &mut u64) -> Received {
+        let read = self.ring().try_read(k, cursor, true, None, |_, words| {
+            let [a, b] = words else {
+                panic!("16 inline bytes are two words, not {}", words.len())
+            };
+            (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed))
+        });
+        Model::copied(read.unwrap())
+    }
+
+    fn copied(read: Read<(u64, u64)>) -> Received {
+        match read {
             Read::Message { seq, value: (a, b) } => {
                 assert_eq!(a, b, "a copy that passed the check is of one message");
                 Some(Ok((seq, a)))
@@ -192,15 +223,15 @@ fn publish_then_receive_in_order() {
 
 #[test]
 fn overwrite_reports_lag_and_accounts_for_every_message() {
-    overwrite_accounts_for_every_message(|m, cursor| m.try_recv(0, cursor));
+    overwrite_accounts_for_every_message(0, |m, cursor| m.try_recv(0, cursor));
 }
 
 /// Capacity 1, 3 messages, overwrite, read by `receive` while they are published and after:
 /// every message is received intact or counted as lagged, sequence numbers increase, and the
 /// newest message is always readable.
-fn overwrite_accounts_for_every_message(receive: fn(&Model, &mut u64) -> Received) {
+fn overwrite_accounts_for_every_message(inline: u32, receive: fn(&Model, &mut u64) -> Received) {
     model(move || {
-        let m = Model::new(1, 1, Overflow::Overwrite);
+        let m = Model::with_inline(1, 1, Overflow::Overwrite, inline);
         let mut cursor = m.ring().join_subscriber(0, 1, 0);
         const N: u64 = 3;
         let p = {
@@ -446,7 +477,15 @@ fn copied_message_is_intact_or_reported_as_lag() {
     // Capacity 1: every publish after the first evicts the message the reader may be copying,
     // and its slot can be loaned and rewritten at once. A copy that passed the check must be
     // all of the message its sequence number names (`try_copy` also asserts both words agree).
-    overwrite_accounts_for_every_message(|m, cursor| m.try_copy(0, cursor, true));
+    overwrite_accounts_for_every_message(0, |m, cursor| m.try_copy(0, cursor, true));
+}
+
+#[test]
+fn message_copied_from_its_entry_is_intact_or_reported_as_lag() {
+    // As above, the copy taken from the words of the entry itself: every publish rewrites the
+    // one entry the reader copies from, seqlock style; a copy that passed the check is one
+    // message's two words.
+    overwrite_accounts_for_every_message(16, |m, cursor| m.try_copy_inline(0, cursor));
 }
 
 #[test]

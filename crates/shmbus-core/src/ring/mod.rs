@@ -78,6 +78,11 @@ const ROUND_LIMIT: u64 = if cfg!(loom) { 64 } else { 1 << 16 };
 /// Slots one publisher has on loan at most (the spare it loans ahead counts as its loan).
 pub const LOANS_PER_PUBLISHER: u32 = 1;
 
+/// Most bytes of a message that its ring entry also carries ([`RingConfig::inline`]): an entry
+/// with them fills one cache line (two words of entry, six of message).
+pub const INLINE_MAX: u32 = 48;
+const INLINE_WORDS: usize = INLINE_MAX as usize / 8;
+
 const RING_BIT: u64 = 1 << 56;
 const LOAN_SHIFT: u32 = 57;
 
@@ -176,6 +181,11 @@ pub struct RingConfig {
     pub overflow: Overflow,
     /// Whether publishers record each message's publish time (see [`Ring::set_stamp`]).
     pub timestamps: bool,
+    /// How many bytes of each message its ring entry carries too (0 to [`INLINE_MAX`]; 0:
+    /// none). With them each entry fills a cache line of its own, and a copying reader of a
+    /// message that fits reads that one line: the entry and the message cross between cores
+    /// together ([`Ring::try_read`]). Readers that hold the slot read the slot as always.
+    pub inline: u32,
 }
 
 impl RingConfig {
@@ -218,7 +228,9 @@ pub struct RingHeader {
     /// How many times a subscriber joined, ever (`Release` increments): tells a back-pressured
     /// publisher that its cached lower bound of the cursors may be too high.
     subscriber_joins: AtomicU64,
-    _pad0: [u8; 40],
+    /// [`RingConfig::inline`].
+    inline: u64,
+    _pad0: [u8; 32],
     /// Next sequence number to publish; written by the holder of publish rights (`Release`).
     tail: AtomicU64,
     _pad1: [u8; 120],
@@ -241,6 +253,16 @@ pub struct RingHeader {
 pub struct Entry {
     seq: AtomicU64,
     slot: AtomicU64,
+}
+
+/// A ring entry that carries the first bytes of its message ([`RingConfig::inline`]): one
+/// cache line. The words are written between the entry's `INVALID` and final `seq` stores,
+/// like `slot`.
+#[repr(C, align(64))]
+#[derive(Debug)]
+struct InlineEntry {
+    entry: Entry,
+    words: [AtomicU64; INLINE_WORDS],
 }
 
 /// A subscriber's row in the topic, on its own cache line.
@@ -276,6 +298,8 @@ pub struct RingLayout {
     pub slots: u32,
     /// Offset of the entries.
     pub entries: usize,
+    /// Bytes per entry: 16, or 64 with inline message bytes.
+    pub entry_size: usize,
     /// Offset of the slot state words.
     pub states: usize,
     /// Offset of the per-slot publish times (`slots` words when `timestamps` is set, else
@@ -314,6 +338,10 @@ impl RingLayout {
         if config.slot_size == 0 {
             return err("slot_size must not be zero");
         }
+        // Slots are at least 64 bytes (rounded up below), so the inline bytes are in the slot.
+        if config.inline > INLINE_MAX {
+            return err("inline must be at most 48 bytes");
+        }
         config.slot_size = config
             .slot_size
             .checked_next_multiple_of(64)
@@ -323,8 +351,13 @@ impl RingLayout {
             .ok_or_else(|| ConfigError("too many slots".into()))?;
         let too_big = || ConfigError("topic too large for this machine".into());
         let entries = size_of::<RingHeader>();
-        let states = align_up(entries + config.capacity as usize * size_of::<Entry>(), 64)
-            .ok_or_else(too_big)?;
+        let entry_size = if config.inline > 0 {
+            size_of::<InlineEntry>()
+        } else {
+            size_of::<Entry>()
+        };
+        let states =
+            align_up(entries + config.capacity as usize * entry_size, 64).ok_or_else(too_big)?;
         let stamps = align_up(states + slots as usize * 8, 64).ok_or_else(too_big)?;
         let stamp_words = if config.timestamps { slots as usize } else { 0 };
         let subscribers = align_up(stamps + stamp_words * 8, 64).ok_or_else(too_big)?;
@@ -344,6 +377,7 @@ impl RingLayout {
             config,
             slots,
             entries,
+            entry_size,
             states,
             stamps,
             subscribers,
@@ -362,7 +396,10 @@ pub struct CorruptRing(pub String);
 /// A view of one topic's memory. It holds raw pointers: see [`Ring::from_raw`].
 pub struct Ring {
     header: NonNull<RingHeader>,
-    entries: NonNull<Entry>,
+    /// The first entry; entry `i` is `layout.entry_size * i` bytes on.
+    entries: NonNull<u8>,
+    /// Words of message an entry carries ([`RingConfig::inline`] rounded up to words).
+    inline_words: usize,
     states: NonNull<AtomicU64>,
     stamps: NonNull<AtomicU64>,
     subscribers: NonNull<SubscriberEntry>,
@@ -511,6 +548,7 @@ impl Ring {
         h.max_held = u64::from(c.max_held);
         h.overflow = c.overflow.to_raw();
         h.timestamps = u64::from(c.timestamps);
+        h.inline = u64::from(c.inline);
     }
 
     /// Reads and validates the configuration of the topic at `base`, which must hold `len`
@@ -544,6 +582,7 @@ impl Ring {
                 1 => true,
                 t => return Err(CorruptRing(format!("timestamps = {t}"))),
             },
+            inline: small(h.inline, "inline")?,
         };
         if h.loans_per_publisher != u64::from(LOANS_PER_PUBLISHER) {
             return Err(CorruptRing(format!(
@@ -584,7 +623,8 @@ impl Ring {
         unsafe {
             Ring {
                 header: base.cast(),
-                entries: base.add(layout.entries).cast(),
+                entries: base.add(layout.entries),
+                inline_words: layout.config.inline.div_ceil(8) as usize,
                 states: base.add(layout.states).cast(),
                 stamps: base.add(layout.stamps).cast(),
                 subscribers: base.add(layout.subscribers).cast(),
@@ -617,13 +657,60 @@ impl Ring {
     }
 
     fn entry(&self, seq: u64) -> &Entry {
+        // SAFETY: `entry_ptr` points to an `Entry` (the first field of an `InlineEntry` when
+        // entries carry message bytes) inside the mapping, which lives as long as we do.
+        unsafe { &*self.entry_ptr(seq).cast::<Entry>() }
+    }
+
+    /// Entry `seq % capacity` and the message words it carries (empty when the topic has no
+    /// [`RingConfig::inline`] bytes).
+    fn entry_inline(&self, seq: u64) -> (&Entry, &[AtomicU64]) {
+        let p = self.entry_ptr(seq);
+        if self.inline_words == 0 {
+            // SAFETY: as in `entry`.
+            return (unsafe { &*p.cast::<Entry>() }, &[]);
+        }
+        // SAFETY: with inline bytes the entries are `InlineEntry`s (`RingLayout::new` sized and
+        // aligned them so; 64-byte stride from a 128-aligned start), mapped as in `entry`;
+        // `inline_words <= INLINE_WORDS` (validated by `RingLayout::new`).
+        let e = unsafe { &*p.cast::<InlineEntry>() };
+        (&e.entry, &e.words[..self.inline_words])
+    }
+
+    fn entry_ptr(&self, seq: u64) -> *const u8 {
         let i = if self.entry_mask != 0 || self.layout.config.capacity == 1 {
             (seq & self.entry_mask) as usize
         } else {
             (seq % u64::from(self.layout.config.capacity)) as usize
         };
-        // SAFETY: i < capacity, and `from_raw`'s contract keeps the entry array mapped.
-        unsafe { &*self.entries.as_ptr().add(i) }
+        // SAFETY: i < capacity, so the offset lies inside the entry array that `RingLayout::new`
+        // sized as `capacity * entry_size` bytes; `from_raw`'s contract keeps it mapped.
+        unsafe { self.entries.as_ptr().add(i * self.layout.entry_size) }
+    }
+
+    /// Copies the first `dst.len()` bytes (at most [`RingConfig::inline`]) of the message words
+    /// of an entry into `dst`, with relaxed atomic loads: what [`Ring::try_read`] hands its
+    /// read function. Meaningful only once `try_read`'s check passed.
+    #[inline]
+    pub(crate) fn copy_inline(words: &[AtomicU64], dst: &mut [u8]) {
+        for (w, chunk) in words.iter().zip(dst.chunks_mut(8)) {
+            let bytes = w.load(Ordering::Relaxed).to_ne_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+
+    /// Stores the first [`RingConfig::inline`] bytes of loaned `slot` into the words of `inline`
+    /// (the entry being written for its message).
+    fn fill_inline(&self, slot: u32, inline: &[AtomicU64]) {
+        use std::sync::atomic::{AtomicU64 as StdU64, Ordering as StdOrdering};
+        let src = self.slot_ptr(slot).as_ptr();
+        for (i, w) in inline.iter().enumerate() {
+            // SAFETY: `8 i + 8 <= 48 <= slot_size` (inline is at most 48 and slots are at least
+            // 64 bytes): inside the slot, 8-aligned (slots start 64-aligned). Read atomically:
+            // the slot is our loan, but copying readers may read it meanwhile.
+            let v = unsafe { StdU64::from_ptr(src.add(i * 8).cast()) }.load(StdOrdering::Relaxed);
+            w.store(v, Ordering::Relaxed);
+        }
     }
 
     fn state(&self, slot: u32) -> &AtomicU64 {

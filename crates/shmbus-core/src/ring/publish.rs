@@ -253,17 +253,18 @@ impl Ring {
         if stop_after == 0 {
             return None;
         }
-        let e = self.entry(n);
+        let (e, inline) = self.entry_inline(n);
         let old_seq = e.seq.load(Ordering::Relaxed);
         let old_slot = e.slot.load(Ordering::Relaxed);
         e.seq.store(SEQ_INVALID, Ordering::Relaxed);
         if stop_after == 1 {
             return None;
         }
-        // Orders the INVALID store before the slot store for any reader that Acquire-loads the
-        // new slot value (seqlock writer).
+        // Orders the INVALID store before the slot and message-word stores for any reader that
+        // loads one of the new values (seqlock writer).
         fence(Ordering::Release);
         e.slot.store(u64::from(slot), Ordering::Relaxed);
+        self.fill_inline(slot, inline);
         // `tail` lives in shared memory: wrapping, never a panic, whatever another process
         // wrote there.
         let next = n.wrapping_add(1);

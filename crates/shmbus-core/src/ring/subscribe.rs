@@ -241,12 +241,14 @@ impl Ring {
     }
 
     /// Reads the message at `*cursor` for subscriber `k` without holding its slot: `read` is
-    /// called with the slot index and copies what it needs with atomic loads (see
-    /// [`Ring::copy_slot`]), then the entry is checked again. The copy is kept only if the
-    /// entry still names this message and this slot: a slot is loaned again only after its
-    /// entry was rewritten, and a loan is followed by a `Release` fence, so a copy that saw any
-    /// byte of a later message sees the rewrite too (seqlock reader; `read` may run several
-    /// times, and what a failed check read is dropped).
+    /// called with the slot index and the message words the entry carries (empty without
+    /// [`RingConfig::inline`]) and copies what it needs with atomic loads (see
+    /// [`Ring::copy_slot`], [`Ring::copy_inline`]), then the entry is checked again. The copy
+    /// is kept only if the entry still names this message and this slot: a slot is loaned again
+    /// only after its entry was rewritten, and a loan is followed by a `Release` fence, so a
+    /// copy that saw any byte of a later message sees the rewrite too; the entry's own words
+    /// are rewritten after its `INVALID` store and a `Release` fence, as `slot` is (seqlock
+    /// reader; `read` may run several times, and what a failed check read is dropped).
     ///
     /// Unlike [`Ring::try_acquire`], the shared cursor is not written: the caller stores it once
     /// for a batch with [`Ring::commit_cursor`]. With `keep_going` false a lag or a corrupt entry
@@ -258,7 +260,8 @@ impl Ring {
     /// [`CorruptRing`] if an entry names a slot that does not exist, or keeps changing.
     #[inline]
     ///
-    /// `guess` carries, from one call to the next, the slot the message at the cursor is
+    /// `guess` (`None` when `read` reads only the entry's words) carries, from one call to the
+    /// next, the slot the message at the cursor is
     /// probably in: a publish hands the slot it evicts to its next loan, so while a reader waits
     /// at message n, the slot its entry still names (message n − capacity's) is where message
     /// n + 1 will most likely be written. Each poll prefetches the guessed slot together with the
@@ -269,8 +272,8 @@ impl Ring {
         k: u32,
         cursor: &mut u64,
         keep_going: bool,
-        guess: &mut SlotGuess,
-        mut read: impl FnMut(u32) -> R,
+        guess: Option<&mut SlotGuess>,
+        mut read: impl FnMut(u32, &[AtomicU64]) -> R,
     ) -> Result<Read<R>, CorruptRing> {
         let cap = u64::from(self.layout.config.capacity);
         let mut rounds: u64 = cap.saturating_mul(4).saturating_add(ROUND_LIMIT);
@@ -285,18 +288,22 @@ impl Ring {
             };
             let n = *cursor;
             let next = n.wrapping_add(1);
-            if guess.now < self.layout.slots {
-                prefetch(self.slot_ptr(guess.now));
+            if let Some(g) = guess.as_deref() {
+                if g.now < self.layout.slots {
+                    prefetch(self.slot_ptr(g.now));
+                }
             }
-            let e = self.entry(n);
+            let (e, inline) = self.entry_inline(n);
             let s1 = e.seq.load(Ordering::Acquire);
             if s1 != next {
                 let resume = match self.behind(n, s1) {
                     Behind::Empty => {
                         // The entry names an older message, whose slot publish n will hand to
                         // the loan of message n + 1 (a hint: checked before any use).
-                        guess.next =
-                            u32::try_from(e.slot.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+                        if let Some(g) = guess {
+                            g.next =
+                                u32::try_from(e.slot.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+                        }
                         return Ok(Read::Empty);
                     }
                     Behind::Retry => continue,
@@ -337,20 +344,23 @@ impl Ring {
                 )));
             }
             let slot = slot as u32;
-            let value = read(slot);
+            let value = read(slot, inline);
             // Acquire fence: pairs with the Release fence after a loan of this slot, so if
             // `read` saw any byte written under a later loan, the loads below see the entry
             // rewrite that came before that loan (and `retire`'s RETIRED store, which comes
-            // before it clears RING).
+            // before it clears RING); and with the Release fence after the entry's INVALID
+            // store, so if it saw a later message's words in the entry, they see INVALID.
             fence(Ordering::Acquire);
             if e.seq.load(Ordering::Relaxed) == next
                 && e.slot.load(Ordering::Relaxed) == u64::from(slot)
             {
                 *cursor = next;
-                *guess = SlotGuess {
-                    now: guess.next,
-                    next: u32::MAX,
-                };
+                if let Some(g) = guess {
+                    *g = SlotGuess {
+                        now: g.next,
+                        next: u32::MAX,
+                    };
+                }
                 return Ok(Read::Message { seq: n, value });
             }
             // The entry moved on while we read: the next round reports the lag.

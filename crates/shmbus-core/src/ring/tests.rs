@@ -11,6 +11,7 @@ fn cfg(capacity: u32, overflow: Overflow) -> RingConfig {
         max_held: 1,
         overflow,
         timestamps: false,
+        inline: 0,
     }
 }
 
@@ -208,4 +209,63 @@ fn corrupt_slot_index_is_an_error() {
     r.entry(0).slot.store(999, Ordering::Relaxed);
     r.entry(0).seq.store(1, Ordering::Release);
     assert!(r.try_acquire(0, &mut c, &Futex).is_err());
+}
+
+#[test]
+fn entries_carry_the_first_inline_bytes_of_their_message() {
+    let plain = HeapRing::new(cfg(4, Overflow::Overwrite)).unwrap();
+    let inl = HeapRing::new(RingConfig {
+        inline: 12,
+        ..cfg(4, Overflow::Overwrite)
+    })
+    .unwrap();
+    assert_eq!(plain.ring().layout().entry_size, 16);
+    assert_eq!(inl.ring().layout().entry_size, 64);
+    assert_eq!(
+        inl.ring().layout().entries % 64,
+        0,
+        "an entry per cache line"
+    );
+    assert!(RingLayout::new(RingConfig {
+        inline: INLINE_MAX + 1,
+        ..cfg(4, Overflow::Overwrite)
+    })
+    .is_err());
+    let r = inl.ring();
+    let mut hint = 0;
+    let mut cursor = r.join_subscriber(0, 1, 0);
+    // Six messages through four entries: every entry is rewritten, and its words with it.
+    for v in 0..6u64 {
+        let s = r.loan(0, &mut hint).unwrap();
+        // SAFETY: we hold the loan of `s`; slots are 64 bytes, aligned.
+        unsafe {
+            let p = r.slot_ptr(s).cast::<u64>().as_ptr();
+            p.write(v * 1000 + 7);
+            p.add(1).write(u64::MAX - v);
+        }
+        // SAFETY: single-threaded test: we have publish rights and the loan of `s`.
+        let (_, freed) = unsafe { r.publish(s, &Futex) };
+        if let Some(f) = freed {
+            hint = f;
+        }
+        let mut buf = [0u8; 12];
+        let read = r
+            .try_read(0, &mut cursor, true, None, |_, words| {
+                assert_eq!(words.len(), 2, "12 bytes are two words");
+                Ring::copy_inline(words, &mut buf);
+            })
+            .unwrap();
+        assert!(matches!(read, Read::Message { seq, .. } if seq == v));
+        assert_eq!(buf[..8], (v * 1000 + 7).to_ne_bytes());
+        assert_eq!(buf[8..], (u64::MAX - v).to_ne_bytes()[..4]);
+    }
+    // A config word that lies about the inline size is refused at attach.
+    // SAFETY: the ring's memory is ours (single-threaded test), header at its start.
+    unsafe {
+        let h = inl.ring().header.as_ptr();
+        (*h).inline = u64::from(INLINE_MAX) + 8;
+        let err = Ring::read_layout(inl.ring().header.cast(), inl.ring().layout().size);
+        assert!(err.is_err(), "inline of 56 bytes accepted");
+        (*h).inline = 12;
+    }
 }

@@ -16,11 +16,12 @@ use std::time::Duration;
 
 use crate::fork::{Born, UsedAfterFork};
 use crate::futex::Futex;
-use crate::layout::TypeInfo;
+use crate::layout::{Codec, TypeInfo};
 use crate::liveness::{self, Lease};
 use crate::name::Name;
 use crate::ring::{
     Acquired, Evicted, Overflow, Read, Ring, RingConfig, RingLayout, RoomCache, SlotGuess,
+    INLINE_MAX,
 };
 use crate::segment::{CreateOptions, Expect, Kind, Lifetime, Segment, SegmentError};
 use crate::sync::{self, RobustMutex};
@@ -86,6 +87,7 @@ impl TopicOptions {
             max_held: self.max_held.unwrap_or(2),
             overflow: self.overflow.unwrap_or(Overflow::Overwrite),
             timestamps: self.timestamps.unwrap_or(false),
+            inline: 0,
         })
     }
 
@@ -123,6 +125,16 @@ impl TopicOptions {
             ),
             _ => Ok(()),
         }
+    }
+}
+
+/// How many bytes of each message a new topic of `type_info` carries in its ring entries
+/// ([`RingConfig::inline`]): all of a plain-old-data message of at most [`INLINE_MAX`] bytes
+/// (read by a copying receive from the entry's cache line alone), none of any other.
+fn inline_bytes(type_info: &TypeInfo) -> u32 {
+    match u32::try_from(type_info.size) {
+        Ok(size) if type_info.codec == Codec::Pod && size <= INLINE_MAX => size,
+        _ => 0,
     }
 }
 
@@ -209,7 +221,8 @@ impl RawTopic {
         type_info: &TypeInfo,
         opts: &TopicOptions,
     ) -> Result<Arc<RawTopic>, TopicError> {
-        let config = opts.config()?;
+        let mut config = opts.config()?;
+        config.inline = inline_bytes(type_info);
         let layout = RingLayout::new(config).map_err(|e| TopicError::Config(e.0))?;
         let mut create =
             CreateOptions::new(Kind::Topic, type_info.clone(), RING_OFFSET + layout.size);

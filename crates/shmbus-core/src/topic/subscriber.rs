@@ -266,11 +266,19 @@ impl RawSubscriber {
         let stamps = ring.config().timestamps;
         let mut cursor = self.cursor.get();
         let mut guess = self.guess.get();
+        // A message that fits in its entry's words is read from the entry's line alone: no
+        // slot to fetch, so no slot to guess and prefetch either.
+        let from_entry = buf.len() <= ring.config().inline as usize;
         let mut got = 0;
         let mut outcome = Ok(Copied::Empty);
         while got < max {
-            let read = ring.try_read(self.index, &mut cursor, got == 0, &mut guess, |slot| {
-                ring.copy_slot(slot, buf);
+            let g = (!from_entry).then_some(&mut guess);
+            let read = ring.try_read(self.index, &mut cursor, got == 0, g, |slot, inline| {
+                if from_entry {
+                    Ring::copy_inline(inline, buf);
+                } else {
+                    ring.copy_slot(slot, buf);
+                }
                 stamps.then(|| ring.stamp_of(slot)).flatten()
             });
             match read {

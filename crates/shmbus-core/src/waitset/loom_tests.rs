@@ -26,6 +26,7 @@ fn ring() -> HeapRing {
         max_held: 1,
         overflow: Overflow::Overwrite,
         timestamps: false,
+        inline: 0,
     })
     .unwrap()
 }

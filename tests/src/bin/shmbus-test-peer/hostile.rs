@@ -1277,6 +1277,8 @@ fn topic_fields(buf: &[u8], f: &mut Vec<Field>, lies: &mut Vec<Lie>) {
     }
     f.push(int("ring-hot", "publisher_joins", RING + 72, 8, &[0, max]));
     f.push(int("ring-hot", "subscriber_joins", RING + 80, 8, &[0, max, max - 1]));
+    let inline = rd(buf, RING + 88, 8);
+    f.push(int("ring-config", "inline", RING + 88, 8, &[0, 1, 8, 47, 48, 49, 64, inline + 1, u32::MAX as u64, 1 << 32]));
     let tail = rd(buf, RING + 128, 8);
     f.push(int("ring-hot", "tail", RING + 128, 8, &[0, tail.wrapping_sub(1), tail + 1, tail + cap, tail + cap + 1, max, max - 1, 1 << 63]));
     f.push(int("ring-hot", "notify_word", RING + 256, 4, &[0, u32::MAX as u64]));
@@ -1295,6 +1297,7 @@ fn topic_fields(buf: &[u8], f: &mut Vec<Field>, lies: &mut Vec<Lie>) {
             Overflow::Overwrite
         },
         timestamps: w(8) == 1,
+        inline: inline as u32,
     };
     let Ok(l) = RingLayout::new(config) else {
         return;
@@ -1305,9 +1308,13 @@ fn topic_fields(buf: &[u8], f: &mut Vec<Field>, lies: &mut Vec<Lie>) {
     let n_slots = u64::from(l.slots);
     let at = |o: usize| RING + o as u64;
     for i in 0..cap.min(64) {
-        let e = at(l.entries) + 16 * i;
+        let e = at(l.entries) + l.entry_size as u64 * i;
         f.push(int("entries", format!("entry[{i}].seq"), e, 8, &[0, 1, tail, tail + 1, tail + cap, tail + cap + 1, max, max - 1, 1 << 63]));
         f.push(int("entries", format!("entry[{i}].slot"), e + 8, 8, &[0, n_slots - 1, n_slots, n_slots + 1, max, max - 1, u32::MAX as u64, 1 << 32]));
+        // The message words an entry carries: any bytes are a message, never a fault.
+        for wd in 0..(u64::from(l.config.inline).div_ceil(8)) {
+            f.push(int("entries", format!("entry[{i}].inline[{wd}]"), e + 16 + 8 * wd, 8, &[0, max, 1 << 63]));
+        }
     }
     for s in 0..n_slots.min(64) {
         f.push(int("states", format!("state[{s}]"), at(l.states) + 8 * s, 8, &[0, 1, 1 << 56, (1 << 56) | 1, (1 << 56) - 1, 1 << 57, 2 << 57, 0x7f << 57, max]));
