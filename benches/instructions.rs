@@ -8,7 +8,9 @@
 //! divided by the difference of `iters` is the cost of one operation, without the setup:
 //! `scripts/instruction-counts` does that and prints the table. Scenarios: `pod8` (a `u64`, a
 //! held sample), `pod8_copy` (the same copied out, `try_recv_copy`), `pod8_many` (copied out in
-//! batches of up to 64, `try_recv_many`),
+//! batches of up to 64, `try_recv_many`), `pod64_many` (64-byte messages, too big for the ring
+//! entry's words, copied out in batches), `pod8_send_many` (sent 8 at a time with `send_many`
+//! into a ring of 256 that overwrites: the `publish` phase, every publish evicting one),
 //! `serde` (a small struct with a string and a vector), `array` (a 64-byte array through an array
 //! topic's descriptor, in a ring of 8: `pairs` only; `array_long`: in a ring of 4096), `queue64` (a 64-byte `Queue` item: `put`, then `get`; valgrind 3.19
 //! runs it only in a build with `--cfg rustix_use_libc`: rustix's own vDSO lookup for the
@@ -119,6 +121,54 @@ fn run(scenario: &str, phase: Phase, n: u64) -> Result<u64, Box<dyn std::error::
                     }
                     Ok(batch.pop_front().ok_or("a batch of at least one")?)
                 },
+            )
+        }
+        "pod64_many" => {
+            // 64-byte messages (too big for the entry's words: copied from their slots),
+            // received in batches of up to 64 (`try_recv_many`), as `throughput_64B` does.
+            let sub = topic.subscriber::<[u64; 8]>()?;
+            let mut publisher = topic.publisher::<[u64; 8]>()?;
+            let mut batch = std::collections::VecDeque::new();
+            let mut buf = Vec::with_capacity(64);
+            rounds(
+                n,
+                phase,
+                |i| {
+                    Ok(publisher
+                        .send([i; 8])
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())?)
+                },
+                || {
+                    if batch.is_empty() {
+                        buf.clear();
+                        sub.try_recv_many(&mut buf, 64)?;
+                        batch.extend(buf.drain(..));
+                    }
+                    Ok(batch.pop_front().ok_or("a batch of at least one")?[0])
+                },
+            )
+        }
+        "pod8_send_many" => {
+            // Sent 8 at a time (`send_many`) into a ring of 256 that overwrites, so that (after
+            // the warm-up) every publish evicts a message, as a stream does: the `publish`
+            // phase only (a receiver of `both` would lag).
+            let topic = Topic::builder(&name).capacity(256);
+            let sub = topic.subscriber::<u64>()?;
+            let mut publisher = topic.publisher::<u64>()?;
+            let mut buf = Vec::with_capacity(8);
+            rounds(
+                n,
+                phase,
+                |i| {
+                    buf.push(i);
+                    if buf.len() == 8 {
+                        publisher.send_many(&buf).map_err(|e| e.to_string())?;
+                        buf.clear();
+                    }
+                    Ok(())
+                },
+                || Ok(sub.try_recv_copy().unwrap_or(0)),
             )
         }
         "serde" => {

@@ -314,6 +314,13 @@ impl Scenario {
                 System::Iceoryx2,
             ],
             Scenario::PublishWaitset => &[System::Floor, System::Shmbus, System::ShmbusNoWaiter],
+            Scenario::Throughput => &[
+                System::Floor,
+                System::Shmbus,
+                System::ShmbusBatch,
+                System::Iceoryx2,
+                System::Uds,
+            ],
             // Unix sockets add nothing to the scaling curves but time (they are in `bulk_*`).
             Scenario::FanoutLatency(_)
             | Scenario::FanoutThroughput(_)
@@ -392,6 +399,8 @@ pub(crate) enum System {
     ShmbusRecv,
     /// `publish_with_waitset`: the publish that finds nobody asleep.
     ShmbusNoWaiter,
+    /// `throughput_64B` with the publisher sending batches (`send_many`, 32 at a time).
+    ShmbusBatch,
     Iceoryx2,
     Uds,
 }
@@ -400,11 +409,12 @@ impl System {
     /// The systems of most scenarios.
     const ALL: [System; 4] = [System::Floor, System::Shmbus, System::Iceoryx2, System::Uds];
     /// Every name `--system` and the peers accept.
-    const NAMED: [System; 6] = [
+    const NAMED: [System; 7] = [
         System::Floor,
         System::Shmbus,
         System::ShmbusRecv,
         System::ShmbusNoWaiter,
+        System::ShmbusBatch,
         System::Iceoryx2,
         System::Uds,
     ];
@@ -415,6 +425,7 @@ impl System {
             System::Shmbus => "shmbus",
             System::ShmbusRecv => "shmbus-recv",
             System::ShmbusNoWaiter => "shmbus-no-waiter",
+            System::ShmbusBatch => "shmbus-batch",
             System::Iceoryx2 => "iceoryx2",
             System::Uds => "uds",
         }
@@ -490,7 +501,8 @@ fn dispatch(sc: Scenario, sys: System, run: &mut Run<'_>, leader: bool) -> Res<O
         (WakeCross | WakeSame, Iceoryx2) => ice::wake(run, leader),
         (WakeCross | WakeSame, Uds) => uds::wake(run, leader),
         (Throughput, Floor) => floor::stream64(run, leader),
-        (Throughput, Shmbus) => shm::stream64(run, leader),
+        (Throughput, Shmbus) => shm::stream64(run, leader, 1),
+        (Throughput, ShmbusBatch) => shm::stream64(run, leader, shm::SEND_BATCH),
         (Throughput, Iceoryx2) => ice::stream64(run, leader),
         (Throughput, Uds) => uds::stream64(run, leader),
         (Bulk4 | Bulk64, Floor) => floor::bulk(run, leader),
@@ -538,7 +550,7 @@ fn dispatch(sc: Scenario, sys: System, run: &mut Run<'_>, leader: bool) -> Res<O
         (Publishers(_), Floor) => scaling::floor::publishers(run, leader),
         (Publishers(_), Shmbus) => scaling::shm::publishers(run, leader),
         (Publishers(_), Iceoryx2) => scaling::ice::publishers(run, leader),
-        (_, ShmbusRecv | ShmbusNoWaiter)
+        (_, ShmbusRecv | ShmbusNoWaiter | ShmbusBatch)
         | (PublishWaitset, Iceoryx2)
         | (
             FanoutLatency(_) | FanoutThroughput(_) | MsgLatency(_) | MsgThroughput(_)

@@ -137,7 +137,12 @@ pub(crate) fn wake(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     Ok(None)
 }
 
-pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
+/// Messages per `send_many` of the `shmbus-batch` row of `throughput_64B`.
+pub(crate) const SEND_BATCH: u64 = 32;
+
+/// `throughput_64B`: the consumer takes batches (`try_recv_many`); the producer publishes each
+/// message through a loan (`batch` = 1) or sends `batch` at a time with `send_many`.
+pub(crate) fn stream64(run: &mut Run<'_>, leader: bool, batch: u64) -> Res<Option<Measured>> {
     let topic = Topic::builder(&format!("{}.stream", run.tag))
         .capacity(256)
         .overflow(Overflow::BackPressure)
@@ -183,6 +188,21 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>>
         ctl::wait_leader(run.shared)?;
         let mut publisher = topic.publisher::<Msg64>()?;
         ctl::announce_ready(run.shared);
+        if batch > 1 {
+            let mut buf = Vec::with_capacity(batch as usize);
+            let mut i = 0;
+            while i < n {
+                buf.clear();
+                let end = (i + batch).min(n);
+                buf.extend((i..end).map(|j| Msg64 {
+                    seq: j,
+                    body: std::array::from_fn(|k| j ^ k as u64),
+                }));
+                publisher.send_many(&buf).map_err(|e| e.to_string())?;
+                i = end;
+            }
+            return Ok(None);
+        }
         for i in 0..n {
             let mut loan = publisher.loan()?;
             loan.seq = i;

@@ -35,6 +35,9 @@ struct Model {
     /// The publisher's next loan when a publish handed it the evicted slot (`NO_SPARE`: none),
     /// as `RawPublisher` keeps it. Only the publishing thread touches it.
     spare: AtomicU64,
+    /// The further loans a batch keeps ahead (`RawPublisher`'s reserve). Only the publishing
+    /// thread touches it.
+    reserve: std::sync::Mutex<Vec<u32>>,
     futex: MockFutex,
 }
 
@@ -66,6 +69,7 @@ impl Model {
                 .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
                 .collect(),
             spare: AtomicU64::new(NO_SPARE),
+            reserve: std::sync::Mutex::new(Vec::new()),
             futex: MockFutex::default(),
         })
     }
@@ -85,13 +89,72 @@ impl Model {
     /// [`Model::send`] without the wake: one publish of a batch that the caller ends with
     /// `wake_subscribers`.
     fn send_quietly(&self, hint: &mut u32, value: u64) {
-        let slot = match self.spare.swap(NO_SPARE, Ordering::Relaxed) {
-            NO_SPARE => self
-                .ring()
-                .loan(0, hint)
-                .expect("the pool is sized for every participant"),
+        let slot = self.take_loan(hint);
+        self.write(slot, value);
+        // SAFETY: one publishing thread per model; the slot is our loan and is written; the
+        // caller wakes (`send`, or the end of its batch).
+        let (_, evicted) = unsafe { self.ring().publish_quietly(slot, Some(0)) };
+        match evicted {
+            Evicted::Loaned(s) => self.spare.store(u64::from(s), Ordering::Relaxed),
+            Evicted::Free(f) => *hint = f,
+            Evicted::Nothing => {}
+        }
+    }
+
+    /// A batch as `RawPublisher::publish_many` sends it: each message into a loan of its own,
+    /// entered with `write_entry`; then one `fence(SeqCst)` (in `wake_subscribers`) and the
+    /// eviction without a read-modify-write of every slot the batch overwrote
+    /// (`evict_after_fence`), whose slots become the next loans. With `backpressure`, a message
+    /// that finds no room ends the chunk the same way first, then waits.
+    fn send_batch(&self, hint: &mut u32, values: &[u64], backpressure: bool) {
+        let mut room = crate::ring::RoomCache::new();
+        let mut retired = Vec::new();
+        for &value in values {
+            if backpressure && !self.ring().has_room_cached(&mut room) {
+                self.end_chunk(hint, &mut retired);
+                assert!(self
+                    .ring()
+                    .wait_for_space(&self.futex, Deadline::never(), None, || {}));
+            }
+            let slot = self.take_loan(hint);
+            self.write(slot, value);
+            // SAFETY: one publishing thread per model; the slot is our loan, written; what it
+            // returns is evicted by `end_chunk` before any wait and at the end.
+            let (_, old) = unsafe { self.ring().write_entry(slot, u8::MAX) }.unwrap();
+            retired.extend(old);
+        }
+        self.end_chunk(hint, &mut retired);
+    }
+
+    /// The end of a chunk of [`Model::send_batch`] (`RawPublisher::end_chunk`).
+    fn end_chunk(&self, hint: &mut u32, retired: &mut Vec<u32>) {
+        self.ring().wake_subscribers(&self.futex);
+        for old in retired.drain(..) {
+            // SAFETY: `wake_subscribers` fenced (SeqCst) after the entry writes; one publishing
+            // thread; each slot once.
+            match unsafe { self.ring().evict_after_fence(old, Some(0)) } {
+                Evicted::Loaned(s) => self.reserve.lock().unwrap().push(s),
+                Evicted::Free(f) => *hint = f,
+                Evicted::Nothing => {}
+            }
+        }
+    }
+
+    /// The publisher's next loan: the spare, else the reserve, else a new loan.
+    fn take_loan(&self, hint: &mut u32) -> u32 {
+        match self.spare.swap(NO_SPARE, Ordering::Relaxed) {
+            NO_SPARE => self.reserve.lock().unwrap().pop().unwrap_or_else(|| {
+                self.ring()
+                    .loan(0, hint)
+                    .expect("the pool is sized for every participant")
+            }),
             s => s as u32,
-        };
+        }
+    }
+
+    /// Writes `value` into loaned `slot`: the cell held readers read, the atomic words copying
+    /// readers read, and the slot's memory, from which a publish copies the entry's words.
+    fn write(&self, slot: u32, value: u64) {
         self.data[slot as usize].with_mut(|p| {
             // SAFETY: the cell's pointer is valid in the closure; whether the access races
             // another is what the model checks (the slot is this thread's loan or hold).
@@ -108,14 +171,6 @@ impl Model {
         unsafe {
             p.write(value);
             p.add(1).write(value);
-        }
-        // SAFETY: one publishing thread per model; the slot is our loan and is written; the
-        // caller wakes (`send`, or the end of its batch).
-        let (_, evicted) = unsafe { self.ring().publish_quietly(slot, Some(0)) };
-        match evicted {
-            Evicted::Loaned(s) => self.spare.store(u64::from(s), Ordering::Relaxed),
-            Evicted::Free(f) => *hint = f,
-            Evicted::Nothing => {}
         }
     }
 
@@ -223,13 +278,25 @@ fn publish_then_receive_in_order() {
 
 #[test]
 fn overwrite_reports_lag_and_accounts_for_every_message() {
-    overwrite_accounts_for_every_message(0, |m, cursor| m.try_recv(0, cursor));
+    overwrite_accounts_for_every_message(0, false, |m, cursor| m.try_recv(0, cursor));
+}
+
+#[test]
+fn a_batch_evicting_without_an_rmw_never_reuses_a_held_slot() {
+    // The held receive against batches that evict with a load and a store after one fence: a
+    // hold the eviction's load missed must fail its re-check (else the publisher's next write
+    // of the slot races the sample's read, which loom reports), and nothing is lost.
+    overwrite_accounts_for_every_message(0, true, |m, cursor| m.try_recv(0, cursor));
 }
 
 /// Capacity 1, 3 messages, overwrite, read by `receive` while they are published and after:
 /// every message is received intact or counted as lagged, sequence numbers increase, and the
 /// newest message is always readable.
-fn overwrite_accounts_for_every_message(inline: u32, receive: fn(&Model, &mut u64) -> Received) {
+fn overwrite_accounts_for_every_message(
+    inline: u32,
+    batched: bool,
+    receive: fn(&Model, &mut u64) -> Received,
+) {
     model(move || {
         let m = Model::with_inline(1, 1, Overflow::Overwrite, inline);
         let mut cursor = m.ring().join_subscriber(0, 1, 0);
@@ -238,8 +305,14 @@ fn overwrite_accounts_for_every_message(inline: u32, receive: fn(&Model, &mut u6
             let m = m.clone();
             thread::spawn(move || {
                 let mut hint = 0;
-                for seq in 0..N {
-                    m.send(&mut hint, value_of(seq));
+                if batched {
+                    // Messages 0 and 1 in one chunk, then 2: both chunks evict without an RMW.
+                    m.send_batch(&mut hint, &[value_of(0), value_of(1)], false);
+                    m.send_batch(&mut hint, &[value_of(2)], false);
+                } else {
+                    for seq in 0..N {
+                        m.send(&mut hint, value_of(seq));
+                    }
                 }
             })
         };
@@ -477,7 +550,7 @@ fn copied_message_is_intact_or_reported_as_lag() {
     // Capacity 1: every publish after the first evicts the message the reader may be copying,
     // and its slot can be loaned and rewritten at once. A copy that passed the check must be
     // all of the message its sequence number names (`try_copy` also asserts both words agree).
-    overwrite_accounts_for_every_message(0, |m, cursor| m.try_copy(0, cursor, true));
+    overwrite_accounts_for_every_message(0, false, |m, cursor| m.try_copy(0, cursor, true));
 }
 
 #[test]
@@ -485,7 +558,7 @@ fn message_copied_from_its_entry_is_intact_or_reported_as_lag() {
     // As above, the copy taken from the words of the entry itself: every publish rewrites the
     // one entry the reader copies from, seqlock style; a copy that passed the check is one
     // message's two words.
-    overwrite_accounts_for_every_message(16, |m, cursor| m.try_copy_inline(0, cursor));
+    overwrite_accounts_for_every_message(16, false, |m, cursor| m.try_copy_inline(0, cursor));
 }
 
 #[test]
@@ -537,10 +610,7 @@ fn a_batch_of_quiet_publishes_and_one_wake_wakes_the_subscriber() {
             let m = m.clone();
             thread::spawn(move || {
                 let mut hint = 0;
-                for seq in 0..2 {
-                    m.send_quietly(&mut hint, value_of(seq));
-                }
-                m.ring().wake_subscribers(&m.futex);
+                m.send_batch(&mut hint, &[value_of(0), value_of(1)], false);
             })
         };
         for seq in 0..2 {
@@ -568,19 +638,7 @@ fn a_batch_waiting_for_room_wakes_the_subscriber_first() {
             let m = m.clone();
             thread::spawn(move || {
                 let mut hint = 0;
-                let mut room = crate::ring::RoomCache::new();
-                for seq in 0..2 {
-                    if !m.ring().has_room_cached(&mut room) {
-                        assert!(m.ring().wait_for_space_in_batch(
-                            &m.futex,
-                            Deadline::never(),
-                            None,
-                            || {}
-                        ));
-                    }
-                    m.send_quietly(&mut hint, value_of(seq));
-                }
-                m.ring().wake_subscribers(&m.futex);
+                m.send_batch(&mut hint, &[value_of(0), value_of(1)], true);
             })
         };
         for seq in 0..2 {

@@ -75,8 +75,14 @@ pub const MAX_PUBLISHERS: u32 = 127;
 /// before it calls the topic corrupt (far above what any number of honest peers cause).
 const ROUND_LIMIT: u64 = if cfg!(loom) { 64 } else { 1 << 16 };
 
-/// Slots one publisher has on loan at most (the spare it loans ahead counts as its loan).
-pub const LOANS_PER_PUBLISHER: u32 = 1;
+/// Slots a publisher of a topic with small slots ([`BATCH_SLOT_MAX`] bytes at most) may have
+/// on loan at once: its next loan, and as many more kept for batches of publishes, which evict
+/// the slots of a chunk of that many messages after one fence (see [`Ring::evict_after_fence`]).
+pub const BATCH_LOANS: u32 = 8;
+/// Largest slot for which publishers keep [`BATCH_LOANS`] loans; with larger slots a publisher
+/// has one (the extra slots would cost memory for no gain: copying such a message costs more
+/// than the fence).
+pub const BATCH_SLOT_MAX: u32 = 1024;
 
 /// Most bytes of a message that its ring entry also carries ([`RingConfig::inline`]): an entry
 /// with them fills one cache line (two words of entry, six of message).
@@ -189,10 +195,22 @@ pub struct RingConfig {
 }
 
 impl RingConfig {
+    /// Slots one publisher may have on loan at once (the spare it loans ahead counts as its
+    /// loan): [`BATCH_LOANS`] with slots of at most [`BATCH_SLOT_MAX`] bytes, else 1.
+    pub fn loans_per_publisher(&self) -> u32 {
+        if self.slot_size <= BATCH_SLOT_MAX {
+            BATCH_LOANS
+        } else {
+            1
+        }
+    }
+
     /// Slots needed so that a loan never finds the pool empty while everyone is alive:
     /// every ring entry, every publisher's one loan, every subscriber's held samples, and one.
     pub fn slots(&self) -> Option<u32> {
-        let p = self.max_publishers.checked_mul(LOANS_PER_PUBLISHER)?;
+        let p = self
+            .max_publishers
+            .checked_mul(self.loans_per_publisher())?;
         let s = self.max_subscribers.checked_mul(self.max_held)?;
         self.capacity.checked_add(p)?.checked_add(s)?.checked_add(1)
     }
@@ -215,8 +233,8 @@ pub struct RingHeader {
     slot_size: u64,
     max_subscribers: u64,
     max_publishers: u64,
-    /// Loans one publisher has out at once: always [`LOANS_PER_PUBLISHER`] (a word kept so
-    /// that the layout of format version 2 is unchanged).
+    /// Loans one publisher may have out at once: [`RingConfig::loans_per_publisher`] (a
+    /// function of the slot size, checked at attach).
     loans_per_publisher: u64,
     max_held: u64,
     overflow: u64,
@@ -544,7 +562,7 @@ impl Ring {
         h.slot_size = u64::from(c.slot_size);
         h.max_subscribers = u64::from(c.max_subscribers);
         h.max_publishers = u64::from(c.max_publishers);
-        h.loans_per_publisher = u64::from(LOANS_PER_PUBLISHER);
+        h.loans_per_publisher = u64::from(c.loans_per_publisher());
         h.max_held = u64::from(c.max_held);
         h.overflow = c.overflow.to_raw();
         h.timestamps = u64::from(c.timestamps);
@@ -584,7 +602,7 @@ impl Ring {
             },
             inline: small(h.inline, "inline")?,
         };
-        if h.loans_per_publisher != u64::from(LOANS_PER_PUBLISHER) {
+        if h.loans_per_publisher != u64::from(config.loans_per_publisher()) {
             return Err(CorruptRing(format!(
                 "loans per publisher = {}",
                 h.loans_per_publisher
@@ -651,11 +669,13 @@ impl Ring {
         &self.layout.config
     }
 
+    #[inline]
     fn header(&self) -> &RingHeader {
         // SAFETY: `from_raw`'s contract: the header is mapped for our lifetime.
         unsafe { self.header.as_ref() }
     }
 
+    #[inline]
     fn entry(&self, seq: u64) -> &Entry {
         // SAFETY: `entry_ptr` points to an `Entry` (the first field of an `InlineEntry` when
         // entries carry message bytes) inside the mapping, which lives as long as we do.
@@ -664,6 +684,7 @@ impl Ring {
 
     /// Entry `seq % capacity` and the message words it carries (empty when the topic has no
     /// [`RingConfig::inline`] bytes).
+    #[inline]
     fn entry_inline(&self, seq: u64) -> (&Entry, &[AtomicU64]) {
         let p = self.entry_ptr(seq);
         if self.inline_words == 0 {
@@ -677,6 +698,7 @@ impl Ring {
         (&e.entry, &e.words[..self.inline_words])
     }
 
+    #[inline]
     fn entry_ptr(&self, seq: u64) -> *const u8 {
         let i = if self.entry_mask != 0 || self.layout.config.capacity == 1 {
             (seq & self.entry_mask) as usize
@@ -701,6 +723,7 @@ impl Ring {
 
     /// Stores the first [`RingConfig::inline`] bytes of loaned `slot` into the words of `inline`
     /// (the entry being written for its message).
+    #[inline]
     fn fill_inline(&self, slot: u32, inline: &[AtomicU64]) {
         use std::sync::atomic::{AtomicU64 as StdU64, Ordering as StdOrdering};
         let src = self.slot_ptr(slot).as_ptr();
@@ -713,6 +736,7 @@ impl Ring {
         }
     }
 
+    #[inline]
     fn state(&self, slot: u32) -> &AtomicU64 {
         assert!(slot < self.layout.slots, "slot index out of range");
         // SAFETY: slot < slots (checked), and the state array is mapped for our lifetime.
@@ -743,6 +767,7 @@ impl Ring {
             .then(|| self.stamp(slot).load(Ordering::Relaxed))
     }
 
+    #[inline]
     fn subscriber(&self, k: u32) -> &SubscriberEntry {
         assert!(
             k < self.layout.config.max_subscribers,
@@ -761,6 +786,7 @@ impl Ring {
         unsafe { &*self.publishers.as_ptr().add(p as usize) }
     }
 
+    #[inline]
     fn counter(&self, i: usize) -> &AtomicU64 {
         assert!(i < counter::COUNT);
         // SAFETY: i < COUNT, and `from_raw`'s contract keeps the counters mapped.
@@ -776,6 +802,7 @@ impl Ring {
     ///
     /// Whoever holds the slot's loan may write there; whoever holds the slot may read there;
     /// anyone else reads it only through [`Ring::copy_slot`].
+    #[inline]
     pub fn slot_ptr(&self, slot: u32) -> NonNull<u8> {
         assert!(slot < self.layout.slots, "slot index out of range");
         // SAFETY: slot < slots, so the offset lies within the data area of `layout.size` bytes.

@@ -160,20 +160,6 @@ impl Ring {
         }
     }
 
-    /// [`Ring::wait_for_space`] in the middle of a batch of [`Ring::publish_quietly`]: first
-    /// wakes the subscribers asleep on what the batch published so far (they are the ones who
-    /// make room; unwoken, they would sleep while we wait for them).
-    pub(crate) fn wait_for_space_in_batch<N: Notifier>(
-        &self,
-        notifier: &N,
-        deadline: Deadline,
-        check_every: Option<Duration>,
-        on_slow: impl FnMut(),
-    ) -> bool {
-        self.wake_subscribers(notifier);
-        self.wait_for_space(notifier, deadline, check_every, on_slow)
-    }
-
     /// Publishes loaned `slot` as the next message and returns its sequence number and, if the
     /// message it overwrote left its slot free, that slot (a good hint for the next loan).
     ///
@@ -245,6 +231,26 @@ impl Ring {
         stop_after: u8,
         reloan: Option<u32>,
     ) -> Option<(u64, Evicted)> {
+        // SAFETY: the caller upholds `publish`'s contract.
+        let (n, old) = unsafe { self.write_entry(slot, stop_after) }?;
+        Some((n, old.map_or(Evicted::Nothing, |o| self.evict(o, reloan))))
+    }
+
+    /// Steps 0 to 3 of a publish (architecture 6.1): `slot` becomes message `tail`, and the
+    /// slot of the message its entry named before, if any, is returned: it is still marked
+    /// `RING` but named by no entry, and the caller evicts it ([`Ring::evict`], or after a
+    /// fence [`Ring::evict_after_fence`]). `None` when it stopped early (`stop_after`).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Ring::publish`]; and the caller evicts the returned slot before it waits for
+    /// anything or gives up publish rights (left unevicted, the slot is lost to the pool until a
+    /// [`Ring::repair`]).
+    pub(crate) unsafe fn write_entry(
+        &self,
+        slot: u32,
+        stop_after: u8,
+    ) -> Option<(u64, Option<u32>)> {
         let h = self.header();
         let n = h.tail.load(Ordering::Relaxed);
         // The loan bits go, RING comes: no subscriber can hold a loaned slot, so a store is
@@ -275,35 +281,74 @@ impl Ring {
         h.tail.store(next, Ordering::Release);
         self.counter(counter::PUBLISHED)
             .store(next, Ordering::Relaxed);
+        let old =
+            (old_seq != 0 && old_slot < u64::from(self.layout.slots)).then_some(old_slot as u32);
+        Some((n, old))
+    }
 
-        // Evict the message this entry named. AcqRel: pairs with holders' Release releases (as
-        // a loan's Acquire would), and its Release orders the entry rewrite before the change
-        // for readers that find RING cleared (ordering rows 5 and 6).
-        let mut evicted = Evicted::Nothing;
-        if old_seq != 0 && old_slot < u64::from(self.layout.slots) {
-            let old_slot = old_slot as u32;
-            let st = self.state(old_slot);
-            let owner = reloan.map(|p| u64::from(p + 1) << LOAN_SHIFT);
-            match owner {
-                // Published and held by nobody: it becomes our next loan, in one operation.
-                Some(owner)
-                    if st
-                        .compare_exchange(RING_BIT, owner, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok() =>
-                {
+    /// Step 4 of a publish: clears `RING` on `old`, the slot of the message the entry just
+    /// rewritten named ([`Ring::write_entry`]). With `reloan` = `Some(p)`, a slot nobody holds
+    /// goes straight to publisher `p`'s loan, in the same atomic operation.
+    ///
+    /// AcqRel: pairs with holders' Release releases (as a loan's Acquire would), and its Release
+    /// orders the entry rewrite before the change for readers that find `RING` cleared
+    /// (ordering rows 5 and 6).
+    pub(crate) fn evict(&self, old: u32, reloan: Option<u32>) -> Evicted {
+        let st = self.state(old);
+        if let Some(p) = reloan {
+            let owner = u64::from(p + 1) << LOAN_SHIFT;
+            // Published and held by nobody: it becomes our next loan, in one operation.
+            if st
+                .compare_exchange(RING_BIT, owner, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                // As after every loan (see `loan`): the new owner's writes come after it.
+                fence(Ordering::Release);
+                return Evicted::Loaned(old);
+            }
+        }
+        if st.fetch_and(!RING_BIT, Ordering::AcqRel) == RING_BIT {
+            Evicted::Free(old)
+        } else {
+            Evicted::Nothing
+        }
+    }
+
+    /// [`Ring::evict`] without an atomic read-modify-write when nobody holds `old`: a load and
+    /// a store, for a batch of publishes that evicts its slots after one `fence(SeqCst)`.
+    ///
+    /// Why a store cannot lose a hold: a subscriber takes a slot with a CAS that sets its bit,
+    /// then makes a `fence(SeqCst)` and reads the entry again ([`Ring::try_acquire`]). Our entry
+    /// rewrite, our fence, our load of the state word against its CAS, its fence, its entry load
+    /// is the store-buffering pattern with a SeqCst fence on each side: if our load missed its
+    /// bit, its entry load sees our rewrite, so it lets go of a slot it never used (its bit,
+    /// which our store may wipe, means nothing; its `fetch_and` of it changes nothing). A CAS
+    /// that fails on our store (Release) sees the rewrite too (ordering row 28).
+    ///
+    /// # Safety
+    ///
+    /// This thread made a `fence(SeqCst)` after the [`Ring::write_entry`] that returned `old`
+    /// (and still has publish rights; `old` is evicted once). With `reloan` = `Some(p)`, as for
+    /// [`Ring::publish_quietly`]: `p` is the caller's row and the slot joins its loans.
+    pub(crate) unsafe fn evict_after_fence(&self, old: u32, reloan: Option<u32>) -> Evicted {
+        let st = self.state(old);
+        // Acquire: the last holder's reads of the slot (Release) happen before our reuse.
+        if st.load(Ordering::Acquire) == RING_BIT {
+            match reloan {
+                Some(p) => {
+                    st.store(u64::from(p + 1) << LOAN_SHIFT, Ordering::Release);
                     // As after every loan (see `loan`): the new owner's writes come after it.
                     fence(Ordering::Release);
-                    evicted = Evicted::Loaned(old_slot);
+                    return Evicted::Loaned(old);
                 }
-                _ => {
-                    if st.fetch_and(!RING_BIT, Ordering::AcqRel) == RING_BIT {
-                        evicted = Evicted::Free(old_slot);
-                    }
+                None => {
+                    st.store(0, Ordering::Release);
+                    return Evicted::Free(old);
                 }
             }
         }
-
-        Some((n, evicted))
+        // Held (or a word another process scribbled on): leave it to its holders.
+        self.evict(old, None)
     }
 
     /// Frees every slot on loan to publisher `p` and marks its row free. The caller holds row

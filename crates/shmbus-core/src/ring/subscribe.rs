@@ -163,6 +163,12 @@ impl Ring {
                     }
                 };
                 if held {
+                    // SeqCst fence between our bit and the re-check: a batch publisher that
+                    // evicts with a plain load and store after its own SeqCst fence
+                    // (`evict_after_fence`) either sees our bit, or we see its entry rewrite
+                    // below (store buffering, ordering row 28). On x86 the CAS above already
+                    // drained our stores, so the fence finds nothing to wait for.
+                    fence(Ordering::SeqCst);
                     // The entry must still name this message *and* this slot: `retire` rewrites
                     // an entry's slot while keeping its sequence number.
                     if e.seq.load(Ordering::Acquire) == next

@@ -98,9 +98,17 @@ fn room_cache_is_a_lower_bound_until_a_subscriber_joins() {
 fn layout_is_aligned_and_bounded() {
     let l = RingLayout::new(cfg(8, Overflow::Overwrite)).unwrap();
     assert_eq!(l.data % 128, 0);
-    assert_eq!(l.slots, 8 + 1 + 2 + 1);
-    assert_eq!(l.size, l.data + 12 * 64);
+    // Small slots: a publisher may have BATCH_LOANS loans (the batch reserve).
+    assert_eq!(l.slots, 8 + BATCH_LOANS + 2 + 1);
+    assert_eq!(l.size, l.data + l.slots as usize * 64);
     assert!(RingLayout::new(cfg(0, Overflow::Overwrite)).is_err());
+    // Above BATCH_SLOT_MAX a publisher has one loan.
+    let big = RingLayout::new(RingConfig {
+        slot_size: BATCH_SLOT_MAX + 1,
+        ..cfg(8, Overflow::Overwrite)
+    })
+    .unwrap();
+    assert_eq!(big.slots, 8 + 1 + 2 + 1);
 }
 
 #[test]

@@ -76,6 +76,12 @@ pub struct RawPublisher {
     /// to hand out without touching shared memory. It is this publisher's one loan while the
     /// caller has none, so the slot budget is unchanged.
     spare: Option<u32>,
+    /// More slots loaned ahead, for [`RawPublisher::publish_many`]: with `spare`, at most
+    /// [`RingConfig::loans_per_publisher`] of them (the topic's slot budget counts them).
+    reserve: Vec<u32>,
+    /// What a chunk of `publish_many` still has to evict (empty between calls; kept for its
+    /// allocation).
+    retired: Vec<u32>,
     /// Lower bound of the subscribers' cursors (back-pressure topics).
     room: RoomCache,
     id: u64,
@@ -114,6 +120,7 @@ impl RawPublisher {
     /// Joins `topic` as a publisher.
     pub fn new(topic: Arc<RawTopic>) -> Result<RawPublisher, TopicError> {
         let max = topic.ring.config().max_publishers;
+        let depth = topic.ring.config().loans_per_publisher() as usize;
         let fd = topic.segment.fd();
         for p in 0..max {
             let lease = Lease::try_acquire(fd, lease::topic_publisher(p)).map_err(|source| {
@@ -134,6 +141,8 @@ impl RawPublisher {
                 hint: 0,
                 loaned: false,
                 spare: None,
+                reserve: Vec::with_capacity(depth),
+                retired: Vec::with_capacity(depth),
                 room: RoomCache::new(),
                 id: next_id(),
                 born: Born::now(),
@@ -169,7 +178,7 @@ impl RawPublisher {
         if self.loaned {
             return Err(LoanError::AlreadyLoaned);
         }
-        if let Some(slot) = self.spare.take() {
+        if let Some(slot) = self.spare.take().or_else(|| self.reserve.pop()) {
             self.loaned = true;
             return Ok(Loan {
                 slot,
@@ -337,8 +346,11 @@ impl RawPublisher {
 
     /// Publishes `count` messages in a row, each written by `write(i, slot)` into a slot loaned
     /// for it, and returns the sequence number of the first (consecutive: publish rights are
-    /// held for the whole batch). The shared stores are batched: one fence and one look at the
-    /// sleeping subscribers for the batch (and before any wait for room), not one per message.
+    /// held for the whole batch). The shared stores are batched: the messages go out in chunks
+    /// of up to [`RingConfig::loans_per_publisher`] (8 with slots of at most 1 KiB), each
+    /// written into a slot loaned ahead, and then one fence for the chunk serves the look at
+    /// the sleeping subscribers and the eviction of the messages the chunk overwrote, which
+    /// takes no atomic read-modify-write for a slot nobody holds ([`Ring::evict_after_fence`]).
     /// Waits up to `timeout` in all for room (back-pressure) and for the publish lock.
     ///
     /// On error, the number of messages published before it comes with it; the rest were not
@@ -361,40 +373,61 @@ impl RawPublisher {
         let multi = take_publish_rights(&topic, self.index, timeout).map_err(|e| (e.into(), 0))?;
         let stamps = ring.config().timestamps;
         let size = ring.config().slot_size as usize;
+        let depth = ring.config().loans_per_publisher() as usize;
+        // Loans in hand: the spare first, then the reserve (all of them this publisher's).
+        if let Some(s) = self.spare.take() {
+            self.reserve.push(s);
+        }
+        // The slots of the messages this chunk overwrote, still to evict (at most `depth`:
+        // every one was named by an entry that a loan of ours now fills).
+        let mut retired = std::mem::take(&mut self.retired);
         let mut first = ring.published();
         let mut done = 0;
         let mut failed = None;
         while done < count {
-            let room = ring.has_room_cached(&mut self.room)
-                || ring.wait_for_space_in_batch(
+            let room = ring.has_room_cached(&mut self.room) || {
+                // Evict and wake before waiting: the subscribers we wait for may be asleep on
+                // what this batch published.
+                self.end_chunk(&mut retired);
+                ring.wait_for_space(
                     &Futex,
                     *deadline.get_or_insert_with(|| Deadline::after(timeout)),
                     CHECK_EVERY,
                     || {
                         topic.reclaim_dead();
                     },
-                );
+                )
+            };
             if !room {
                 failed = Some(PublishError::Timeout.into());
                 break;
             }
-            let slot = match self.spare.take() {
-                Some(s) => s,
-                None => match ring.loan(self.index, &mut self.hint) {
-                    Some(s) => s,
-                    None => {
-                        topic.reclaim_dead();
-                        match ring.loan(self.index, &mut self.hint) {
-                            Some(s) => s,
-                            None => {
-                                failed =
-                                    Some(LoanError::PoolExhausted(topic.name().clone()).into());
-                                break;
-                            }
+            if self.reserve.is_empty() {
+                if !retired.is_empty() {
+                    self.end_chunk(&mut retired);
+                }
+                // Loans for a whole chunk: what the chunk then evicts comes back as the next
+                // chunk's loans without an atomic read-modify-write; loaning the rest costs a
+                // CAS each, and only until the reserve is full (or when a holder kept a slot).
+                let want = depth.min(count - done);
+                while self.reserve.len() < want {
+                    match ring.loan(self.index, &mut self.hint) {
+                        Some(s) => self.reserve.push(s),
+                        None => break,
+                    }
+                }
+                if self.reserve.is_empty() {
+                    topic.reclaim_dead();
+                    match ring.loan(self.index, &mut self.hint) {
+                        Some(s) => self.reserve.push(s),
+                        None => {
+                            failed = Some(LoanError::PoolExhausted(topic.name().clone()).into());
+                            break;
                         }
                     }
-                },
-            };
+                }
+            }
+            let slot = self.reserve.pop().expect("a loan in hand (just checked)");
             // SAFETY: the slot is on loan to this publisher (just taken, not handed out), inside
             // the mapping `topic` keeps alive; `&mut self` keeps any other slice of it away.
             let bytes =
@@ -403,32 +436,52 @@ impl RawPublisher {
             if stamps {
                 ring.set_stamp(slot, monotonic_ns());
             }
-            // SAFETY: publish rights as in `publish`; `slot` is our loan, written above, and our
-            // only one; room was seen above while holding the rights; the batch ends with
-            // `wake_subscribers`, and every wait above is preceded by one.
-            let (seq, evicted) = unsafe { ring.publish_quietly(slot, Some(self.index)) };
+            // SAFETY: publish rights as in `publish`; `slot` is our loan, written above; room
+            // was seen above while holding the rights. The slot it returns is evicted by
+            // `end_chunk` before any wait, before the rights are given back, and at the end.
+            let Some((seq, old)) = (unsafe { ring.write_entry(slot, u8::MAX) }) else {
+                unreachable!("a full write_entry completes")
+            };
             if done == 0 {
                 first = seq;
             }
-            match evicted {
-                Evicted::Loaned(s) => self.spare = Some(s),
-                Evicted::Free(f) => self.hint = f,
-                Evicted::Nothing => {}
-            }
+            retired.extend(old);
             done += 1;
         }
-        if done > 0 {
-            ring.wake_subscribers(&Futex);
+        if done > 0 || !retired.is_empty() {
+            self.end_chunk(&mut retired);
         }
-        if self.spare.is_none() {
-            self.spare = ring.loan(self.index, &mut self.hint);
-        }
+        self.retired = retired;
+        // Back to the one spare the next `loan` takes; the reserve stays for the next batch.
+        self.spare = self
+            .reserve
+            .pop()
+            .or_else(|| ring.loan(self.index, &mut self.hint));
         if multi {
             give_back_publish_rights(&topic, self.index);
         }
         match failed {
             Some(e) => Err((e, done)),
             None => Ok(first),
+        }
+    }
+
+    /// Ends a chunk of [`RawPublisher::publish_many`]: one `fence(SeqCst)`, then the look at
+    /// sleeping subscribers (woken if any) and the eviction of every slot in `retired`, which
+    /// become loans of ours when nobody holds them.
+    fn end_chunk(&mut self, retired: &mut Vec<u32>) {
+        let ring = &self.topic.ring;
+        ring.wake_subscribers(&Futex);
+        for old in retired.drain(..) {
+            // SAFETY: `wake_subscribers` made a `fence(SeqCst)` after the `write_entry` that
+            // returned `old`; we hold publish rights (the batch does); each slot is evicted
+            // once (drained). The loans it makes are ours, within the budget: they replace the
+            // loans the chunk used up.
+            match unsafe { ring.evict_after_fence(old, Some(self.index)) } {
+                Evicted::Loaned(s) => self.reserve.push(s),
+                Evicted::Free(f) => self.hint = f,
+                Evicted::Nothing => {}
+            }
         }
     }
 }
