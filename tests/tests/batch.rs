@@ -67,12 +67,24 @@ fn two_publishers_into_one(
 /// received + lagged accounts for every message.
 #[test]
 fn copies_racing_overwrites_are_intact_or_lag() {
+    copies_race_overwrites("msg", scope!("batchrace"));
+}
+
+/// The same with 48-byte messages, which ride in their ring entries: the copies are taken from
+/// the entry being rewritten (seqlock), not from the slot.
+#[test]
+fn copies_from_entries_racing_overwrites_are_intact_or_lag() {
+    copies_race_overwrites("compact", scope!("entryrace"));
+}
+
+fn copies_race_overwrites(msg_type: &str, mut s: shmbus_tests::Scope) {
     const N: u64 = 200_000;
-    let mut s = scope!("batchrace");
     let name = s.name();
     let topic = [
         "--topic",
         &name,
+        "--type",
+        msg_type,
         "--overflow",
         "overwrite",
         "--capacity",

@@ -33,7 +33,7 @@ use shmbus::{
     Publisher, RecvError, Semaphore, SendError, SendFailure, SerdePublisher, SerdeSubscriber,
     Subscriber, Topic,
 };
-use shmbus_tests::{open_error_code, Msg, OtherMsg, Rec, SmallMsg};
+use shmbus_tests::{open_error_code, CompactMsg, Msg, OtherMsg, Rec, SmallMsg};
 
 #[derive(Parser)]
 #[command(about = "peer process of the shmbus multi-process tests")]
@@ -191,6 +191,9 @@ enum MsgType {
     Other,
     /// `shmbus_tests::SmallMsg`: other size.
     Small,
+    /// `shmbus_tests::CompactMsg`: 48 bytes, carried in the ring entries too (publish and
+    /// subscribe only; a subscriber always copies, in batches of `--batch`, at least 1).
+    Compact,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -483,6 +486,7 @@ fn tie_to_parent() {
 
 enum Pub {
     Pod(Publisher<Msg>),
+    Compact(Publisher<CompactMsg>),
     Serde(SerdePublisher<Rec>),
 }
 
@@ -491,6 +495,7 @@ impl Pub {
         let t = args.builder();
         Ok(match args.msg_type {
             MsgType::Msg => Pub::Pod(t.publisher::<Msg>()?),
+            MsgType::Compact => Pub::Compact(t.publisher::<CompactMsg>()?),
             MsgType::Rec => Pub::Serde(t.serde_publisher::<Rec>()?),
             MsgType::Other | MsgType::Small => {
                 return Err(Fail::new("usage", "publish supports msg and rec"))
@@ -509,6 +514,9 @@ impl Pub {
                 *loan = Msg::new(producer, index);
                 loan.publish().map_err(|e| publish_error(&e))
             }
+            Pub::Compact(p) => p
+                .send(CompactMsg::new(producer, index))
+                .map_err(|e| send_error(&e)),
             Pub::Serde(p) => p
                 .send(Rec::new(producer, index))
                 .map_err(|e| send_error(&e)),
@@ -523,16 +531,34 @@ fn publish(a: &PublishArgs) -> Result<(), Fail> {
     let mut index = 0;
     let mut last_seq = None;
     while a.forever || index < a.count {
-        if let (Pub::Pod(pp), true) = (&mut p, a.batch > 0) {
-            let n = if a.forever {
-                a.batch
-            } else {
-                a.batch.min(a.count - index)
-            };
-            let batch: Vec<Msg> = (index..index + n).map(|i| Msg::new(producer, i)).collect();
-            let first = pp
-                .send_many(&batch)
-                .map_err(|e| Fail::new("send-many", format!("after {}: {e}", e.value())))?;
+        let n = if a.forever {
+            a.batch
+        } else {
+            a.batch.min(a.count - index)
+        };
+        let many_error = |e: &dyn std::fmt::Display, sent: usize| {
+            Fail::new("send-many", format!("after {sent}: {e}"))
+        };
+        let sent = match (&mut p, a.batch > 0) {
+            (Pub::Pod(pp), true) => {
+                let batch: Vec<Msg> = (index..index + n).map(|i| Msg::new(producer, i)).collect();
+                Some(
+                    pp.send_many(&batch)
+                        .map_err(|e| many_error(&e, *e.value()))?,
+                )
+            }
+            (Pub::Compact(pp), true) => {
+                let batch: Vec<CompactMsg> = (index..index + n)
+                    .map(|i| CompactMsg::new(producer, i))
+                    .collect();
+                Some(
+                    pp.send_many(&batch)
+                        .map_err(|e| many_error(&e, *e.value()))?,
+                )
+            }
+            _ => None,
+        };
+        if let Some(first) = sent {
             index += n;
             last_seq = Some(first + n - 1);
             continue;
@@ -683,6 +709,7 @@ impl Tally {
 
 enum Sub {
     Pod(Subscriber<Msg>),
+    Compact(Subscriber<CompactMsg>),
     Serde(SerdeSubscriber<Rec>),
 }
 
@@ -691,6 +718,7 @@ impl Sub {
         let t = args.builder();
         Ok(match args.msg_type {
             MsgType::Msg => Sub::Pod(t.subscriber::<Msg>()?),
+            MsgType::Compact => Sub::Compact(t.subscriber::<CompactMsg>()?),
             MsgType::Rec => Sub::Serde(t.serde_subscriber::<Rec>()?),
             MsgType::Other | MsgType::Small => {
                 return Err(Fail::new("usage", "subscribe supports msg and rec"))
@@ -702,6 +730,7 @@ impl Sub {
     fn lost(&self) -> u64 {
         match self {
             Sub::Pod(s) => s.stats().lost,
+            Sub::Compact(s) => s.stats().lost,
             Sub::Serde(s) => s.stats().lost,
         }
     }
@@ -721,6 +750,12 @@ impl Sub {
                     sample.is_intact(),
                 ))
             }
+            Sub::Compact(s) => {
+                let mut got = None;
+                s.recv_each(1, timeout, |seq, m| got = Some((seq, m)))?;
+                let (seq, m) = got.ok_or(RecvError::Timeout)?;
+                Ok((seq, m.producer, m.index, m.is_intact()))
+            }
             Sub::Serde(s) => {
                 let (seq, r) =
                     s.recv_timeout_with_seq(timeout.unwrap_or(Duration::from_secs(3600)))?;
@@ -739,13 +774,19 @@ fn subscribe(a: &SubscribeArgs) -> Result<(), Fail> {
         if a.count.is_some_and(|c| t.received >= c) {
             break "count";
         }
-        if let (Sub::Pod(pod), true) = (&sub, a.batch > 0) {
-            let left = a
-                .count
-                .map_or(a.batch, |c| (c - t.received).min(a.batch as u64) as usize);
-            let r = pod.recv_each(left, timeout, |seq, m| {
+        let left = a
+            .count
+            .map_or(a.batch, |c| (c - t.received).min(a.batch as u64) as usize);
+        let batched = match (&sub, a.batch > 0) {
+            (Sub::Pod(pod), true) => Some(pod.recv_each(left, timeout, |seq, m| {
                 t.message(seq, m.producer, m.index, m.is_intact());
-            });
+            })),
+            (Sub::Compact(pod), true) => Some(pod.recv_each(left, timeout, |seq, m| {
+                t.message(seq, m.producer, m.index, m.is_intact());
+            })),
+            _ => None,
+        };
+        if let Some(r) = batched {
             match r {
                 Ok(_) => {
                     if a.sleep_us > 0 {
@@ -976,6 +1017,8 @@ fn open(a: &OpenArgs) -> Result<(), Fail> {
         (MsgType::Other, true) => Box::new(t.publisher::<OtherMsg>()?),
         (MsgType::Small, false) => Box::new(t.subscriber::<SmallMsg>()?),
         (MsgType::Small, true) => Box::new(t.publisher::<SmallMsg>()?),
+        (MsgType::Compact, false) => Box::new(t.subscriber::<CompactMsg>()?),
+        (MsgType::Compact, true) => Box::new(t.publisher::<CompactMsg>()?),
     };
     println!("ok");
     if a.hold {
