@@ -715,9 +715,18 @@ impl Ring {
     /// read function. Meaningful only once `try_read`'s check passed.
     #[inline]
     pub(crate) fn copy_inline(words: &[AtomicU64], dst: &mut [u8]) {
-        for (w, chunk) in words.iter().zip(dst.chunks_mut(8)) {
+        let full = (dst.len() / 8).min(words.len());
+        let out = dst.as_mut_ptr();
+        for (i, w) in words[..full].iter().enumerate() {
+            let v = w.load(Ordering::Relaxed);
+            // SAFETY: `8 i + 8 <= 8 full <= dst.len()`: inside `dst`, which we borrow mutably;
+            // an unaligned write, as `dst` has no alignment.
+            unsafe { out.add(i * 8).cast::<u64>().write_unaligned(v) };
+        }
+        let rest = dst.len() - full * 8;
+        if let (1..=7, Some(w)) = (rest, words.get(full)) {
             let bytes = w.load(Ordering::Relaxed).to_ne_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
+            dst[full * 8..].copy_from_slice(&bytes[..rest]);
         }
     }
 
@@ -726,12 +735,15 @@ impl Ring {
     #[inline]
     fn fill_inline(&self, slot: u32, inline: &[AtomicU64]) {
         use std::sync::atomic::{AtomicU64 as StdU64, Ordering as StdOrdering};
-        let src = self.slot_ptr(slot).as_ptr();
+        if inline.is_empty() {
+            return;
+        }
+        let src = self.slot_ptr(slot).as_ptr().cast::<u64>();
         for (i, w) in inline.iter().enumerate() {
             // SAFETY: `8 i + 8 <= 48 <= slot_size` (inline is at most 48 and slots are at least
             // 64 bytes): inside the slot, 8-aligned (slots start 64-aligned). Read atomically:
             // the slot is our loan, but copying readers may read it meanwhile.
-            let v = unsafe { StdU64::from_ptr(src.add(i * 8).cast()) }.load(StdOrdering::Relaxed);
+            let v = unsafe { StdU64::from_ptr(src.add(i)) }.load(StdOrdering::Relaxed);
             w.store(v, Ordering::Relaxed);
         }
     }
