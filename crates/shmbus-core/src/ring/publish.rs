@@ -71,6 +71,7 @@ impl Ring {
     /// cache was filled, cursors only move forward, so the cached smallest cursor is a lower
     /// bound and the scan of every subscriber row is skipped until the ring catches up with it.
     /// Returns `true` when there is certainly room; `false` means "ask [`Ring::is_full`]".
+    #[inline]
     pub(crate) fn has_room_cached(&self, cache: &mut RoomCache) -> bool {
         if self.layout.config.overflow != Overflow::BackPressure {
             return true;
@@ -200,6 +201,7 @@ impl Ring {
     /// straight to publisher `p`'s loan (one atomic operation for the eviction and the next
     /// loan, [`Evicted::Loaned`]); `p` must then have no other slot on loan once this slot's
     /// loan ends, as [`Ring::loan`] requires.
+    #[inline]
     pub(crate) unsafe fn publish_quietly(&self, slot: u32, reloan: Option<u32>) -> (u64, Evicted) {
         // SAFETY: the caller upholds `publish`'s contract.
         unsafe { self.publish_steps(slot, u8::MAX, reloan) }.expect("a full publish completes")
@@ -207,6 +209,7 @@ impl Ring {
 
     /// Wakes the subscribers asleep on this topic, if any, with no system call when there are
     /// none: the last step of every publish (or of a batch of them).
+    #[inline]
     pub(crate) fn wake_subscribers<N: Notifier>(&self, notifier: &N) {
         let h = self.header();
         // Dekker pairing: the sleeper counts itself in, fences (SeqCst), then re-checks the
@@ -225,6 +228,7 @@ impl Ring {
     ///
     /// As for [`Ring::publish`].
     #[doc(hidden)]
+    #[inline]
     pub(crate) unsafe fn publish_steps(
         &self,
         slot: u32,
@@ -246,6 +250,7 @@ impl Ring {
     /// As for [`Ring::publish`]; and the caller evicts the returned slot before it waits for
     /// anything or gives up publish rights (left unevicted, the slot is lost to the pool until a
     /// [`Ring::repair`]).
+    #[inline]
     pub(crate) unsafe fn write_entry(
         &self,
         slot: u32,
@@ -293,6 +298,7 @@ impl Ring {
     /// AcqRel: pairs with holders' Release releases (as a loan's Acquire would), and its Release
     /// orders the entry rewrite before the change for readers that find `RING` cleared
     /// (ordering rows 5 and 6).
+    #[inline]
     pub(crate) fn evict(&self, old: u32, reloan: Option<u32>) -> Evicted {
         let st = self.state(old);
         if let Some(p) = reloan {
