@@ -428,8 +428,9 @@ impl<T: Pod> Publisher<T> {
     /// Publishes every value of `values`, in order, as consecutive messages, and returns the
     /// sequence number of the first (for no values, the number the next message will have).
     /// Faster than a `send` per value: the publisher fences and looks for sleeping subscribers
-    /// once for the batch (and before it waits for room), and on a topic with several
-    /// publishers takes the publish lock once.
+    /// once per chunk of up to 8 messages (and before it waits for room), evicts the messages
+    /// a chunk overwrites without an atomic read-modify-write while nobody holds them, and on a
+    /// topic with several publishers takes the publish lock once.
     ///
     /// # Errors
     ///

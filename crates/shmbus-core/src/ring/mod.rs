@@ -206,7 +206,8 @@ impl RingConfig {
     }
 
     /// Slots needed so that a loan never finds the pool empty while everyone is alive:
-    /// every ring entry, every publisher's one loan, every subscriber's held samples, and one.
+    /// every ring entry, every publisher's loans ([`RingConfig::loans_per_publisher`]), every
+    /// subscriber's held samples, and one.
     pub fn slots(&self) -> Option<u32> {
         let p = self
             .max_publishers

@@ -73,8 +73,8 @@ pub struct RawPublisher {
     hint: u32,
     loaned: bool,
     /// A slot loaned ahead, right after the last publish, for the next [`RawPublisher::loan`]
-    /// to hand out without touching shared memory. It is this publisher's one loan while the
-    /// caller has none, so the slot budget is unchanged.
+    /// to hand out without touching shared memory. It counts against the publisher's loans
+    /// while the caller has none, as the reserve below does.
     spare: Option<u32>,
     /// More slots loaned ahead, for [`RawPublisher::publish_many`]: with `spare`, at most
     /// [`RingConfig::loans_per_publisher`] of them (the topic's slot budget counts them).
