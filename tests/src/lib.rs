@@ -104,6 +104,12 @@ pub fn array_is_intact(producer: u64, index: u64, data: &[u32]) -> bool {
         .all(|(i, &x)| x == (seed ^ i as u64) as u32)
 }
 
+/// The checksum of a test message: its index, its producer (salted per type) and its words.
+fn checksum(index: u64, salted_producer: u64, data: &[u64]) -> u64 {
+    data.iter()
+        .fold(mix(index) ^ mix(salted_producer), |h, &d| mix(h ^ d))
+}
+
 impl Msg {
     /// The message `index` of `producer`.
     pub fn new(producer: u64, index: u64) -> Msg {
@@ -121,11 +127,7 @@ impl Msg {
     }
 
     fn compute_checksum(&self) -> u64 {
-        let mut h = mix(self.index) ^ mix(self.producer.wrapping_add(1));
-        for d in self.data {
-            h = mix(h ^ d);
-        }
-        h
+        checksum(self.index, self.producer.wrapping_add(1), &self.data)
     }
 
     /// Whether every word is what [`Msg::new`] wrote.
@@ -172,11 +174,7 @@ impl CompactMsg {
     }
 
     fn compute_checksum(&self) -> u64 {
-        let mut h = mix(self.index) ^ mix(self.producer.wrapping_add(2));
-        for d in self.data {
-            h = mix(h ^ d);
-        }
-        h
+        checksum(self.index, self.producer.wrapping_add(2), &self.data)
     }
 
     /// Whether every word is what [`CompactMsg::new`] wrote.
