@@ -132,7 +132,7 @@ impl Model {
         for old in retired.drain(..) {
             // SAFETY: `wake_subscribers` fenced (SeqCst) after the entry writes; one publishing
             // thread; each slot once.
-            match unsafe { self.ring().evict_after_fence(old, Some(0)) } {
+            match unsafe { self.ring().evict_after_fence(old, 0) } {
                 Evicted::Loaned(s) => self.reserve.lock().unwrap().push(s),
                 Evicted::Free(f) => *hint = f,
                 Evicted::Nothing => {}

@@ -334,24 +334,17 @@ impl Ring {
     /// # Safety
     ///
     /// This thread made a `fence(SeqCst)` after the [`Ring::write_entry`] that returned `old`
-    /// (and still has publish rights; `old` is evicted once). With `reloan` = `Some(p)`, as for
-    /// [`Ring::publish_quietly`]: `p` is the caller's row and the slot joins its loans.
-    pub(crate) unsafe fn evict_after_fence(&self, old: u32, reloan: Option<u32>) -> Evicted {
+    /// (and still has publish rights; `old` is evicted once). `p` is the caller's publisher row:
+    /// a slot nobody holds becomes one of its loans (within its budget: it replaces the loan
+    /// the overwriting message used).
+    pub(crate) unsafe fn evict_after_fence(&self, old: u32, p: u32) -> Evicted {
         let st = self.state(old);
         // Acquire: the last holder's reads of the slot (Release) happen before our reuse.
         if st.load(Ordering::Acquire) == RING_BIT {
-            match reloan {
-                Some(p) => {
-                    st.store(u64::from(p + 1) << LOAN_SHIFT, Ordering::Release);
-                    // As after every loan (see `loan`): the new owner's writes come after it.
-                    fence(Ordering::Release);
-                    return Evicted::Loaned(old);
-                }
-                None => {
-                    st.store(0, Ordering::Release);
-                    return Evicted::Free(old);
-                }
-            }
+            st.store(u64::from(p + 1) << LOAN_SHIFT, Ordering::Release);
+            // As after every loan (see `loan`): the new owner's writes come after it.
+            fence(Ordering::Release);
+            return Evicted::Loaned(old);
         }
         // Held (or a word another process scribbled on): leave it to its holders.
         self.evict(old, None)

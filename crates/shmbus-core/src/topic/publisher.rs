@@ -79,8 +79,9 @@ pub struct RawPublisher {
     /// More slots loaned ahead, for [`RawPublisher::publish_many`]: with `spare`, at most
     /// [`RingConfig::loans_per_publisher`] of them (the topic's slot budget counts them).
     reserve: Vec<u32>,
-    /// What a chunk of `publish_many` still has to evict (empty between calls; kept for its
-    /// allocation).
+    /// The slots of the messages the current chunk of `publish_many` overwrote, still to evict
+    /// (at most `loans_per_publisher`: each was named by an entry a loan of ours now fills;
+    /// empty between calls).
     retired: Vec<u32>,
     /// Lower bound of the subscribers' cursors (back-pressure topics).
     room: RoomCache,
@@ -378,9 +379,6 @@ impl RawPublisher {
         if let Some(s) = self.spare.take() {
             self.reserve.push(s);
         }
-        // The slots of the messages this chunk overwrote, still to evict (at most `depth`:
-        // every one was named by an entry that a loan of ours now fills).
-        let mut retired = std::mem::take(&mut self.retired);
         let mut first = ring.published();
         let mut done = 0;
         let mut failed = None;
@@ -388,7 +386,7 @@ impl RawPublisher {
             let room = ring.has_room_cached(&mut self.room) || {
                 // Evict and wake before waiting: the subscribers we wait for may be asleep on
                 // what this batch published.
-                self.end_chunk(&mut retired);
+                self.end_chunk();
                 ring.wait_for_space(
                     &Futex,
                     *deadline.get_or_insert_with(|| Deadline::after(timeout)),
@@ -403,8 +401,8 @@ impl RawPublisher {
                 break;
             }
             if self.reserve.is_empty() {
-                if !retired.is_empty() {
-                    self.end_chunk(&mut retired);
+                if !self.retired.is_empty() {
+                    self.end_chunk();
                 }
                 // Loans for a whole chunk: what the chunk then evicts comes back as the next
                 // chunk's loans without an atomic read-modify-write; loaning the rest costs a
@@ -445,13 +443,12 @@ impl RawPublisher {
             if done == 0 {
                 first = seq;
             }
-            retired.extend(old);
+            self.retired.extend(old);
             done += 1;
         }
-        if done > 0 || !retired.is_empty() {
-            self.end_chunk(&mut retired);
+        if done > 0 || !self.retired.is_empty() {
+            self.end_chunk();
         }
-        self.retired = retired;
         // Back to the one spare the next `loan` takes; the reserve stays for the next batch.
         self.spare = self
             .reserve
@@ -469,15 +466,15 @@ impl RawPublisher {
     /// Ends a chunk of [`RawPublisher::publish_many`]: one `fence(SeqCst)`, then the look at
     /// sleeping subscribers (woken if any) and the eviction of every slot in `retired`, which
     /// become loans of ours when nobody holds them.
-    fn end_chunk(&mut self, retired: &mut Vec<u32>) {
+    fn end_chunk(&mut self) {
         let ring = &self.topic.ring;
         ring.wake_subscribers(&Futex);
-        for old in retired.drain(..) {
+        for old in self.retired.drain(..) {
             // SAFETY: `wake_subscribers` made a `fence(SeqCst)` after the `write_entry` that
             // returned `old`; we hold publish rights (the batch does); each slot is evicted
             // once (drained). The loans it makes are ours, within the budget: they replace the
             // loans the chunk used up.
-            match unsafe { ring.evict_after_fence(old, Some(self.index)) } {
+            match unsafe { ring.evict_after_fence(old, self.index) } {
                 Evicted::Loaned(s) => self.reserve.push(s),
                 Evicted::Free(f) => self.hint = f,
                 Evicted::Nothing => {}
