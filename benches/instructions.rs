@@ -9,7 +9,9 @@
 //! `scripts/instruction-counts` does that and prints the table. Scenarios: `pod8` (a `u64`, a
 //! held sample), `pod8_copy` (the same copied out, `try_recv_copy`), `pod8_many` (copied out in
 //! batches of up to 64, `try_recv_many`), `pod64_many` (64-byte messages, too big for the ring
-//! entry's words, copied out in batches), `pod8_send_many` (sent 8 at a time with `send_many`
+//! entry's words, copied out in batches), `pod64_send_many` (64-byte messages sent 32 at a time with `send_many` into a ring of 256 that
+//! overwrites, received in batches with `try_recv_many`, as `throughput_64B`'s batch row does:
+//! `publish` and `pairs` only), `pod8_send_many` (sent 8 at a time with `send_many`
 //! into a ring of 256 that overwrites: the `publish` phase, every publish evicting one),
 //! `serde` (a small struct with a string and a vector), `array` (a 64-byte array through an array
 //! topic's descriptor, in a ring of 8: `pairs` only; `array_long`: in a ring of 4096), `queue64` (a 64-byte `Queue` item: `put`, then `get`; valgrind 3.19
@@ -169,6 +171,47 @@ fn run(scenario: &str, phase: Phase, n: u64) -> Result<u64, Box<dyn std::error::
                     Ok(())
                 },
                 || Ok(sub.try_recv_copy().unwrap_or(0)),
+            )
+        }
+        "pod64_send_many" => {
+            // What `throughput_64B`'s batch row does, in one process: 64-byte messages sent 32 at
+            // a time (`send_many`) into a ring of 256 that overwrites, so that (after the
+            // warm-up) every publish evicts a message and its slot comes back as a loan, as in a
+            // stream. `pairs`: each full batch is then drained with `try_recv_many` (up to 64);
+            // `publish`: nothing is received (`both` would lag).
+            let topic = Topic::builder(&name).capacity(256);
+            let sub = topic.subscriber::<[u64; 8]>()?;
+            let mut publisher = topic.publisher::<[u64; 8]>()?;
+            let sent = std::cell::Cell::new(0usize);
+            let mut out = Vec::with_capacity(32);
+            let mut got = Vec::with_capacity(64);
+            let mut next = 0;
+            rounds(
+                n,
+                phase,
+                |i| {
+                    out.push([i; 8]);
+                    if out.len() == 32 {
+                        publisher.send_many(&out).map_err(|e| e.to_string())?;
+                        out.clear();
+                        sent.set(sent.get() + 32);
+                    }
+                    Ok(())
+                },
+                || {
+                    // Receives only what whole batches sent: no empty polls counted.
+                    if sent.get() == 0 {
+                        return Ok(0);
+                    }
+                    if next == got.len() {
+                        got.clear();
+                        next = 0;
+                        sub.try_recv_many(&mut got, 64)?;
+                    }
+                    sent.set(sent.get() - 1);
+                    next += 1;
+                    Ok(got[next - 1][0])
+                },
             )
         }
         "serde" => {
