@@ -169,3 +169,76 @@ fn batched_sends_wake_a_sleeping_subscriber_and_lose_nothing() {
     let mut s = scope!("sendmany");
     two_publishers_into_one(&mut s, 20_000, &["--timeout-ms", "0"], &["--batch", "20"]);
 }
+
+/// In one process, the batch paths message by message: runs longer than one run of the lean
+/// path (32), a batch cut by `max`, a batch that ends before a lag and the lag reported next,
+/// sequence numbers handed to `recv_each`; for messages in the entry's words (`u64`) and in
+/// slots (`[u64; 8]`).
+#[test]
+fn batches_take_runs_end_before_a_lag_and_number_their_messages() {
+    let mut s = scope!("batchruns");
+    batch_paths::<u64>(&s.name(), |i| i, |m| *m);
+    batch_paths::<[u64; 8]>(
+        &s.name(),
+        |i| [i; 8],
+        |m| {
+            assert!(m.iter().all(|&w| w == m[0]), "one message's words: {m:?}");
+            m[0]
+        },
+    );
+}
+
+fn batch_paths<T: bytemuck::Pod + std::fmt::Debug>(
+    name: &str,
+    make: impl Fn(u64) -> T,
+    value: impl Fn(&T) -> u64,
+) {
+    use shmbus::{Overflow, RecvError, Topic};
+    const CAP: u64 = 64;
+    let topic = Topic::builder(name)
+        .capacity(CAP as u32)
+        .overflow(Overflow::Overwrite);
+    let sub = topic.subscriber::<T>().expect("subscriber");
+    let mut publ = topic.publisher::<T>().expect("publisher");
+    let mut out = Vec::new();
+    assert!(matches!(
+        sub.try_recv_many(&mut out, 10),
+        Err(RecvError::Empty)
+    ));
+    for i in 0..50 {
+        publ.send(make(i)).expect("send");
+    }
+    // Cut by `max`, then the rest in one batch of two runs.
+    assert_eq!(sub.try_recv_many(&mut out, 5).expect("five"), 5);
+    assert_eq!(sub.try_recv_many(&mut out, 1000).expect("the rest"), 45);
+    let got: Vec<u64> = out.iter().map(&value).collect();
+    assert_eq!(got, (0..50).collect::<Vec<_>>());
+    assert!(matches!(
+        sub.try_recv_many(&mut out, 10),
+        Err(RecvError::Empty)
+    ));
+    // Overwrite a whole ring and more: the lag is reported alone, then the newest messages.
+    for i in 50..50 + CAP + 10 {
+        publ.send(make(i)).expect("send");
+    }
+    // (A reader learns of the loss entry by entry: several lags may add up to it.)
+    out.clear();
+    let mut lagged = 0;
+    while lagged < 10 {
+        match sub.try_recv_many(&mut out, 1000) {
+            Err(RecvError::Lagged(n)) => lagged += n,
+            other => panic!("expected lags first, got {other:?} after {lagged}"),
+        }
+        assert!(out.is_empty(), "nothing is appended with a lag");
+    }
+    assert_eq!(lagged, 10, "the ten overwritten");
+    let mut seqs = Vec::new();
+    let n = sub
+        .recv_each(1000, Some(std::time::Duration::ZERO), |seq, m| {
+            seqs.push((seq, value(&m)))
+        })
+        .expect("the newest ring");
+    assert_eq!(n as u64, CAP);
+    let want: Vec<(u64, u64)> = (60..60 + CAP).map(|i| (i, i)).collect();
+    assert_eq!(seqs, want, "sequence numbers and values agree");
+}

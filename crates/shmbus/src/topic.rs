@@ -557,6 +557,10 @@ pub(crate) fn to_held(
     }
 }
 
+/// The room [`Subscriber::recv_each`] makes for a batch at first: one run of
+/// [`RawSubscriber::try_copy_into`].
+const BATCH_RUN: usize = 32;
+
 /// Copies up to `max` messages out (see [`RawSubscriber::try_copy`]), handing each to `each`
 /// with its sequence number, waiting as [`receive`] does when `timeout` is `Some`.
 fn copy_each<T: Pod>(
@@ -574,6 +578,15 @@ fn copy_each<T: Pod>(
         None => raw.try_copy(buf, max, &mut give),
         Some(t) => raw.copy(buf, max, t, &mut give),
     };
+    copied(r, timeout)
+}
+
+/// What a copying receive found, as the typed API reports it (`timeout` as [`copy_each`] takes
+/// it: `None` for a receive that does not wait).
+fn copied(
+    r: Result<Copied, ReceiveError>,
+    timeout: Option<Option<Duration>>,
+) -> Result<usize, RecvError> {
     match r {
         Ok(Copied::Messages(n)) => Ok(n),
         Ok(Copied::Empty) if timeout.is_none() => Err(RecvError::Empty),
@@ -689,7 +702,7 @@ impl<T: Pod> Subscriber<T> {
     /// messages read before it are returned, and the next call reports it. Errors: `Empty`,
     /// `Lagged`, `Corrupt`, `UsedAfterFork`.
     pub fn try_recv_many(&self, out: &mut Vec<T>, max: usize) -> Result<usize, RecvError> {
-        copy_each(&self.raw, max, None, |_, v| out.push(v))
+        copied(self.raw.try_copy_into(out, max, |_, _| {}), None)
     }
 
     /// [`try_recv_many`](Self::try_recv_many), waiting up to `timeout` for the first message.
@@ -700,7 +713,10 @@ impl<T: Pod> Subscriber<T> {
         max: usize,
         timeout: Duration,
     ) -> Result<usize, RecvError> {
-        copy_each(&self.raw, max, Some(Some(timeout)), |_, v| out.push(v))
+        copied(
+            self.raw.copy_into(out, max, Some(timeout), |_, _| {}),
+            Some(Some(timeout)),
+        )
     }
 
     /// A batch as [`try_recv_many`](Self::try_recv_many) takes it, handed to `each` message by
@@ -711,9 +727,20 @@ impl<T: Pod> Subscriber<T> {
         &self,
         max: usize,
         timeout: Option<Duration>,
-        each: impl FnMut(u64, T),
+        mut each: impl FnMut(u64, T),
     ) -> Result<usize, RecvError> {
-        copy_each(&self.raw, max, Some(timeout), each)
+        if max <= 1 {
+            // One message: straight from the slot to `each`, no buffer to allocate.
+            return copy_each(&self.raw, max, Some(timeout), each);
+        }
+        // Runs are copied into a buffer, then handed over (`RawSubscriber::try_copy_into`).
+        let mut batch = Vec::with_capacity(max.min(BATCH_RUN));
+        let r = self.raw.copy_into(&mut batch, max, timeout, |seq, values| {
+            for (i, &v) in values.iter().enumerate() {
+                each(seq.wrapping_add(i as u64), v);
+            }
+        });
+        copied(r, Some(timeout))
     }
 
     /// The topic's counters.

@@ -654,3 +654,82 @@ fn a_batch_waiting_for_room_wakes_the_subscriber_first() {
         p.join().unwrap();
     });
 }
+
+impl Model {
+    /// A run of up to two copying reads ([`Ring::read_run`]) from the slots' two words: the
+    /// `(seq, value)` of each copy it kept (each checked to be of one message).
+    fn read_run(&self, cursor: &mut u64) -> Vec<(u64, u64)> {
+        let start = *cursor;
+        let mut copies = [(0, 0); 2];
+        let n = self.ring().read_run(cursor, 2, |i, slot, _| {
+            let [a, b] = &self.words[slot as usize];
+            copies[i] = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+        });
+        assert_eq!(*cursor, start + n as u64, "the cursor moves past the run");
+        (0..n)
+            .map(|i| {
+                let (a, b) = copies[i];
+                assert_eq!(a, b, "a copy that passed the check is of one message");
+                (start + i as u64, a)
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn runs_of_copies_are_intact_or_end_before_a_change() {
+    // Capacity 2, three messages, overwrite: runs of two copies race publishes that rewrite
+    // both entries and reuse their slots. Every copy a run keeps holds its own message; what
+    // ends a run goes through `try_read` (a lag, or nothing yet), and every message is either
+    // copied or counted as lagged.
+    model(|| {
+        let m = Model::new(2, 1, Overflow::Overwrite);
+        let mut cursor = m.ring().join_subscriber(0, 1, 0);
+        const N: u64 = 3;
+        let p = {
+            let m = m.clone();
+            thread::spawn(move || {
+                let mut hint = 0;
+                for seq in 0..N {
+                    m.send(&mut hint, value_of(seq));
+                }
+            })
+        };
+        let (mut received, mut lagged, mut last) = (0u64, 0u64, None::<u64>);
+        let mut take = |m: &Model, cursor: &mut u64| {
+            let run = m.read_run(cursor);
+            for &(seq, v) in &run {
+                assert_eq!(v, value_of(seq), "a message holds its own value");
+                assert!(last.is_none_or(|l| seq > l), "sequence numbers increase");
+                last = Some(seq);
+                received += 1;
+            }
+            if !run.is_empty() {
+                return true;
+            }
+            match m.try_copy(0, cursor, true) {
+                Some(Ok((seq, v))) => {
+                    assert_eq!(v, value_of(seq), "a message holds its own value");
+                    assert!(last.is_none_or(|l| seq > l), "sequence numbers increase");
+                    last = Some(seq);
+                    received += 1;
+                    true
+                }
+                Some(Err(s)) => {
+                    lagged += s;
+                    true
+                }
+                None => false,
+            }
+        };
+        for _ in 0..2 {
+            if !take(&m, &mut cursor) {
+                thread::yield_now();
+            }
+        }
+        p.join().unwrap();
+        while take(&m, &mut cursor) {}
+        assert_eq!(received + lagged, N, "every message is copied or lagged");
+        assert_eq!(last, Some(N - 1), "the newest message is always readable");
+    });
+}

@@ -49,6 +49,7 @@
 //! publisher lease, or the topic's robust publish mutex. Loans are lock-free and per publisher.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::time::Duration;
 
@@ -506,6 +507,9 @@ pub(crate) enum Read<R> {
     Stop,
 }
 
+/// The most messages one [`Ring::read_run`] takes.
+pub(crate) const RUN: usize = 32;
+
 /// A copying reader's guess of the slots of its next messages (see [`Ring::try_read`]);
 /// `u32::MAX`: no guess.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -716,8 +720,18 @@ impl Ring {
     /// read function. Meaningful only once `try_read`'s check passed.
     #[inline]
     pub(crate) fn copy_inline(words: &[AtomicU64], dst: &mut [u8]) {
+        // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have one layout, and only initialized bytes
+        // are written through the view.
+        let dst = unsafe { &mut *(std::ptr::from_mut(dst) as *mut [MaybeUninit<u8>]) };
+        Ring::copy_inline_uninit(words, dst);
+    }
+
+    /// [`Ring::copy_inline`] into memory that may be uninitialized. Returns how many bytes it
+    /// wrote (the first ones of `dst`): `dst.len()` when the words hold that many.
+    #[inline]
+    pub(crate) fn copy_inline_uninit(words: &[AtomicU64], dst: &mut [MaybeUninit<u8>]) -> usize {
         let full = (dst.len() / 8).min(words.len());
-        let out = dst.as_mut_ptr();
+        let out = dst.as_mut_ptr().cast::<u8>();
         for (i, w) in words[..full].iter().enumerate() {
             let v = w.load(Ordering::Relaxed);
             // SAFETY: `8 i + 8 <= 8 full <= dst.len()`: inside `dst`, which we borrow mutably;
@@ -727,8 +741,12 @@ impl Ring {
         let rest = dst.len() - full * 8;
         if let (1..=7, Some(w)) = (rest, words.get(full)) {
             let bytes = w.load(Ordering::Relaxed).to_ne_bytes();
-            dst[full * 8..].copy_from_slice(&bytes[..rest]);
+            for (d, &b) in dst[full * 8..].iter_mut().zip(&bytes[..rest]) {
+                d.write(b);
+            }
+            return dst.len();
         }
+        full * 8
     }
 
     /// Stores the first [`RingConfig::inline`] bytes of loaned `slot` into the words of `inline`
@@ -831,11 +849,21 @@ impl Ring {
     /// What was copied is only meaningful once `try_read`'s check passed.
     #[inline]
     pub(crate) fn copy_slot(&self, slot: u32, dst: &mut [u8]) {
+        // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have one layout, and only initialized bytes
+        // are written through the view.
+        let dst = unsafe { &mut *(std::ptr::from_mut(dst) as *mut [MaybeUninit<u8>]) };
+        self.copy_slot_uninit(slot, dst);
+    }
+
+    /// [`Ring::copy_slot`] into memory that may be uninitialized. Returns how many bytes it
+    /// wrote (the first ones of `dst`): `dst.len()` unless that is more than a slot.
+    #[inline]
+    pub(crate) fn copy_slot_uninit(&self, slot: u32, dst: &mut [MaybeUninit<u8>]) -> usize {
         use std::sync::atomic::{AtomicU64 as StdU64, AtomicU8 as StdU8, Ordering as StdOrdering};
         let len = dst.len().min(self.layout.config.slot_size as usize);
         let src = self.slot_ptr(slot).as_ptr();
         let words = len / 8;
-        let out = dst.as_mut_ptr();
+        let out = dst.as_mut_ptr().cast::<u8>();
         for i in 0..words {
             // SAFETY: `src + 8 i .. + 8` lies inside the slot (8 i + 8 <= len <= slot_size), which
             // lies inside the mapping this ring lives in; slots start 64-aligned and `8 i` is a
@@ -847,8 +875,9 @@ impl Ring {
         }
         for (i, b) in dst[words * 8..len].iter_mut().enumerate() {
             // SAFETY: as above, for the byte at `8 words + i < len`; bytes need no alignment.
-            *b = unsafe { StdU8::from_ptr(src.add(words * 8 + i)) }.load(StdOrdering::Relaxed);
+            b.write(unsafe { StdU8::from_ptr(src.add(words * 8 + i)) }.load(StdOrdering::Relaxed));
         }
+        len
     }
 
     /// Number of messages published so far.

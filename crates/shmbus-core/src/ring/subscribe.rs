@@ -373,6 +373,56 @@ impl Ring {
         }
     }
 
+    /// Reads a run of up to `max` (at most [`RUN`]) consecutive messages from `*cursor` on without
+    /// holding their slots, for a batch that copies them out: `read(i, slot, words)` copies
+    /// message `cursor + i` (as [`Ring::try_read`]'s read function does) and the first `n`
+    /// copies, `n` returned, are intact; the cursor moves past them (the shared one is not
+    /// written: [`Ring::commit_cursor`]). What a copy at `i >= n` read is to be dropped.
+    ///
+    /// The lean path of a batch: per message the loads of the entry's two words, the copy, an
+    /// `Acquire` fence and the re-check of the two words (`try_read`'s seqlock check, which
+    /// finds the entry's line still in this core's cache), and nothing else. Anything out of
+    /// the ordinary ends the run before it: a message not yet published, a lag, a hole, a
+    /// retired or damaged entry, an entry that changed while it was copied. `try_read` then
+    /// tells what it is.
+    #[inline]
+    pub(crate) fn read_run(
+        &self,
+        cursor: &mut u64,
+        max: usize,
+        mut read: impl FnMut(usize, u32, &[AtomicU64]),
+    ) -> usize {
+        let max = max.min(RUN);
+        let slots = u64::from(self.layout.slots);
+        let start = *cursor;
+        let mut n = 0;
+        while n < max {
+            let seq = start.wrapping_add(n as u64);
+            let next = seq.wrapping_add(1);
+            let (e, inline) = self.entry_inline(seq);
+            // Acquire, both: as in `try_read` (the slot value comes with its INVALID store).
+            if e.seq.load(Ordering::Acquire) != next {
+                break;
+            }
+            let slot = e.slot.load(Ordering::Acquire);
+            if slot >= slots {
+                break; // HOLE, RETIRED or damaged: `try_read` handles it
+            }
+            read(n, slot as u32, inline);
+            // As in `try_read`: the copy before the fence, the re-check after it. (A fence per
+            // message rather than one for the run: on x86 it is no instruction, and a re-check
+            // made at once finds the entry still here, where one made at the end of the run
+            // would take back lines the publisher has written meanwhile.)
+            fence(Ordering::Acquire);
+            if e.seq.load(Ordering::Relaxed) != next || e.slot.load(Ordering::Relaxed) != slot {
+                break;
+            }
+            n += 1;
+        }
+        *cursor = start.wrapping_add(n as u64);
+        n
+    }
+
     /// Stores subscriber `k`'s cursor in its row, once for a batch of [`Ring::try_read`]s, and
     /// wakes a publisher held back by it (back-pressure).
     pub(crate) fn commit_cursor<N: Notifier>(&self, k: u32, cursor: u64, notifier: &N) {

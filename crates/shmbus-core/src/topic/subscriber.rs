@@ -310,6 +310,136 @@ impl RawSubscriber {
         outcome
     }
 
+    /// Copies the next messages out as values of `T`, appended to `out`, up to `max` of them,
+    /// without holding their slots, as [`try_copy`](Self::try_copy) does but with less work per
+    /// message: each is copied straight into `out`'s spare room (no staging buffer), and runs of
+    /// up to 32 are checked intact with one fence ([`Ring::read_run`]); whatever ends a run
+    /// (nothing more yet, a lag, a hole, a damaged entry) goes through the careful path of
+    /// `try_copy`. The message's first `size_of::<T>()` bytes make the value; publish times are
+    /// not read. A batch ends before a lag, which the next call reports. `runs(seq, values)` is
+    /// called for each run of consecutive messages appended, with the first one's sequence
+    /// number and the values just appended (a hole a dead publisher left splits a run).
+    pub fn try_copy_into<T: bytemuck::Pod>(
+        &self,
+        out: &mut Vec<T>,
+        max: usize,
+        mut runs: impl FnMut(u64, &[T]),
+    ) -> Result<Copied, ReceiveError> {
+        self.born.check()?;
+        let ring = &self.topic.ring;
+        let size = std::mem::size_of::<T>();
+        let from_entry = size <= ring.config().inline as usize;
+        if size == 0 || size > ring.config().slot_size as usize {
+            // Values the slots cannot fill whole: the careful path, into zeroed values.
+            let mut value = T::zeroed();
+            return self.try_copy(bytemuck::bytes_of_mut(&mut value), max, |bytes, seq, _| {
+                out.push(bytemuck::pod_read_unaligned(bytes));
+                runs(seq, &out[out.len() - 1..]);
+            });
+        }
+        let mut cursor = self.cursor.get();
+        let mut guess = self.guess.get();
+        let mut got = 0;
+        let mut outcome = Ok(Copied::Empty);
+        while got < max {
+            let want = (max - got).min(crate::ring::RUN);
+            out.reserve(want);
+            let spare = &mut out.spare_capacity_mut()[..want];
+            // SAFETY: `MaybeUninit<T>` to `MaybeUninit<u8>` over the same `want * size` bytes
+            // (no alignment or validity to keep), borrowed from `out` as `spare` was.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(
+                    spare.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>(),
+                    want * size,
+                )
+            };
+            let (first, len) = (cursor, out.len());
+            let n = ring.read_run(&mut cursor, want, |i, slot, words| {
+                let dst = &mut bytes[i * size..(i + 1) * size];
+                if from_entry {
+                    Ring::copy_inline_uninit(words, dst);
+                } else {
+                    ring.copy_slot_uninit(slot, dst);
+                }
+            });
+            // SAFETY: the first `n` of the `want` values were written whole: `size` bytes each,
+            // as `size <= inline` fills them from the entry's words and `size <= slot_size`
+            // from the slot; they were reserved above, and any bytes make a `T: Pod`.
+            unsafe { out.set_len(len + n) };
+            if n > 0 {
+                runs(first, &out[len..]);
+            }
+            got += n;
+            if n == want {
+                continue;
+            }
+            if n > 0 {
+                // The guess is of the messages the run just took.
+                guess = SlotGuess::default();
+            }
+            // What ended the run, through the careful path: one message, or why there is none.
+            let mut value = T::zeroed();
+            let buf = bytemuck::bytes_of_mut(&mut value);
+            let g = (!from_entry).then_some(&mut guess);
+            let read = ring.try_read(self.index, &mut cursor, got == 0, g, |slot, inline| {
+                if from_entry {
+                    Ring::copy_inline(inline, buf);
+                } else {
+                    ring.copy_slot(slot, buf);
+                }
+            });
+            match read {
+                Ok(Read::Message { seq, .. }) => {
+                    out.push(value);
+                    runs(seq, &out[out.len() - 1..]);
+                    got += 1;
+                }
+                Ok(Read::Empty | Read::Stop) => break,
+                Ok(Read::Lagged { skipped }) => {
+                    outcome = Ok(Copied::Lagged(skipped));
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(ReceiveError::Corrupt {
+                        name: self.topic.name().clone(),
+                        reason: e.0,
+                    });
+                    break;
+                }
+            }
+        }
+        self.cursor.set(cursor);
+        self.guess.set(guess);
+        ring.commit_cursor(self.index, cursor, &Futex);
+        if got > 0 {
+            self.saw_publisher.set(true);
+            return Ok(Copied::Messages(got));
+        }
+        outcome
+    }
+
+    /// [`try_copy_into`](Self::try_copy_into), waiting up to `timeout` (`None`: no limit) for at
+    /// least one message, as [`copy`](Self::copy) does.
+    pub fn copy_into<T: bytemuck::Pod>(
+        &self,
+        out: &mut Vec<T>,
+        max: usize,
+        timeout: Option<Duration>,
+        mut runs: impl FnMut(u64, &[T]),
+    ) -> Result<Copied, ReceiveError> {
+        let r = self.wait_for(timeout, || {
+            match self.try_copy_into(out, max, &mut runs)? {
+                Copied::Empty => Ok(None),
+                r => Ok(Some(r)),
+            }
+        })?;
+        Ok(match r {
+            Waited::Got(r) => r,
+            Waited::TimedOut => Copied::Empty,
+            Waited::Disconnected => Copied::Disconnected,
+        })
+    }
+
     /// [`try_copy`](Self::try_copy), waiting up to `timeout` (`None`: no limit) for at least one
     /// message. Returns [`Copied::Empty`] on timeout and [`Copied::Disconnected`] when every
     /// publisher this subscriber saw is gone and nothing is left to read.
