@@ -250,7 +250,7 @@ impl Ring {
     /// As for [`Ring::publish`]; and the caller evicts the returned slot before it waits for
     /// anything or gives up publish rights (left unevicted, the slot is lost to the pool until a
     /// [`Ring::repair`]).
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn write_entry(
         &self,
         slot: u32,
