@@ -583,6 +583,7 @@ fn copy_each<T: Pod>(
 
 /// What a copying receive found, as the typed API reports it (`timeout` as [`copy_each`] takes
 /// it: `None` for a receive that does not wait).
+#[inline]
 fn copied(
     r: Result<Copied, ReceiveError>,
     timeout: Option<Option<Duration>>,
