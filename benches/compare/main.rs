@@ -399,7 +399,8 @@ pub(crate) enum System {
     ShmbusRecv,
     /// `publish_with_waitset`: the publish that finds nobody asleep.
     ShmbusNoWaiter,
-    /// `throughput_64B` with the publisher sending batches (`send_many`, 32 at a time).
+    /// `throughput_64B` with the publisher writing batches in place (`send_many_with`, 32 at a
+    /// time).
     ShmbusBatch,
     Iceoryx2,
     Uds,

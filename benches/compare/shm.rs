@@ -137,11 +137,12 @@ pub(crate) fn wake(run: &mut Run<'_>, leader: bool) -> Res<Option<Measured>> {
     Ok(None)
 }
 
-/// Messages per `send_many` of the `shmbus-batch` row of `throughput_64B`.
+/// Messages per `send_many_with` of the `shmbus-batch` row of `throughput_64B`.
 pub(crate) const SEND_BATCH: u64 = 32;
 
 /// `throughput_64B`: the consumer takes batches (`try_recv_many`); the producer publishes each
-/// message through a loan (`batch` = 1) or sends `batch` at a time with `send_many`.
+/// message through a loan (`batch` = 1) or writes `batch` at a time in place with
+/// `send_many_with`.
 pub(crate) fn stream64(run: &mut Run<'_>, leader: bool, batch: u64) -> Res<Option<Measured>> {
     let topic = Topic::builder(&format!("{}.stream", run.tag))
         .capacity(256)
@@ -189,16 +190,20 @@ pub(crate) fn stream64(run: &mut Run<'_>, leader: bool, batch: u64) -> Res<Optio
         let mut publisher = topic.publisher::<Msg64>()?;
         ctl::announce_ready(run.shared);
         if batch > 1 {
-            let mut buf = Vec::with_capacity(batch as usize);
+            // Each batch written in place in its slots (`send_many_with`), as the floor writes
+            // its ring and the one-at-a-time row its loans.
             let mut i = 0;
             while i < n {
-                buf.clear();
                 let end = (i + batch).min(n);
-                buf.extend((i..end).map(|j| Msg64 {
-                    seq: j,
-                    body: std::array::from_fn(|k| j ^ k as u64),
-                }));
-                publisher.send_many(&buf).map_err(|e| e.to_string())?;
+                publisher
+                    .send_many_with((end - i) as usize, |k, m| {
+                        let j = i + k as u64;
+                        m.seq = j;
+                        for (w, b) in m.body.iter_mut().enumerate() {
+                            *b = j ^ w as u64;
+                        }
+                    })
+                    .map_err(|e| e.to_string())?;
                 i = end;
             }
             return Ok(None);

@@ -449,10 +449,41 @@ impl<T: Pod> Publisher<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn send_many(&mut self, values: &[T]) -> Result<u64, SendError<usize>> {
+        self.send_many_with(values.len(), |i, m| *m = values[i])
+    }
+
+    /// Publishes `count` messages in a row as [`send_many`](Self::send_many) does, each written
+    /// in place: `write(i, message)` fills message `i` straight in its slot in shared memory,
+    /// as a [`loan`](Self::loan) is written, with nothing copied on the way. The message starts
+    /// as whatever its slot held last (any bytes are a valid `T`): write all of it.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_many`](Self::send_many)'s: the error's [`value`](SendError::value) is how many
+    /// messages were published before it (`write` was not called for the rest).
+    ///
+    /// ```
+    /// # let name = format!("doc-send-many-with-{}", std::process::id());
+    /// let topic = shmbus::Topic::builder(&name).capacity(16);
+    /// let mut publisher = topic.publisher::<[u64; 4]>()?;
+    /// let subscriber = topic.subscriber::<[u64; 4]>()?;
+    /// publisher.send_many_with(3, |i, m| *m = [i as u64; 4]).unwrap();
+    /// let mut got = Vec::new();
+    /// subscriber.try_recv_many(&mut got, 16)?;
+    /// assert_eq!(got, [[0; 4], [1; 4], [2; 4]]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_many_with(
+        &mut self,
+        count: usize,
+        mut write: impl FnMut(usize, &mut T),
+    ) -> Result<u64, SendError<usize>> {
         let size = size_of::<T>();
         self.raw
-            .publish_many(values.len(), self.timeout, |i, slot| {
-                slot[..size].copy_from_slice(bytemuck::bytes_of(&values[i]));
+            .publish_many(count, self.timeout, |i, slot| {
+                // The slot is 64-byte aligned and at least `size` long (checked at open), as
+                // for a loan.
+                write(i, bytemuck::from_bytes_mut(&mut slot[..size]));
             })
             .map_err(|(e, sent)| match e {
                 PublishManyError::Publish(e) => SendError::new(sent, PublishFailure::from(e)),
