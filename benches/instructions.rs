@@ -6,17 +6,18 @@
 //! them and then receives them all (`both`), or publishes and receives one at a time
 //! (`pairs`). Run under `valgrind --tool=callgrind` at two values of `iters`, the difference
 //! divided by the difference of `iters` is the cost of one operation, without the setup:
-//! `scripts/instruction-counts` does that and prints the table. Scenarios: `pod8` (a `u64`, a
-//! held sample), `pod8_copy` (the same copied out, `try_recv_copy`), `pod8_many` (copied out in
-//! batches of up to 64, `try_recv_many`), `pod64_many` (64-byte messages, too big for the ring
-//! entry's words, copied out in batches), `pod64_send_many` (64-byte messages sent 32 at a time with `send_many` into a ring of 256 that
-//! overwrites, received in batches with `try_recv_many`, as `throughput_64B`'s batch row does:
-//! `publish` and `pairs` only), `pod8_send_many` (sent 8 at a time with `send_many`
-//! into a ring of 256 that overwrites: the `publish` phase, every publish evicting one),
-//! `serde` (a small struct with a string and a vector), `array` (a 64-byte array through an array
-//! topic's descriptor, in a ring of 8: `pairs` only; `array_long`: in a ring of 4096), `queue64` (a 64-byte `Queue` item: `put`, then `get`; valgrind 3.19
-//! runs it only in a build with `--cfg rustix_use_libc`: rustix's own vDSO lookup for the
-//! queue's clock reads memory valgrind does not map; `benches/queue_ops.rs` counts the queue).
+//! `scripts/instruction-counts` does that and prints the table. Scenarios: `pod8` (a `u64`, a held
+//! sample), `pod8_copy` (the same copied out, `try_recv_copy`), `pod8_many` (copied out in batches
+//! of up to 64, `try_recv_many`), `pod64_many` (64-byte messages, too big for the ring entry's
+//! words, copied out in batches), `pod64_send_many` (64-byte messages written 32 at a time in place
+//! with `send_many_with` into a ring of 256 that overwrites, received in batches with
+//! `try_recv_many`, as `throughput_64B`'s batch row does: `publish` and `pairs` only),
+//! `pod8_send_many` (sent 8 at a time with `send_many` into a ring of 256 that overwrites: the
+//! `publish` phase, every publish evicting one), `serde` (a small struct with a string and a
+//! vector), `array` (a 64-byte array through an array topic's descriptor, in a ring of 8: `pairs`
+//! only; `array_long`: in a ring of 4096), `queue64` (a 64-byte `Queue` item: `put`, then `get`;
+//! valgrind 3.19 runs it only in a build with `--cfg rustix_use_libc`: rustix's own vDSO lookup for
+//! the queue's clock reads memory valgrind does not map; `benches/queue_ops.rs` counts the queue).
 //!
 //! Instructions do not move with the noise of a shared machine, so they judge a change to the
 //! hot path where timings cannot; they do not show cache misses between processes (the
@@ -183,17 +184,18 @@ fn run(scenario: &str, phase: Phase, n: u64) -> Result<u64, Box<dyn std::error::
             let sub = topic.subscriber::<[u64; 8]>()?;
             let mut publisher = topic.publisher::<[u64; 8]>()?;
             let sent = std::cell::Cell::new(0usize);
-            let mut out = Vec::with_capacity(32);
             let mut got = Vec::with_capacity(64);
             let mut next = 0;
             rounds(
                 n,
                 phase,
                 |i| {
-                    out.push([i; 8]);
-                    if out.len() == 32 {
-                        publisher.send_many(&out).map_err(|e| e.to_string())?;
-                        out.clear();
+                    // Every 32nd call publishes the 32 messages up to it, written in place.
+                    if i % 32 == 31 {
+                        let base = i - 31;
+                        publisher
+                            .send_many_with(32, |k, m| *m = [base + k as u64; 8])
+                            .map_err(|e| e.to_string())?;
                         sent.set(sent.get() + 32);
                     }
                     Ok(())
