@@ -478,13 +478,9 @@ impl<T: Pod> Publisher<T> {
         count: usize,
         mut write: impl FnMut(usize, &mut T),
     ) -> Result<u64, SendError<usize>> {
-        let size = size_of::<T>();
+        // The slots are 64-byte aligned and hold a `T` (checked at open), as for a loan.
         self.raw
-            .publish_many(count, self.timeout, |i, slot| {
-                // The slot is 64-byte aligned and at least `size` long (checked at open), as
-                // for a loan.
-                write(i, bytemuck::from_bytes_mut(&mut slot[..size]));
-            })
+            .publish_many_pod(count, self.timeout, &mut write)
             .map_err(|(e, sent)| match e {
                 PublishManyError::Publish(e) => SendError::new(sent, PublishFailure::from(e)),
                 PublishManyError::Loan(e) => SendError::new(sent, e),

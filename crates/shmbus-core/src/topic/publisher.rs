@@ -362,6 +362,51 @@ impl RawPublisher {
         timeout: Option<Duration>,
         mut write: impl FnMut(usize, &mut [u8]),
     ) -> Result<u64, (PublishManyError, usize)> {
+        let size = self.topic.ring.config().slot_size as usize;
+        self.publish_many_at(count, timeout, |i, slot| {
+            // SAFETY: `publish_many_at` hands over a slot on loan to this publisher, `size`
+            // bytes inside the mapping `self.topic` keeps alive, for this call only; the
+            // `&mut self` it runs under keeps any other reference to it away.
+            write(i, unsafe {
+                std::slice::from_raw_parts_mut(slot.as_ptr(), size)
+            });
+        })
+    }
+
+    /// [`publish_many`](Self::publish_many) of plain-old-data messages of type `T`, each written
+    /// by `write(i, message)` in place: its slot's first `size_of::<T>()` bytes as a `T` (what
+    /// they held before is any bytes, a valid `T`).
+    ///
+    /// # Panics
+    ///
+    /// If a `T` does not fit a slot, or needs an alignment above 64 (slots are 64-byte aligned).
+    pub fn publish_many_pod<T: bytemuck::Pod>(
+        &mut self,
+        count: usize,
+        timeout: Option<Duration>,
+        mut write: impl FnMut(usize, &mut T),
+    ) -> Result<u64, (PublishManyError, usize)> {
+        assert!(
+            std::mem::size_of::<T>() <= self.topic.ring.config().slot_size as usize
+                && std::mem::align_of::<T>() <= 64,
+            "a message type that does not fit the topic's slots"
+        );
+        self.publish_many_at(count, timeout, |i, slot| {
+            // SAFETY: as in `publish_many`, for `size_of::<T>()` bytes, which the slot holds
+            // (checked above); the slot starts 64-byte aligned, enough for `T` (checked above);
+            // any bytes are a valid `T: Pod`.
+            write(i, unsafe { &mut *slot.as_ptr().cast::<T>() });
+        })
+    }
+
+    /// The loop of [`publish_many`](Self::publish_many): `write(i, slot)` gets the start of a
+    /// slot on loan to this publisher for message `i`, to write before it returns.
+    fn publish_many_at(
+        &mut self,
+        count: usize,
+        timeout: Option<Duration>,
+        mut write: impl FnMut(usize, NonNull<u8>),
+    ) -> Result<u64, (PublishManyError, usize)> {
         if let Err(e) = self.born.check() {
             return Err((PublishError::from(e).into(), 0));
         }
@@ -373,7 +418,6 @@ impl RawPublisher {
         let mut deadline = None;
         let multi = take_publish_rights(&topic, self.index, timeout).map_err(|e| (e.into(), 0))?;
         let stamps = ring.config().timestamps;
-        let size = ring.config().slot_size as usize;
         let depth = ring.config().loans_per_publisher() as usize;
         // Loans in hand: the spare first, then the reserve (all of them this publisher's).
         if let Some(s) = self.spare.take() {
@@ -426,11 +470,8 @@ impl RawPublisher {
                 }
             }
             let slot = self.reserve.pop().expect("a loan in hand (just checked)");
-            // SAFETY: the slot is on loan to this publisher (just taken, not handed out), inside
-            // the mapping `topic` keeps alive; `&mut self` keeps any other slice of it away.
-            let bytes =
-                unsafe { std::slice::from_raw_parts_mut(ring.slot_ptr(slot).as_ptr(), size) };
-            write(done, bytes);
+            // The slot is on loan to this publisher (just taken, not handed out).
+            write(done, ring.slot_ptr(slot));
             if stamps {
                 ring.set_stamp(slot, monotonic_ns());
             }
@@ -443,7 +484,9 @@ impl RawPublisher {
             if done == 0 {
                 first = seq;
             }
-            self.retired.extend(old);
+            if let Some(old) = old {
+                self.retired.push(old);
+            }
             done += 1;
         }
         if done > 0 || !self.retired.is_empty() {
@@ -469,16 +512,29 @@ impl RawPublisher {
     fn end_chunk(&mut self) {
         let ring = &self.topic.ring;
         ring.wake_subscribers(&Futex);
-        for old in self.retired.drain(..) {
+        // The slots that become loans are kept in place, then join the reserve (mostly empty
+        // here: a swap, no copy).
+        let mut loaned = 0;
+        for i in 0..self.retired.len() {
+            let old = self.retired[i];
             // SAFETY: `wake_subscribers` made a `fence(SeqCst)` after the `write_entry` that
             // returned `old`; we hold publish rights (the batch does); each slot is evicted
-            // once (drained). The loans it makes are ours, within the budget: they replace the
-            // loans the chunk used up.
+            // once (the list is emptied below). The loans it makes are ours, within the budget:
+            // they replace the loans the chunk used up.
             match unsafe { ring.evict_after_fence(old, self.index) } {
-                Evicted::Loaned(s) => self.reserve.push(s),
+                Evicted::Loaned(s) => {
+                    self.retired[loaned] = s;
+                    loaned += 1;
+                }
                 Evicted::Free(f) => self.hint = f,
                 Evicted::Nothing => {}
             }
+        }
+        self.retired.truncate(loaned);
+        if self.reserve.is_empty() {
+            std::mem::swap(&mut self.reserve, &mut self.retired);
+        } else {
+            self.reserve.append(&mut self.retired);
         }
     }
 }
