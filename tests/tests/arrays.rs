@@ -472,3 +472,61 @@ fn read_only_attach_and_bad_shapes() {
         Err(ArrayError::Name(_))
     ));
 }
+
+/// Large frames every subscriber has read go back to the pool at the next loan, but for the
+/// newest `pool_history` (default 1, for late joiners), so a stream that keeps up touches two
+/// blocks, not `capacity + 1`; small frames stay in the ring as history until pushed out.
+#[test]
+fn read_large_frames_return_their_blocks_at_once_small_ones_stay_as_history() {
+    let mut s = scope!("poolret");
+    const BIG: usize = shmbus_core::pool::EAGER_RETURN_BYTES;
+    const SMALL: usize = 64 << 10;
+    // (frame bytes, pool_history, blocks the stream needs, what a late `history(4)` joiner gets)
+    let cases: [(usize, u32, u32, &[u64]); 4] = [
+        (BIG, 1, 2, &[8, 9]),
+        (BIG, 0, 1, &[9]),
+        (BIG, 3, 4, &[6, 7, 8, 9]),
+        (SMALL, 1, 9, &[6, 7, 8, 9]),
+    ];
+    for (len, history, blocks, late) in cases {
+        let name = s.name();
+        let topic = Topic::builder(&name)
+            .capacity(8)
+            .pool_blocks_per_segment(1)
+            .pool_history(history);
+        let mut publ = topic.array_publisher::<FrameMeta>().expect("publisher");
+        let reader = topic.array_subscriber::<FrameMeta>().expect("reader");
+        for index in 0..10 {
+            send_frame(&mut publ, index, len);
+            let f = reader.try_recv().expect("the frame just published");
+            assert_eq!(f.meta().index, index);
+            assert_eq!(check_frame(index, f.bytes()), None, "frame {index} intact");
+        }
+        let st = publ.pool_stats();
+        assert_eq!(
+            st.blocks, blocks,
+            "{len} bytes, pool_history {history}: {st:?}"
+        );
+        let joiner = topic
+            .clone()
+            .history(4)
+            .array_subscriber::<FrameMeta>()
+            .expect("late joiner");
+        let mut got = Vec::new();
+        loop {
+            match joiner.try_recv() {
+                Ok(f) => {
+                    assert_eq!(check_frame(f.meta().index, f.bytes()), None);
+                    got.push(f.meta().index);
+                }
+                // The returned frames' entries are withdrawn: a lag, never a wrong frame.
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Empty) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, late, "{len} bytes, pool_history {history}");
+        drop((joiner, reader, publ));
+        s.assert_gone(&name);
+    }
+}

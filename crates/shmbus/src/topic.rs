@@ -97,6 +97,39 @@ impl Topic {
         self
     }
 
+    /// Array topics: how many of the newest large arrays (blocks of at least
+    /// [`EAGER_RETURN_BYTES`](shmbus_core::pool::EAGER_RETURN_BYTES), 4 MiB) stay in the
+    /// ring for late joiners after every subscriber has read them (default 1). Older read ones
+    /// give their blocks back at once, so a stream of large frames touches two or three blocks
+    /// rather than `capacity + 1`; smaller arrays leave with their ring entries.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus::Topic;
+    ///
+    /// # let name = format!("doc-pool-history-{}", std::process::id());
+    /// let topic = Topic::builder(&name)
+    ///     .capacity(8)
+    ///     .pool_history(1)
+    ///     .pool_blocks_per_segment(1); // grow a block at a time, to count them
+    /// let mut publisher = topic.array_publisher::<u64>()?;
+    /// let viewer = topic.array_subscriber::<u64>()?;
+    /// for frame in 0..10u64 {
+    ///     let mut loan = publisher.loan::<u8>(&[8 << 20])?; // an 8 MiB frame
+    ///     *loan.parts_mut().1 = frame;
+    ///     loan.publish().map_err(|e| e.to_string())?;
+    ///     assert_eq!(*viewer.try_recv()?.meta(), frame); // read, then dropped
+    /// }
+    /// // Each frame read went back to the pool: two blocks served all ten.
+    /// assert_eq!(publisher.pool_stats().blocks, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pool_history(mut self, n: u32) -> Self {
+        self.pool.history = n;
+        self
+    }
+
     /// Array topics: how long a departing publisher waits for subscribers to map the blocks of
     /// arrays still in flight (default 2 s).
     pub fn pool_linger(mut self, t: Duration) -> Self {
