@@ -160,6 +160,8 @@ pub struct PoolPublisher {
     pub(crate) last_reclaim: Instant,
     pub(crate) stats: PoolStats,
     pub(crate) id: u64,
+    /// Whether any segment has blocks of at least [`EAGER_RETURN_BYTES`].
+    pub(crate) large_blocks: bool,
 }
 
 impl fmt::Debug for PoolPublisher {
@@ -209,6 +211,7 @@ impl PoolPublisher {
             last_reclaim: Instant::now(),
             stats: PoolStats::default(),
             id: random_u64(),
+            large_blocks: false,
         })
     }
 
@@ -309,6 +312,7 @@ impl PoolPublisher {
         };
         tracing::debug!(topic = %self.publisher.topic().name(), index, block_size, count, "array pool grew");
         self.bytes += block_size as u64 * u64::from(count);
+        self.large_blocks |= block_size >= EAGER_RETURN_BYTES;
         self.segments.push(seg);
         // Block 0 on top.
         self.free.extend((0..count).rev().map(|block| BlockRef {
@@ -347,13 +351,8 @@ impl PoolPublisher {
     pub(crate) fn retire_read(&mut self) {
         let keep = self.opts.history as usize;
         let candidates = self.in_flight.len().saturating_sub(keep);
-        if candidates == 0
-            || !self
-                .in_flight
-                .iter()
-                .take(candidates)
-                .any(|m| self.size_of_block(m.block) >= EAGER_RETURN_BYTES)
-        {
+        // A pool of small blocks only (the usual case for a deep ring) pays nothing here.
+        if candidates == 0 || !self.large_blocks {
             return;
         }
         let read_before = self
