@@ -197,7 +197,9 @@ impl Drop for Loan {
 #[pymethods]
 impl ArrayPublisher {
     #[new]
-    #[pyo3(signature = (name, type_name, meta_size, qos, pool_max_bytes=None, pool_blocks_per_segment=None))]
+    #[pyo3(signature = (name, type_name, meta_size, qos, pool_max_bytes=None, pool_blocks_per_segment=None, pool_history=None))]
+    // The Python constructor's keywords, one argument each.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         name: &str,
@@ -206,6 +208,7 @@ impl ArrayPublisher {
         qos: Qos,
         pool_max_bytes: Option<u64>,
         pool_blocks_per_segment: Option<u32>,
+        pool_history: Option<u32>,
     ) -> PyResult<Self> {
         let full = format!("{ARRAY_TOPIC_PREFIX}{type_name}");
         let size = (DESCRIPTOR_SIZE + meta_size) as u64;
@@ -220,6 +223,9 @@ impl ArrayPublisher {
         }
         if let Some(n) = pool_blocks_per_segment {
             pool_opts.blocks_per_segment = n;
+        }
+        if let Some(n) = pool_history {
+            pool_opts.history = n;
         }
         let pool = py
             .detach(|| PoolPublisher::new(topic, pool_opts))

@@ -366,3 +366,34 @@ def test_recv_many_from_another_process_loses_nothing(prefix):
         got.extend(sub.recv_many(1000, timeout=10).tolist())
     assert got == list(range(20000))
     assert child.wait(10) == 0, child.stderr.read()
+
+
+def test_read_large_arrays_keep_only_pool_history_for_late_joiners(prefix):
+    """Arrays of 4 MiB or more that every subscriber has read give their blocks back at the
+    next loan, but for the newest ``pool_history``: a late joiner finds only those (and the
+    one published last); small arrays all stay in the ring."""
+    big, small = 4 << 20, 64 << 10
+    for n, keep, expect in ((big, 1, [4, 5]), (big, 3, [2, 3, 4, 5]), (small, 1, [0, 1, 2, 3, 4, 5])):
+        name = f"{prefix}.{n}.{keep}"
+        t = shmbus.Topic(name, capacity=8)
+        pub = t.array_publisher(META, pool_history=keep)
+        sub = t.array_subscriber(META)
+        for i in range(6):
+            pub.send(np.full(n, i, dtype=np.uint8), (i, n))
+            with sub.recv(timeout=2) as s:
+                assert s.meta["index"] == i and (s.array == i).all()
+        late = shmbus.Topic(name, capacity=8, history=8).array_subscriber(META)
+        got = []
+        while True:
+            try:
+                with late.try_recv() as s:
+                    assert (s.array == s.meta["index"]).all(), "a withdrawn block is never read"
+                    got.append(int(s.meta["index"]))
+            except shmbus.Lagged:
+                continue  # the withdrawn ones
+            except shmbus.Empty:
+                break
+        assert got == expect, (n, keep, got)
+        del s  # the last sample (released by `with`, still referenced)
+        for h in (late, sub, pub):
+            h.close()

@@ -88,11 +88,18 @@ class Topic:
     def array_publisher(
         self, meta: Any = None, *, type_name: Optional[str] = None,
         pool_max_bytes: Optional[int] = None, pool_blocks_per_segment: Optional[int] = None,
+        pool_history: Optional[int] = None,
     ) -> "ArrayPublisher":
         """The topic's (single) publisher of numpy arrays with metadata of dtype ``meta``
         (a structured dtype laid out like the Rust metadata struct, or ``None`` for Rust's
-        ``()``). ``type_name`` is the Rust type's name (``"image_transfer::FrameMeta"``)."""
-        return ArrayPublisher(self, meta, type_name, pool_max_bytes, pool_blocks_per_segment)
+        ``()``). ``type_name`` is the Rust type's name (``"image_transfer::FrameMeta"``).
+
+        ``pool_history`` (default 1): how many of the newest arrays of 4 MiB or more stay
+        readable for late joiners once every subscriber has read them; older ones give their
+        blocks back at the next loan, so a stream of large frames stays in two or three blocks.
+        Smaller arrays stay until later messages push them out of the ring."""
+        return ArrayPublisher(self, meta, type_name, pool_max_bytes, pool_blocks_per_segment,
+                              pool_history)
 
     def array_subscriber(self, meta: Any = None, *, type_name: Optional[str] = None) -> "ArraySubscriber":
         """A subscriber of the topic's arrays (see :meth:`array_publisher` for ``meta``)."""
@@ -153,15 +160,16 @@ class ArrayPublisher(_Handle):
     """Publishes numpy arrays zero-copy: :meth:`loan` a block, fill it, :meth:`publish` it."""
 
     def __init__(self, topic: Topic, meta: Any, type_name: Optional[str],
-                 pool_max_bytes: Optional[int] = None, pool_blocks_per_segment: Optional[int] = None) -> None:
-        self._args = (topic, meta, type_name, pool_max_bytes, pool_blocks_per_segment)
+                 pool_max_bytes: Optional[int] = None, pool_blocks_per_segment: Optional[int] = None,
+                 pool_history: Optional[int] = None) -> None:
+        self._args = (topic, meta, type_name, pool_max_bytes, pool_blocks_per_segment, pool_history)
         self.topic = topic
         self.meta_dtype = None if meta is None else np.dtype(meta)
         if type_name is None:
             type_name = "()" if self.meta_dtype is None else _default_type_name(self.meta_dtype)
         size = 0 if self.meta_dtype is None else self.meta_dtype.itemsize
         self._native = _shmbus.ArrayPublisher(topic.name, type_name, size, topic._q(),
-                                              pool_max_bytes, pool_blocks_per_segment)
+                                              pool_max_bytes, pool_blocks_per_segment, pool_history)
 
     def loan(self, shape: Union[int, Sequence[int]], dtype: Any = np.uint8) -> np.ndarray:
         """A writable numpy array of ``shape``/``dtype`` living in a block of shared memory.
