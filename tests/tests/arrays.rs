@@ -40,6 +40,23 @@ fn send_frame(publ: &mut shmbus::ArrayPublisher<FrameMeta>, index: u64, len: usi
     loan.publish().expect("published");
 }
 
+/// Takes every frame `sub` has now, checking each intact: their indices, and how many frames
+/// were reported lost (`Lagged`) among them.
+fn drain(sub: &shmbus::ArraySubscriber<FrameMeta>) -> (Vec<u64>, u64) {
+    let (mut got, mut lagged) = (Vec::new(), 0);
+    loop {
+        match sub.try_recv() {
+            Ok(f) => {
+                assert_eq!(check_frame(f.meta().index, f.bytes()), None);
+                got.push(f.meta().index);
+            }
+            Err(RecvError::Lagged(n)) => lagged += n,
+            Err(RecvError::Empty) => return (got, lagged),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 fn summary(p: &mut shmbus_tests::Peer) -> shmbus_tests::Line {
     p.finish("summary", Duration::from_secs(30))
 }
@@ -125,19 +142,7 @@ fn pool_exhaustion_under_overwrite_withdraws_the_oldest_unread() {
         "held frames untouched"
     );
     // The reader joined before frame 0 and never read: it lags, then reads recent frames intact.
-    let mut lagged = 0;
-    let mut got = Vec::new();
-    loop {
-        match reader.try_recv() {
-            Ok(f) => {
-                assert_eq!(check_frame(f.meta().index, f.bytes()), None);
-                got.push(f.meta().index);
-            }
-            Err(RecvError::Lagged(n)) => lagged += n,
-            Err(RecvError::Empty) => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let (got, lagged) = drain(&reader);
     assert!(lagged >= 40, "lagged {lagged}");
     assert_eq!(got.last(), Some(&49), "the newest frame is there: {got:?}");
 }
@@ -512,19 +517,8 @@ fn read_large_frames_return_their_blocks_at_once_small_ones_stay_as_history() {
             .history(4)
             .array_subscriber::<FrameMeta>()
             .expect("late joiner");
-        let mut got = Vec::new();
-        loop {
-            match joiner.try_recv() {
-                Ok(f) => {
-                    assert_eq!(check_frame(f.meta().index, f.bytes()), None);
-                    got.push(f.meta().index);
-                }
-                // The returned frames' entries are withdrawn: a lag, never a wrong frame.
-                Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Empty) => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
+        // The returned frames' entries are withdrawn: a lag, never a wrong frame.
+        let (got, _lagged) = drain(&joiner);
         assert_eq!(got, late, "{len} bytes, pool_history {history}");
         drop((joiner, reader, publ));
         s.assert_gone(&name);
