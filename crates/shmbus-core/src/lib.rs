@@ -35,6 +35,7 @@ compile_error!(
 
 #[cfg(not(loom))]
 pub mod array;
+mod barrier;
 pub mod dtype;
 pub mod fork;
 pub mod futex;

@@ -25,7 +25,7 @@ pub const MAGIC: [u8; 8] = *b"SHMBUS\0\x01";
 
 /// Version of the on-shm format described in `docs/architecture.md`. Bumped on any change of
 /// any layout; a segment of another version is refused.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Bytes reserved for the segment header; the payload starts here (page-aligned).
 pub const HEADER_SIZE: usize = 4096;

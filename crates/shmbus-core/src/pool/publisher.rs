@@ -198,7 +198,10 @@ impl PoolPublisher {
         if swept > 0 {
             tracing::info!(topic = %topic.name(), swept, "removed stale pool segments");
         }
-        let publisher = RawPublisher::new(topic)?;
+        let mut publisher = RawPublisher::new(topic)?;
+        // The pool learns that a block is back from its message's slot being free, at every
+        // loan: evictions in chunks would keep blocks from it, and a fence per array is nothing.
+        publisher.keep_fence();
         Ok(PoolPublisher {
             publisher,
             pool_id: random_u64(),

@@ -468,6 +468,7 @@ impl RawQueue {
         crate::waitset::Words {
             word: &w.not_empty,
             sleepers: &w.empty_sleepers,
+            light: None,
         }
     }
 

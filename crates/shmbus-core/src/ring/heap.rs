@@ -66,6 +66,7 @@ unsafe fn write_atomics(base: NonNull<u8>, layout: &RingLayout) {
         std::ptr::addr_of_mut!((*h).subscriber_joins).write(AtomicU64::new(0));
         std::ptr::addr_of_mut!((*h).notify_word).write(AtomicU32::new(0));
         std::ptr::addr_of_mut!((*h).notify_sleepers).write(AtomicU32::new(0));
+        std::ptr::addr_of_mut!((*h).light).write(AtomicU32::new(0));
         std::ptr::addr_of_mut!((*h).progress_word).write(AtomicU32::new(0));
         std::ptr::addr_of_mut!((*h).progress_sleepers).write(AtomicU32::new(0));
         for i in 0..layout.config.capacity as usize {

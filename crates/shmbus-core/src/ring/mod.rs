@@ -259,7 +259,11 @@ pub struct RingHeader {
     /// Number of subscribers inside a blocking wait (counted in before a `fence(SeqCst)`, see
     /// [`Ring::publish`]).
     notify_sleepers: AtomicU32,
-    _pad2: [u8; 120],
+    /// 1 while the publisher publishes with no fence of its own, else 0 (decision 47): a
+    /// subscriber about to sleep then makes the heavy barrier. Written by the holder of publish
+    /// rights of a one-publisher topic only.
+    light: AtomicU32,
+    _pad2: [u8; 116],
     /// A back-pressured publisher sleeps on this word; bumped by a subscriber that saw it.
     progress_word: AtomicU32,
     /// Number of publishers waiting for space.
@@ -662,6 +666,18 @@ impl Ring {
                 layout,
             }
         }
+    }
+
+    /// Whether the topic's publisher publishes light now: no fence of its own per publish, so
+    /// a subscriber about to sleep makes a heavy barrier (`membarrier`) first (decision 47).
+    pub fn publishes_light(&self) -> bool {
+        self.header().light.load(Ordering::Relaxed) != 0
+    }
+
+    /// How many subscribers sleep on the topic now, or are about to (a snapshot, for display
+    /// and tests).
+    pub fn subscribers_asleep(&self) -> u32 {
+        self.header().notify_sleepers.load(Ordering::Relaxed)
     }
 
     /// The layout.

@@ -209,16 +209,57 @@ impl Ring {
 
     /// Wakes the subscribers asleep on this topic, if any, with no system call when there are
     /// none: the last step of every publish (or of a batch of them).
+    /// Returns whether anybody slept.
     #[inline]
-    pub(crate) fn wake_subscribers<N: Notifier>(&self, notifier: &N) {
+    pub(crate) fn wake_subscribers<N: Notifier>(&self, notifier: &N) -> bool {
         let h = self.header();
         // Dekker pairing: the sleeper counts itself in, fences (SeqCst), then re-checks the
         // entry; we stored the entry, fence, then read `sleepers`. One of us must see the other.
         fence(Ordering::SeqCst);
-        if h.notify_sleepers.load(Ordering::Relaxed) > 0 {
+        let asleep = h.notify_sleepers.load(Ordering::Relaxed) > 0;
+        if asleep {
             h.notify_word.fetch_add(1, Ordering::SeqCst);
             notifier.wake_all(&h.notify_word);
         }
+        asleep
+    }
+
+    /// Says whether the publisher publishes light ([`Ring::wake_subscribers_light`]). On: the
+    /// flag, then a `fence(SeqCst)` before the first light publish, so a sleeper either sees
+    /// the flag (and makes the heavy barrier) or is seen by that publish's look at the sleeper
+    /// count. Off: a release store after the last light publish, so a sleeper that reads 0
+    /// from it sees every entry that publish stored. The caller has publish rights on a
+    /// one-publisher topic (decision 47).
+    pub(crate) fn set_light(&self, on: bool) {
+        let h = self.header();
+        if on {
+            h.light.store(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+        } else {
+            h.light.store(0, Ordering::Release);
+        }
+    }
+
+    /// [`Ring::wake_subscribers`] for a light publisher: no fence, only a compiler fence
+    /// between the entry it stored and its look at the sleeper count. A sleeper counts itself
+    /// in, fences, and makes the heavy barrier (`crate::barrier::heavy`) before it re-checks:
+    /// either that barrier comes before our load, which then sees the count, or after it, and
+    /// then our entry store was visible before the sleeper's re-check (decision 47).
+    ///
+    /// Only for a process that registered for the heavy barriers
+    /// (`crate::barrier::register_light` returned `true`): elsewhere a sleeper may miss the
+    /// wake-up (no memory depends on it, so this is a contract of liveness, not of safety).
+    /// Returns whether anybody slept. The header's `light` flag must be on ([`Ring::set_light`]).
+    #[inline]
+    pub(crate) fn wake_subscribers_light<N: Notifier>(&self, notifier: &N) -> bool {
+        let h = self.header();
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        let asleep = h.notify_sleepers.load(Ordering::Relaxed) > 0;
+        if asleep {
+            h.notify_word.fetch_add(1, Ordering::SeqCst);
+            notifier.wake_all(&h.notify_word);
+        }
+        asleep
     }
 
     /// [`Ring::publish_quietly`] that stops after `stop_after` of its steps, as a publisher

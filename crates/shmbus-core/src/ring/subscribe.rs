@@ -520,13 +520,17 @@ impl Ring {
         let h = self.header();
         loop {
             // Dekker with `publish`: count ourselves in, SeqCst fence, then re-check. (A fence
-            // rather than SeqCst accesses: it is what the proof needs, and what loom models.)
+            // rather than SeqCst accesses: it is what the proof needs, and what loom models.) A
+            // light publisher has no fence of its own: the heavy barrier stands in for it
+            // (decision 47); without one we must not sleep long.
             h.notify_sleepers.fetch_add(1, Ordering::Relaxed);
             fence(Ordering::SeqCst);
+            let heavy = h.light.load(Ordering::Acquire) == 0 || crate::barrier::heavy();
             let seen = h.notify_word.load(Ordering::Acquire);
             let ready = self.ready(cursor);
             if !ready && !deadline.expired() {
-                notifier.wait(&h.notify_word, seen, sleep_for(&deadline, check_every));
+                let slice = crate::barrier::cap(sleep_for(&deadline, check_every), heavy);
+                notifier.wait(&h.notify_word, seen, slice);
             }
             h.notify_sleepers.fetch_sub(1, Ordering::Relaxed);
             if ready || self.ready(cursor) {
@@ -548,6 +552,7 @@ impl Ring {
         crate::waitset::Words {
             word: &h.notify_word,
             sleepers: &h.notify_sleepers,
+            light: Some(&h.light),
         }
     }
 

@@ -214,6 +214,7 @@ impl Event {
         crate::waitset::Words {
             word: &self.state,
             sleepers: &self.sleepers,
+            light: None,
         }
     }
 

@@ -66,6 +66,11 @@ impl Holders for PublisherRows<'_> {
     }
 }
 
+/// Fenced publishes in a row that must find nobody asleep before a publisher goes light
+/// (decision 47): a stream whose subscribers sleep between messages stays fenced, so their
+/// sleeps cost no heavy barrier.
+const QUIET_BEFORE_LIGHT: u32 = 64;
+
 /// A publisher's membership of a topic.
 pub struct RawPublisher {
     topic: Arc<RawTopic>,
@@ -79,10 +84,20 @@ pub struct RawPublisher {
     /// More slots loaned ahead, for [`RawPublisher::publish_many`]: with `spare`, at most
     /// [`RingConfig::loans_per_publisher`] of them (the topic's slot budget counts them).
     reserve: Vec<u32>,
-    /// The slots of the messages the current chunk of `publish_many` overwrote, still to evict
-    /// (at most `loans_per_publisher`: each was named by an entry a loan of ours now fills;
-    /// empty between calls).
+    /// The slots of the messages the current chunk overwrote, still to evict (at most
+    /// `loans_per_publisher`: each was named by an entry a loan of ours now fills). A chunk of
+    /// `publish_many` ends with its call; a light publisher's single publishes make chunks too,
+    /// ended when the reserve runs out, when a publish finds a sleeper and when the publisher
+    /// leaves light (or drops).
     retired: Vec<u32>,
+    /// Publishes may go light: one publisher row, and this process registered for the
+    /// sleepers' heavy barriers (decision 47).
+    light_ok: bool,
+    /// Publishes go light now (the ring's `light` flag is on): only a compiler fence before
+    /// the look at the sleeper count, and evictions in chunks.
+    light: bool,
+    /// Publishes in a row that found nobody asleep, counted while not light.
+    quiet: u32,
     /// Lower bound of the subscribers' cursors (back-pressure topics).
     room: RoomCache,
     id: u64,
@@ -135,7 +150,12 @@ impl RawPublisher {
                 topic.reclaim_publisher_row(p);
             }
             topic.ring.join_publisher(p, std::process::id());
-            tracing::debug!(topic = %topic.name(), publisher = p, "publisher joined");
+            let light_ok = max == 1 && crate::barrier::register_light();
+            if max == 1 {
+                // A predecessor that died while light left the flag on.
+                topic.ring.set_light(false);
+            }
+            tracing::debug!(topic = %topic.name(), publisher = p, light_ok, "publisher joined");
             return Ok(RawPublisher {
                 topic,
                 index: p,
@@ -144,6 +164,9 @@ impl RawPublisher {
                 spare: None,
                 reserve: Vec::with_capacity(depth),
                 retired: Vec::with_capacity(depth),
+                light_ok,
+                light: false,
+                quiet: 0,
                 room: RoomCache::new(),
                 id: next_id(),
                 born: Born::now(),
@@ -316,13 +339,72 @@ impl RawPublisher {
             if ring.config().timestamps {
                 ring.set_stamp(slot, monotonic_ns());
             }
+            if self.light {
+                debug_assert!(!multi, "a light publisher is its topic's only one");
+                // SAFETY: publish rights: one publisher row, whose lease we hold (`light` needs
+                // one row). `slot` is our loan, written by the caller; in back-pressure mode we
+                // just saw room. The slot it returns joins `retired`, evicted by `end_chunk`.
+                let Some((seq, old)) = (unsafe { ring.write_entry(slot, u8::MAX) }) else {
+                    unreachable!("a full write_entry completes")
+                };
+                self.loaned = false;
+                if let Some(old) = old {
+                    self.retired.push(old);
+                }
+                // `light` is set only once this process registered for the heavy barriers, and
+                // the ring's flag is on.
+                let asleep = ring.wake_subscribers_light(&Futex);
+                if asleep {
+                    // Somebody sleeps between messages: each sleep would cost it a heavy
+                    // barrier, which is dearer than our fence. Fence again (ending the chunk
+                    // below) until publishes find nobody asleep for a while.
+                    ring.set_light(false);
+                    self.light = false;
+                    self.quiet = 0;
+                }
+                let next = if asleep { None } else { self.reserve.pop() };
+                self.spare = match next {
+                    Some(s) => Some(s),
+                    None => {
+                        end_chunk(
+                            ring,
+                            self.index,
+                            &mut self.retired,
+                            &mut self.reserve,
+                            &mut self.hint,
+                        );
+                        // Loans for the next chunk, as `publish_many` takes them.
+                        let depth = ring.config().loans_per_publisher() as usize;
+                        while self.reserve.len() < depth.saturating_sub(1) {
+                            match ring.loan(self.index, &mut self.hint) {
+                                Some(s) => self.reserve.push(s),
+                                None => break,
+                            }
+                        }
+                        self.reserve.pop()
+                    }
+                };
+                return Ok(seq);
+            }
             // SAFETY: publish rights: with one publisher row we hold its lease; with several we
             // hold the robust publish mutex. `slot` is our loan, written by the caller. In
             // back-pressure mode we just saw room while holding the rights. Our one loan ends
             // with this publish, so the evicted slot may become the next one; the wake follows.
             let (seq, evicted) = unsafe { ring.publish_quietly(slot, Some(self.index)) };
-            ring.wake_subscribers(&Futex);
+            let asleep = ring.wake_subscribers(&Futex);
             self.loaned = false;
+            if self.light_ok {
+                self.quiet = if asleep {
+                    0
+                } else {
+                    self.quiet.saturating_add(1)
+                };
+                if self.quiet >= QUIET_BEFORE_LIGHT {
+                    // Publish rights held, one publisher row (`light_ok`).
+                    ring.set_light(true);
+                    self.light = true;
+                }
+            }
             // The next loan is ready now, while the subscribers read this message: the next
             // `loan` then costs nothing on the path to them. Mostly it is the evicted slot,
             // taken in the same atomic operation as the eviction; else a free one (no reclaim
@@ -506,36 +588,80 @@ impl RawPublisher {
         }
     }
 
-    /// Ends a chunk of [`RawPublisher::publish_many`]: one `fence(SeqCst)`, then the look at
-    /// sleeping subscribers (woken if any) and the eviction of every slot in `retired`, which
-    /// become loans of ours when nobody holds them.
+    /// Ends the current chunk (see [`end_chunk`]).
     fn end_chunk(&mut self) {
-        let ring = &self.topic.ring;
-        ring.wake_subscribers(&Futex);
-        // The slots that become loans are kept in place, then join the reserve (mostly empty
-        // here: a swap, no copy).
-        let mut loaned = 0;
-        for i in 0..self.retired.len() {
-            let old = self.retired[i];
-            // SAFETY: `wake_subscribers` made a `fence(SeqCst)` after the `write_entry` that
-            // returned `old`; we hold publish rights (the batch does); each slot is evicted
-            // once (the list is emptied below). The loans it makes are ours, within the budget:
-            // they replace the loans the chunk used up.
-            match unsafe { ring.evict_after_fence(old, self.index) } {
-                Evicted::Loaned(s) => {
-                    self.retired[loaned] = s;
-                    loaned += 1;
-                }
-                Evicted::Free(f) => self.hint = f,
-                Evicted::Nothing => {}
+        end_chunk(
+            &self.topic.ring,
+            self.index,
+            &mut self.retired,
+            &mut self.reserve,
+            &mut self.hint,
+        );
+    }
+
+    /// Makes every publish fence and evict at once, as on a topic with several publishers: for
+    /// a caller that watches its messages' slots come free after each publish (an array pool).
+    pub(crate) fn keep_fence(&mut self) {
+        self.leave_light();
+        self.light_ok = false;
+    }
+
+    /// Back to fenced publishes, evicting what is pending.
+    fn leave_light(&mut self) {
+        if self.light && self.born.is_current() {
+            // Publish rights: a light publisher is its topic's only one.
+            self.topic.ring.set_light(false);
+            self.light = false;
+            self.quiet = 0;
+        }
+        self.flush_evictions();
+    }
+
+    /// Evicts the slots of the messages this publisher's latest publishes overwrote, if it still
+    /// has any to evict (a light publisher evicts in chunks, decision 47): after it,
+    /// [`RawPublisher::slot_is_free`] tells of them too. One `fence(SeqCst)` when there are.
+    pub fn flush_evictions(&mut self) {
+        if !self.retired.is_empty() && self.born.is_current() {
+            self.end_chunk();
+        }
+    }
+}
+
+/// Ends a chunk of publishes of publisher row `index` (of [`RawPublisher::publish_many`], or a
+/// light publisher's single ones): one `fence(SeqCst)`, then the look at sleeping subscribers
+/// (woken if any) and the eviction of every slot in `retired`, which become loans of ours
+/// (joining `reserve`) when nobody holds them.
+fn end_chunk(
+    ring: &Ring,
+    index: u32,
+    retired: &mut Vec<u32>,
+    reserve: &mut Vec<u32>,
+    hint: &mut u32,
+) {
+    ring.wake_subscribers(&Futex);
+    // The slots that become loans are kept in place, then join the reserve (mostly empty
+    // here: a swap, no copy).
+    let mut loaned = 0;
+    for i in 0..retired.len() {
+        let old = retired[i];
+        // SAFETY: `wake_subscribers` made a `fence(SeqCst)` after the `write_entry` that
+        // returned `old`; we hold publish rights (the batch does, and a light publisher is its
+        // topic's only one); each slot is evicted once (the list is emptied below). The loans it
+        // makes are ours, within the budget: they replace the loans the chunk used up.
+        match unsafe { ring.evict_after_fence(old, index) } {
+            Evicted::Loaned(s) => {
+                retired[loaned] = s;
+                loaned += 1;
             }
+            Evicted::Free(f) => *hint = f,
+            Evicted::Nothing => {}
         }
-        self.retired.truncate(loaned);
-        if self.reserve.is_empty() {
-            std::mem::swap(&mut self.reserve, &mut self.retired);
-        } else {
-            self.reserve.append(&mut self.retired);
-        }
+    }
+    retired.truncate(loaned);
+    if reserve.is_empty() {
+        std::mem::swap(reserve, retired);
+    } else {
+        reserve.append(retired);
     }
 }
 
@@ -583,7 +709,9 @@ impl Drop for RawPublisher {
             // A forked child's copy: the row, the loan and the lease are the parent's.
             return;
         }
-        // Frees a loan that was dropped unpublished, and marks the row free.
+        // The slots its last publishes overwrote go back first (they are not loans); then a
+        // loan that was dropped unpublished, and the row is marked free.
+        self.leave_light();
         self.topic.ring.reclaim_publisher(self.index);
         self.topic.wake_subscribers();
         tracing::debug!(topic = %self.topic.name(), publisher = self.index, "publisher left");

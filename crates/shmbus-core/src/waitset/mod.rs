@@ -59,6 +59,9 @@ pub(crate) struct Words<'a> {
     pub(crate) word: &'a AtomicU32,
     /// How many sleep on `word`, or are about to.
     pub(crate) sleepers: &'a AtomicU32,
+    /// A topic's `light` flag: while it is on, a sleeper makes the heavy barrier before it
+    /// re-checks (decision 47). `None` for words whose wakers always fence.
+    pub(crate) light: Option<&'a AtomicU32>,
 }
 
 /// One sleep on all of `words`: counts in on every sleeper count, fences (`SeqCst`), loads every
@@ -79,6 +82,15 @@ pub(crate) fn sleep_on<N: Notifier>(
         w.sleepers.fetch_add(1, Ordering::SeqCst);
     }
     fence(Ordering::SeqCst);
+    // For topics' light publishers (decision 47), before a sleep; without it, no long sleep.
+    let timeout = if timeout == Some(Duration::ZERO) {
+        timeout
+    } else {
+        let light = words
+            .iter()
+            .any(|w| w.light.is_some_and(|l| l.load(Ordering::Acquire) != 0));
+        crate::barrier::cap(timeout, !light || crate::barrier::heavy())
+    };
     // Acquire: a waker's bump is a release (or follows a release of the change), so a word seen
     // bumped shows the change too.
     let seen: Vec<(&AtomicU32, u32)> = words

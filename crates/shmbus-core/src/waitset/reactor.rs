@@ -230,6 +230,11 @@ impl Registration {
         // `waitset`); the caller's re-check comes after the fence.
         words.sleepers.fetch_add(1, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
+        // For topics' light publishers (decision 47). If it is refused, the waiter thread
+        // re-polls every registration each `POLL_EVERY` instead (`barrier::heavy_unavailable`).
+        if words.light.is_some_and(|l| l.load(Ordering::Acquire) != 0) {
+            crate::barrier::heavy();
+        }
         let seen = words.word.load(Ordering::Acquire);
         let liveness = self.interest.liveness();
         let id = reactor.next_id.fetch_add(1, Ordering::Relaxed);
@@ -436,9 +441,19 @@ impl Reactor {
 
     fn run(&'static self) {
         let mut last_check = Instant::now();
+        let mut last_poll = Instant::now();
         let mut due = false;
         loop {
             let control = self.control.load(Ordering::SeqCst);
+            // A process whose heavy barriers are refused cannot count on a light publisher's
+            // wake (decision 47): its tasks re-poll every `POLL_EVERY`.
+            let poll_all = crate::barrier::heavy_unavailable() && {
+                let now = last_poll.elapsed() >= POLL_EVERY;
+                if now {
+                    last_poll = Instant::now();
+                }
+                now
+            };
             let mut wake = Vec::new();
             // Fire what changed, then collect what to sleep on: each distinct word once, with
             // the value its registrations saw (all equal now: a registration that saw an older
@@ -449,7 +464,8 @@ impl Reactor {
                 let generation = inner.generation;
                 inner.regs.retain(|_, r| {
                     let words = r.interest.words();
-                    let fired = words.word.load(Ordering::Acquire) != r.seen
+                    let fired = poll_all
+                        || words.word.load(Ordering::Acquire) != r.seen
                         || (due && r.interest.liveness() != r.liveness);
                     if fired {
                         words.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -477,7 +493,7 @@ impl Reactor {
             }
             let timeout = if snapshot.is_empty() {
                 None
-            } else if snapshot.len() > MAX_WAIT_MANY - 1 {
+            } else if snapshot.len() > MAX_WAIT_MANY - 1 || crate::barrier::heavy_unavailable() {
                 Some(POLL_EVERY)
             } else {
                 Some(CHECK_EVERY.saturating_sub(last_check.elapsed()))
