@@ -391,6 +391,8 @@ impl RawTopic {
             // SAFETY: with one publisher row, publish rights belong to the holder of lease 0,
             // which is us; the dead holder publishes no more.
             unsafe { self.ring.repair(&Futex) };
+            // It may have died light: sleepers need no heavy barrier for a dead publisher.
+            self.ring.set_light(false);
         }
         let loans = self.ring.reclaim_publisher(p);
         tracing::info!(topic = %self.name(), publisher = p, loans, "reclaimed a dead publisher");

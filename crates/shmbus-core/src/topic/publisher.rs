@@ -150,7 +150,11 @@ impl RawPublisher {
                 topic.reclaim_publisher_row(p);
             }
             topic.ring.join_publisher(p, std::process::id());
-            let light_ok = max == 1 && crate::barrier::register_light();
+            // With one loan per publisher (slots over 1 KiB) every chunk is one publish: no
+            // fence saved, so no reason to make sleepers pay for heavy barriers.
+            let light_ok = max == 1
+                && topic.ring.config().loans_per_publisher() > 1
+                && crate::barrier::register_light();
             if max == 1 {
                 // A predecessor that died while light left the flag on.
                 topic.ring.set_light(false);
@@ -269,7 +273,9 @@ impl RawPublisher {
     }
 
     /// Whether `slot` is free (see [`Ring::slot_is_free`]). On a topic with one publisher, that
-    /// publisher may reuse whatever its last message in `slot` referenced.
+    /// publisher may reuse whatever its last message in `slot` referenced. A light publisher
+    /// (decision 47) evicts overwritten slots in chunks: call
+    /// [`RawPublisher::flush_evictions`] first to have them reported free.
     pub fn slot_is_free(&self, slot: u32) -> bool {
         slot < self.topic.ring.layout().slots && self.topic.ring.slot_is_free(slot)
     }
@@ -506,13 +512,15 @@ impl RawPublisher {
             self.reserve.push(s);
         }
         let mut first = ring.published();
+        // Whether a chunk's end found a subscriber asleep (a light publisher then fences again).
+        let mut asleep = false;
         let mut done = 0;
         let mut failed = None;
         while done < count {
             let room = ring.has_room_cached(&mut self.room) || {
                 // Evict and wake before waiting: the subscribers we wait for may be asleep on
                 // what this batch published.
-                self.end_chunk();
+                asleep |= self.end_chunk();
                 ring.wait_for_space(
                     &Futex,
                     *deadline.get_or_insert_with(|| Deadline::after(timeout)),
@@ -528,7 +536,7 @@ impl RawPublisher {
             }
             if self.reserve.is_empty() {
                 if !self.retired.is_empty() {
-                    self.end_chunk();
+                    asleep |= self.end_chunk();
                 }
                 // Loans for a whole chunk: what the chunk then evicts comes back as the next
                 // chunk's loans without an atomic read-modify-write; loaning the rest costs a
@@ -572,7 +580,13 @@ impl RawPublisher {
             done += 1;
         }
         if done > 0 || !self.retired.is_empty() {
-            self.end_chunk();
+            asleep |= self.end_chunk();
+        }
+        if asleep && self.light {
+            // As a light single publish that finds a sleeper (publish rights still held).
+            ring.set_light(false);
+            self.light = false;
+            self.quiet = 0;
         }
         // Back to the one spare the next `loan` takes; the reserve stays for the next batch.
         self.spare = self
@@ -588,15 +602,15 @@ impl RawPublisher {
         }
     }
 
-    /// Ends the current chunk (see [`end_chunk`]).
-    fn end_chunk(&mut self) {
+    /// Ends the current chunk (see [`end_chunk`]); returns whether anybody slept.
+    fn end_chunk(&mut self) -> bool {
         end_chunk(
             &self.topic.ring,
             self.index,
             &mut self.retired,
             &mut self.reserve,
             &mut self.hint,
-        );
+        )
     }
 
     /// Makes every publish fence and evict at once, as on a topic with several publishers: for
@@ -637,8 +651,8 @@ fn end_chunk(
     retired: &mut Vec<u32>,
     reserve: &mut Vec<u32>,
     hint: &mut u32,
-) {
-    ring.wake_subscribers(&Futex);
+) -> bool {
+    let asleep = ring.wake_subscribers(&Futex);
     // The slots that become loans are kept in place, then join the reserve (mostly empty
     // here: a swap, no copy).
     let mut loaned = 0;
@@ -663,6 +677,7 @@ fn end_chunk(
     } else {
         reserve.append(retired);
     }
+    asleep
 }
 
 /// Takes publish rights on `topic` for publisher row `me`: with one publisher row its lease is
