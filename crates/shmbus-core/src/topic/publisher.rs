@@ -364,9 +364,7 @@ impl RawPublisher {
                     // Somebody sleeps between messages: each sleep would cost it a heavy
                     // barrier, which is dearer than our fence. Fence again (ending the chunk
                     // below) until publishes find nobody asleep for a while.
-                    ring.set_light(false);
-                    self.light = false;
-                    self.quiet = 0;
+                    fence_again(ring, &mut self.light, &mut self.quiet);
                 }
                 let next = if asleep { None } else { self.reserve.pop() };
                 self.spare = match next {
@@ -381,12 +379,13 @@ impl RawPublisher {
                         );
                         // Loans for the next chunk, as `publish_many` takes them.
                         let depth = ring.config().loans_per_publisher() as usize;
-                        while self.reserve.len() < depth.saturating_sub(1) {
-                            match ring.loan(self.index, &mut self.hint) {
-                                Some(s) => self.reserve.push(s),
-                                None => break,
-                            }
-                        }
+                        loan_up_to(
+                            ring,
+                            self.index,
+                            &mut self.hint,
+                            &mut self.reserve,
+                            depth.saturating_sub(1),
+                        );
                         self.reserve.pop()
                     }
                 };
@@ -542,12 +541,7 @@ impl RawPublisher {
                 // chunk's loans without an atomic read-modify-write; loaning the rest costs a
                 // CAS each, and only until the reserve is full (or when a holder kept a slot).
                 let want = depth.min(count - done);
-                while self.reserve.len() < want {
-                    match ring.loan(self.index, &mut self.hint) {
-                        Some(s) => self.reserve.push(s),
-                        None => break,
-                    }
-                }
+                loan_up_to(ring, self.index, &mut self.hint, &mut self.reserve, want);
                 if self.reserve.is_empty() {
                     topic.reclaim_dead();
                     match ring.loan(self.index, &mut self.hint) {
@@ -584,9 +578,7 @@ impl RawPublisher {
         }
         if asleep && self.light {
             // As a light single publish that finds a sleeper (publish rights still held).
-            ring.set_light(false);
-            self.light = false;
-            self.quiet = 0;
+            fence_again(ring, &mut self.light, &mut self.quiet);
         }
         // Back to the one spare the next `loan` takes; the reserve stays for the next batch.
         self.spare = self
@@ -624,9 +616,7 @@ impl RawPublisher {
     fn leave_light(&mut self) {
         if self.light && self.born.is_current() {
             // Publish rights: a light publisher is its topic's only one.
-            self.topic.ring.set_light(false);
-            self.light = false;
-            self.quiet = 0;
+            fence_again(&self.topic.ring, &mut self.light, &mut self.quiet);
         }
         self.flush_evictions();
     }
@@ -637,6 +627,25 @@ impl RawPublisher {
     pub fn flush_evictions(&mut self) {
         if !self.retired.is_empty() && self.born.is_current() {
             self.end_chunk();
+        }
+    }
+}
+
+/// Back to fenced publishes: the ring's `light` flag off (the caller has publish rights on a
+/// one-publisher topic), and the run of quiet publishes counted again from 0.
+fn fence_again(ring: &Ring, light: &mut bool, quiet: &mut u32) {
+    ring.set_light(false);
+    *light = false;
+    *quiet = 0;
+}
+
+/// Loans slots for publisher row `index` into `reserve` until it holds `want` (or none is
+/// free): a CAS each.
+fn loan_up_to(ring: &Ring, index: u32, hint: &mut u32, reserve: &mut Vec<u32>, want: usize) {
+    while reserve.len() < want {
+        match ring.loan(index, hint) {
+            Some(s) => reserve.push(s),
+            None => break,
         }
     }
 }
